@@ -1,0 +1,1 @@
+"""minitron: Minitron structured pruning and knowledge distillation for Hugging Face causal LMs."""

@@ -1,0 +1,37 @@
+"""Fixtures shared by every test: tiny random models of every supported family, built in-process.
+
+Nothing here touches the network: models come from `AutoModelForCausalLM.from_config` and the
+tokenizer is trained in-process with the `tokenizers` library.
+"""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests.tiny import FAMILIES, VOCAB_SIZE, tiny_model, tiny_tokenizer  # noqa: E402,F401
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def model(family):
+    torch.manual_seed(0)
+    return tiny_model(family)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def batches():
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randint(0, VOCAB_SIZE, (2, 16), generator=generator) for _ in range(3)]
