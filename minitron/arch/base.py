@@ -1,0 +1,146 @@
+"""The adapter protocol: everything minitron needs to know about one model family.
+
+An adapter is a table, in the spirit of peft's per-architecture tables:
+- which submodules hold the activations that importance estimation reads (hooks);
+- for every parameter in the state dict, which pruning axis each of its dimensions belongs to, so that
+  pruning is generic tensor slicing (`prune/`) and a parameter nobody described is an error, never a
+  silently unpruned tensor;
+- the family's quirks that must be fixed after slicing so the smaller model computes what its kept
+  weights mean (for example Gemma's embedding scale, which is derived from `hidden_size`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Axis(str, Enum):
+    """What one dimension of a parameter indexes."""
+
+    HIDDEN = "hidden"  # the residual stream / embedding channels, one global order
+    MLP = "mlp"  # MLP intermediate neurons of one layer
+    Q = "q"  # query heads x head_dim of one layer
+    KV = "kv"  # key/value heads x head_dim of one layer
+    QKV = "qkv"  # a fused [q; k; v] projection (phi3)
+    GATE_UP = "gate_up"  # a fused [gate; up] projection (phi3)
+    KEEP = "keep"  # never pruned (vocabulary, head_dim of q/k norms)
+
+
+H, M, Q, KV, QKV, GU, KEEP = Axis.HIDDEN, Axis.MLP, Axis.Q, Axis.KV, Axis.QKV, Axis.GATE_UP, Axis.KEEP
+
+StateFix = Callable[[dict, object, object], None]
+
+
+@dataclass(frozen=True)
+class ArchAdapter:
+    """How one HF `model_type` is laid out.
+
+    Names are relative: `layer_params` to one decoder layer (`model.layers.{i}.`), `global_params` to
+    the whole `*ForCausalLM`; module names are dotted paths inside a decoder layer.
+    """
+
+    model_type: str
+    global_params: dict[str, tuple[Axis, ...]]
+    layer_params: dict[str, tuple[Axis, ...]]
+    mlp_down_proj: str = "mlp.down_proj"
+    """Module whose *input* is the MLP neuron activation (after activation / gating)."""
+    attn_out_proj: str = "self_attn.o_proj"
+    """Module whose *input* is the concatenated per-head attention output."""
+    hidden_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    """Norms whose *outputs* feed attention or the MLP: they score the hidden channels."""
+    layers_path: str = "model.layers"
+    embed_path: str = "model.embed_tokens"
+    gated_mlp: bool = True
+    fix_state: StateFix | None = None
+    """Called after slicing as fix_state(new_state, old_config, new_config) to undo size-derived quirks."""
+    notes: str = ""
+    extra_layer_list_fields: tuple[str, ...] = field(default=())
+    """Per-layer config lists beyond the generic detection (lists of length num_hidden_layers)."""
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.layers_path)
+
+    def layer_prefix(self, index: int) -> str:
+        return f"{self.layers_path}.{index}."
+
+    def axes_of(self, name: str) -> tuple[int | None, tuple[Axis, ...]]:
+        """(layer index or None, axes) of a state-dict key; KeyError names the unknown parameter."""
+        prefix = self.layers_path + "."
+        if name.startswith(prefix):
+            index_text, _, local = name[len(prefix):].partition(".")
+            if local in self.layer_params:
+                return int(index_text), self.layer_params[local]
+        elif name in self.global_params:
+            return None, self.global_params[name]
+        raise KeyError(f"{self.model_type}: no pruning axes are known for parameter {name!r}")
+
+    def embedding_param_names(self) -> list[str]:
+        """Global parameters that index the vocabulary (embeddings and LM head)."""
+        return [name for name, axes in self.global_params.items() if axes and axes[0] == KEEP and len(axes) == 2]
+
+
+def llama_like_layer_params(*, attention_bias: bool = False, qk_norm: bool = False,
+                            norm_bias: bool = False, extra_norms: tuple[str, ...] = (),
+                            gated_mlp: bool = True) -> dict[str, tuple[Axis, ...]]:
+    """The layer table shared by most families: separate q/k/v/o and gate/up/down projections."""
+    table: dict[str, tuple[Axis, ...]] = {
+        "self_attn.q_proj.weight": (Q, H),
+        "self_attn.k_proj.weight": (KV, H),
+        "self_attn.v_proj.weight": (KV, H),
+        "self_attn.o_proj.weight": (H, Q),
+        "mlp.up_proj.weight": (M, H),
+        "mlp.down_proj.weight": (H, M),
+    }
+    if gated_mlp:
+        table["mlp.gate_proj.weight"] = (M, H)
+    if attention_bias:
+        table |= {"self_attn.q_proj.bias": (Q,), "self_attn.k_proj.bias": (KV,), "self_attn.v_proj.bias": (KV,)}
+    if qk_norm:
+        table |= {"self_attn.q_norm.weight": (KEEP,), "self_attn.k_norm.weight": (KEEP,)}
+    for norm in ("input_layernorm", "post_attention_layernorm", *extra_norms):
+        table[f"{norm}.weight"] = (H,)
+        if norm_bias:
+            table[f"{norm}.bias"] = (H,)
+    return table
+
+
+def standard_global_params(*, norm_bias: bool = False) -> dict[str, tuple[Axis, ...]]:
+    table: dict[str, tuple[Axis, ...]] = {
+        "model.embed_tokens.weight": (KEEP, H),
+        "lm_head.weight": (KEEP, H),
+        "model.norm.weight": (H,),
+    }
+    if norm_bias:
+        table["model.norm.bias"] = (H,)
+    return table
+
+
+def optional_bias_params(table: dict[str, tuple[Axis, ...]]) -> dict[str, tuple[Axis, ...]]:
+    """Bias entries for every linear weight in `table`: a bias follows its weight's output axis.
+
+    Configs such as `attention_bias` / `mlp_bias` switch biases on in several families; listing them
+    all is harmless because only parameters present in the state dict are looked up.
+    """
+    return {name[: -len("weight")] + "bias": axes[:1] for name, axes in table.items()
+            if name.endswith("proj.weight")}
+
+
+@torch.no_grad()
+def rescale_scaled_embedding(new_state: dict, old_config, new_config) -> None:
+    """Gemma multiplies embeddings by sqrt(hidden_size), which pruning `hidden_size` changes.
+
+    Scale the (tied) embedding by c = sqrt(old / new) so the first layer sees the same values, and the
+    final norm's effective weight (1 + w) by 1 / c so the tied LM head still produces the same logits.
+    """
+    if new_config.hidden_size == old_config.hidden_size:
+        return
+    scale = (old_config.hidden_size / new_config.hidden_size) ** 0.5
+    new_state["model.embed_tokens.weight"] = new_state["model.embed_tokens.weight"] * scale
+    if "lm_head.weight" in new_state:
+        new_state["lm_head.weight"] = new_state["lm_head.weight"] * scale
+    norm = new_state["model.norm.weight"]
+    new_state["model.norm.weight"] = (1.0 + norm.float()) / scale - 1.0

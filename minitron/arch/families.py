@@ -1,0 +1,64 @@
+"""One adapter per supported family. This file and `base.py` are the only places that know HF names."""
+from __future__ import annotations
+
+from .base import (GU, KEEP, Q, QKV, ArchAdapter, H, M, llama_like_layer_params, optional_bias_params,
+                   rescale_scaled_embedding, standard_global_params)
+
+
+def _llama_like(model_type: str, **layer_kwargs) -> ArchAdapter:
+    layer = llama_like_layer_params(**layer_kwargs)
+    layer |= optional_bias_params(layer)
+    return ArchAdapter(model_type=model_type, global_params=standard_global_params(), layer_params=layer)
+
+
+LLAMA = _llama_like("llama")
+MISTRAL = _llama_like("mistral")
+QWEN2 = _llama_like("qwen2", attention_bias=True)
+QWEN3 = _llama_like("qwen3", qk_norm=True)
+GRANITE = _llama_like("granite")  # multipliers are scalars independent of every pruned size
+
+_GEMMA_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
+def _gemma(model_type: str, qk_norm: bool) -> ArchAdapter:
+    layer = llama_like_layer_params(qk_norm=qk_norm, extra_norms=_GEMMA_NORMS)
+    layer |= optional_bias_params(layer)
+    return ArchAdapter(
+        model_type=model_type,
+        global_params=standard_global_params(),
+        layer_params=layer,
+        # In Gemma post_attention_layernorm normalises the attention *output*; the MLP is fed by
+        # pre_feedforward_layernorm.
+        hidden_norms=("input_layernorm", "pre_feedforward_layernorm"),
+        fix_state=rescale_scaled_embedding,
+        notes="embedding scaled by sqrt(hidden_size); soft-capping and query_pre_attn_scalar are size-free",
+    )
+
+
+GEMMA2 = _gemma("gemma2", qk_norm=False)
+GEMMA3_TEXT = _gemma("gemma3_text", qk_norm=True)
+
+PHI3 = ArchAdapter(
+    model_type="phi3",
+    global_params=standard_global_params(),
+    layer_params={
+        "self_attn.qkv_proj.weight": (QKV, H),
+        "self_attn.o_proj.weight": (H, Q),
+        "mlp.gate_up_proj.weight": (GU, H),
+        "mlp.down_proj.weight": (H, M),
+        "input_layernorm.weight": (H,),
+        "post_attention_layernorm.weight": (H,),
+    },
+)
+
+NEMOTRON = ArchAdapter(
+    model_type="nemotron",
+    global_params=standard_global_params(norm_bias=True),
+    layer_params=llama_like_layer_params(norm_bias=True, gated_mlp=False)
+    | optional_bias_params(llama_like_layer_params(gated_mlp=False)),
+    gated_mlp=False,
+    notes="LayerNorm1P with bias; non-gated squared-ReLU MLP; partial rotary (head_dim is kept)",
+)
+
+ADAPTERS = {a.model_type: a for a in
+            (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3_TEXT, PHI3, NEMOTRON, GRANITE)}

@@ -1,0 +1,120 @@
+"""Token blocks: documents tokenized, packed end to end and cut into fixed-length rows.
+
+Documents are split into "train" and "heldout" by their index with a deterministic hash, so that
+calibration / distillation data and evaluation data never share a document, and held-out
+documents are spread over the whole corpus rather than taken from its end.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from minitron.data.sources import iter_documents
+from minitron.errors import DataError
+
+SPLITS = ("train", "heldout", "all")
+
+# Fibonacci hashing: frac(i * 2654435761 / 2**32) (2654435761 ~ 2**32 / golden ratio) is an evenly
+# spread sequence, so any fraction of documents is held out, even in a small corpus.
+_HASH_MULTIPLIER = 2654435761
+_HASH_BITS = 32
+
+# Documents are tokenized in small batches (fast Rust tokenizers parallelize within a batch) and
+# reading stops once enough tokens are in: at most one batch is read beyond what is needed.
+_DOCS_PER_BATCH = 32
+_CHARS_PER_BATCH = 200_000
+
+
+def is_heldout(index: int, heldout_fraction: float) -> bool:
+    """Whether document number `index` belongs to the held-out split."""
+    # index + 1: document 0 hashes to 0 and would always be held out, leaving a one-document
+    # corpus with no training text.
+    position = ((index + 1) * _HASH_MULTIPLIER) % (1 << _HASH_BITS)
+    return position < heldout_fraction * (1 << _HASH_BITS)
+
+
+def token_blocks(
+    spec: str,
+    tokenizer,
+    seq_len: int,
+    num_blocks: int,
+    split: str = "train",
+    heldout_fraction: float = 0.1,
+    text_field: str = "text",
+) -> torch.LongTensor:
+    """A (num_blocks, seq_len) LongTensor of consecutive tokens from the documents of `spec`.
+
+    Each document is tokenized without special tokens and followed by the tokenizer's EOS token
+    (when it has one); the stream is cut into consecutive blocks and the incomplete tail is dropped.
+    `split` is "train", "heldout" (see `is_heldout`) or "all".
+    """
+    _validate(seq_len, num_blocks, split, heldout_fraction)
+    needed = seq_len * num_blocks
+    ids: list[int] = []
+    used = 0
+    for batch in _document_batches(spec, text_field, split, heldout_fraction):
+        ids.extend(_tokenize(tokenizer, batch))
+        used += len(batch)
+        if len(ids) >= needed:
+            break
+    if len(ids) < needed:
+        raise DataError(_too_few_message(spec, split, len(ids), used, seq_len, num_blocks))
+    return torch.tensor(ids[:needed], dtype=torch.long).view(num_blocks, seq_len)
+
+
+def iter_batches(blocks: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Yield consecutive (batch, seq) slices of `blocks`, in order; the last may be smaller."""
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    for start in range(0, blocks.shape[0], batch_size):
+        yield blocks[start:start + batch_size]
+
+
+def _validate(seq_len: int, num_blocks: int, split: str, heldout_fraction: float) -> None:
+    if seq_len < 2:
+        raise DataError(f"sequence length must be at least 2 (one input and one target), got {seq_len}")
+    if num_blocks < 1:
+        raise DataError(f"number of samples must be at least 1, got {num_blocks}")
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if not 0 <= heldout_fraction < 1:
+        raise DataError(f"held-out fraction must be in [0, 1), got {heldout_fraction}")
+    if split == "heldout" and heldout_fraction == 0:
+        raise DataError("the held-out split is empty because the held-out fraction is 0: raise it, or use split 'all'")
+
+
+def _document_batches(spec: str, text_field: str, split: str, heldout_fraction: float) -> Iterator[list[str]]:
+    batch: list[str] = []
+    chars = 0
+    for index, document in enumerate(iter_documents(spec, text_field)):
+        if split != "all" and is_heldout(index, heldout_fraction) != (split == "heldout"):
+            continue
+        batch.append(document)
+        chars += len(document)
+        if len(batch) >= _DOCS_PER_BATCH or chars >= _CHARS_PER_BATCH:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _tokenize(tokenizer, documents: list[str]) -> list[int]:
+    # verbose=False: documents longer than the model's context are expected here (they are cut
+    # into blocks), so the "sequence length is longer than" warning would only be noise.
+    encoded = tokenizer(documents, add_special_tokens=False, verbose=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for tokens in encoded:
+        ids.extend(tokens)
+        if eos is not None:
+            ids.append(eos)
+    return ids
+
+
+def _too_few_message(spec: str, split: str, tokens: int, documents: int, seq_len: int, num_blocks: int) -> str:
+    return (
+        f"data {spec!r} ({split} split) holds {tokens} tokens in {documents} documents: "
+        f"{tokens // seq_len} blocks of {seq_len} tokens, but {num_blocks} were asked; "
+        f"use a smaller --samples or --seq-len, or more data"
+    )

@@ -1,0 +1,70 @@
+"""Depth importance by ablation: the LM-loss increase when one decoder layer is skipped.
+
+Costlier than Block Influence (one forward per layer per batch), so it runs on a few batches only.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..arch.base import ArchAdapter
+
+
+class SkipLayer(nn.Module):
+    """Stands in for a decoder layer and returns its input unchanged."""
+
+    def __init__(self, replaced: nn.Module) -> None:
+        super().__init__()
+        # Some families read per-layer attributes (attention type) from the layer object.
+        for name in ("attention_type", "layer_idx", "is_sliding"):
+            if hasattr(replaced, name):
+                setattr(self, name, getattr(replaced, name))
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
+@contextlib.contextmanager
+def layers_skipped(model: nn.Module, adapter: ArchAdapter, indices: Sequence[int]) -> Iterator[None]:
+    layers = adapter.layers(model)
+    originals = {i: layers[i] for i in indices}
+    try:
+        for i in indices:
+            layers[i] = SkipLayer(originals[i])
+        yield
+    finally:
+        for i, layer in originals.items():
+            layers[i] = layer
+
+
+@torch.inference_mode()
+def mean_lm_loss(model: nn.Module, batches: Sequence[dict]) -> float:
+    """Token-weighted mean next-token loss over `batches` (dicts with input_ids, optional attention_mask)."""
+    total, tokens = 0.0, 0
+    for batch in batches:
+        input_ids = batch["input_ids"]
+        labels = input_ids.clone()
+        if batch.get("attention_mask") is not None:
+            labels[batch["attention_mask"] == 0] = -100
+        output = model(input_ids=input_ids, attention_mask=batch.get("attention_mask"), labels=labels,
+                       use_cache=False)
+        count = int((labels[:, 1:] != -100).sum())
+        total += float(output.loss) * count
+        tokens += count
+    return total / max(tokens, 1)
+
+
+def layer_loss_increase(model: nn.Module, adapter: ArchAdapter, batches: Sequence[dict],
+                        progress: bool = True) -> torch.Tensor:
+    """(num_layers,) LM-loss increase when each layer alone is skipped; higher = more important."""
+    baseline = mean_lm_loss(model, batches)
+    num_layers = len(adapter.layers(model))
+    increases = torch.zeros(num_layers)
+    for index in tqdm(range(num_layers), desc="layer-skip loss", disable=not progress, leave=False):
+        with layers_skipped(model, adapter, [index]):
+            increases[index] = mean_lm_loss(model, batches) - baseline
+    return increases

@@ -1,0 +1,92 @@
+"""Importance scores: one object per model, saved to a folder so one calibration serves many targets.
+
+Folder layout: `scores.safetensors` (tensors) and `scores.json` (fingerprint, data, settings, sizes).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import ScoresError
+from ..io import atomic_write_text, atomic_directory
+
+SCORES_TENSORS = "scores.safetensors"
+SCORES_META = "scores.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ImportanceScores:
+    """Higher is more important, on every axis.
+
+    hidden:  (hidden_size,) one global order of embedding channels
+    neurons: per layer, (intermediate_size,)
+    heads:   per layer, (num_attention_heads,)
+    layers:  metric name -> (num_hidden_layers,), e.g. "block_influence", "lm_loss"
+    """
+
+    hidden: torch.Tensor
+    neurons: list[torch.Tensor]
+    heads: list[torch.Tensor]
+    layers: dict[str, torch.Tensor]
+    fingerprint: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.neurons)
+
+    def layer_scores(self, metric: str) -> torch.Tensor:
+        if metric not in self.layers:
+            raise ScoresError(
+                f"these scores have no layer metric {metric!r}; they have: {', '.join(self.layers) or 'none'}. "
+                "Recompute with `minitron importance` (add --layer-loss for the LM-loss metric)."
+            )
+        return self.layers[metric]
+
+    def save(self, folder: str | Path) -> Path:
+        tensors = {"hidden": self.hidden.contiguous()}
+        tensors |= {f"neurons.{i}": t.contiguous() for i, t in enumerate(self.neurons)}
+        tensors |= {f"heads.{i}": t.contiguous() for i, t in enumerate(self.heads)}
+        tensors |= {f"layers.{name}": t.contiguous() for name, t in self.layers.items()}
+        tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
+        meta = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
+                "num_layers": self.num_layers, **self.meta}
+        with atomic_directory(folder) as staging:
+            save_file(tensors, str(staging / SCORES_TENSORS))
+            atomic_write_text(staging / SCORES_META, json.dumps(meta, indent=2, default=str))
+        return Path(folder)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ImportanceScores":
+        folder = Path(folder)
+        tensor_path, meta_path = folder / SCORES_TENSORS, folder / SCORES_META
+        if not tensor_path.is_file() or not meta_path.is_file():
+            raise ScoresError(f"{folder} holds no importance scores (expected {SCORES_TENSORS} and "
+                              f"{SCORES_META}); create them with `minitron importance --out {folder}`")
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors = load_file(str(tensor_path))
+            num_layers = int(meta["num_layers"])
+            neurons = [tensors[f"neurons.{i}"] for i in range(num_layers)]
+            heads = [tensors[f"heads.{i}"] for i in range(num_layers)]
+        except Exception as error:  # safetensors raises its own error types for corrupt files
+            raise ScoresError(f"the scores in {folder} are corrupt or incomplete ({error}); "
+                              "recompute them with `minitron importance`") from error
+        layers = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("layers.")}
+        fingerprint = meta.pop("fingerprint")
+        return cls(hidden=tensors["hidden"], neurons=neurons, heads=heads, layers=layers,
+                   fingerprint=fingerprint, meta=meta)
+
+    def check_matches(self, fingerprint: str) -> None:
+        if fingerprint != self.fingerprint:
+            source = self.meta.get("model", "another model")
+            raise ScoresError(
+                f"these importance scores were computed on {source} (fingerprint {self.fingerprint}), not on "
+                f"this model (fingerprint {fingerprint}). Scores only rank the parts of the model they were "
+                "measured on: run `minitron importance` on this model."
+            )

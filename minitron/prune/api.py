@@ -1,0 +1,53 @@
+"""`minitron.prune(model, scores, target) -> model`: one-shot homogeneous structured pruning."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import nn
+
+from ..arch import get_adapter
+from ..fingerprint import model_fingerprint
+from ..importance.scores import ImportanceScores
+from ..params import count_parameters, count_parameters_from_config
+from .select import plan_from_scores
+from .surgery import build_model, pruned_config, slice_state_dict
+from .target import ResolvedTarget, resolve_target
+
+DEPTH_METRICS = ("block_influence", "lm_loss")
+
+
+def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
+          depth_metric: str = "block_influence") -> nn.Module:
+    """A new, smaller model; `model` itself is left untouched.
+
+    target: HF config names (`hidden_size`, `intermediate_size`, `num_attention_heads`,
+        `num_key_value_heads`, `num_hidden_layers`) and/or `drop_layers` (source layer indices).
+    depth_metric: which layer score picks the layers kept when `num_hidden_layers` shrinks.
+    """
+    adapter = get_adapter(model)
+    resolved = resolve_target(model.config, target)
+    scores.check_matches(model_fingerprint(model))
+    plan = plan_from_scores(scores, model.config, resolved, depth_metric)
+    new_config = pruned_config(model.config, resolved, plan.layers)
+    new_state = slice_state_dict(adapter, model.state_dict(), plan, model.config)
+    if adapter.fix_state is not None:
+        adapter.fix_state(new_state, model.config, new_config)
+    pruned = build_model(new_config, new_state, dtype=model.dtype)
+    pruned.generation_config = model.generation_config
+    pruned.train(model.training)
+    pruned.minitron_kept_layers = plan.layers  # recorded in minitron.json by the caller
+    return pruned
+
+
+def describe_pruning(config, target: Mapping) -> dict:
+    """A dry run from the config alone: resulting sizes and parameter counts, no weights needed."""
+    get_adapter(config)
+    resolved: ResolvedTarget = resolve_target(config, target)
+    new_config = pruned_config(config, resolved)
+    before = count_parameters_from_config(config)
+    after = count_parameters_from_config(new_config)
+    return {"config": new_config, "target": resolved, "params_before": before, "params_after": after}
+
+
+def parameter_summary(model: nn.Module) -> dict:
+    return count_parameters(model).as_dict()

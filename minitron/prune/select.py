@@ -1,0 +1,59 @@
+"""Which parts to keep, from importance scores: the top-k of every axis, in their original order."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..importance.scores import ImportanceScores
+from .target import ResolvedTarget
+
+
+@dataclass
+class KeepPlan:
+    """Indices into the *source* model of everything the pruned model keeps (sorted ascending)."""
+
+    hidden: torch.Tensor
+    layers: list[int]
+    neurons: dict[int, torch.Tensor]  # source layer index -> kept MLP neurons
+    q_heads: dict[int, torch.Tensor]  # source layer index -> kept query heads
+    kv_heads: dict[int, torch.Tensor]  # source layer index -> kept KV heads
+
+
+def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k highest scores, in ascending index order (ties resolved by lower index)."""
+    order = torch.argsort(scores.float(), descending=True, stable=True)
+    return torch.sort(order[:k]).values
+
+
+def select_heads(head_scores: torch.Tensor, num_kv_heads: int, target: ResolvedTarget) -> tuple[torch.Tensor, torch.Tensor]:
+    """GQA-aware head choice: keep whole KV groups, then the same number of query heads in each.
+
+    HF's `repeat_kv` maps query head h to KV head h // group, so query heads of one group are
+    contiguous. Groups are ranked by the summed importance of their query heads.
+    """
+    group = head_scores.numel() // num_kv_heads
+    per_group = head_scores.float().view(num_kv_heads, group)
+    kept_groups = top_k_sorted(per_group.sum(dim=1), target.num_key_value_heads)
+    heads_per_group = target.num_attention_heads // target.num_key_value_heads
+    kept_heads = [g * group + top_k_sorted(per_group[g], heads_per_group) for g in kept_groups.tolist()]
+    return torch.cat(kept_heads), kept_groups
+
+
+def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric: str) -> list[int]:
+    if target.drop_layers is not None:
+        return [i for i in range(scores.num_layers) if i not in set(target.drop_layers)]
+    if target.num_hidden_layers == scores.num_layers:
+        return list(range(scores.num_layers))
+    return top_k_sorted(scores.layer_scores(depth_metric), target.num_hidden_layers).tolist()
+
+
+def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
+                     depth_metric: str = "block_influence") -> KeepPlan:
+    layers = select_layers(scores, target, depth_metric)
+    neurons, q_heads, kv_heads = {}, {}, {}
+    for layer in layers:
+        neurons[layer] = top_k_sorted(scores.neurons[layer], target.intermediate_size)
+        q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], config.num_key_value_heads, target)
+    hidden = top_k_sorted(scores.hidden, target.hidden_size)
+    return KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads)

@@ -1,0 +1,116 @@
+"""Pure tensor surgery: slice a state dict along the adapter's axes, rewrite the config, build the model.
+
+The pruned model is built by transformers itself from the rewritten config (on the meta device) and
+then given the sliced tensors, so it is exactly the model `from_pretrained` will build later.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from accelerate import init_empty_weights
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from ..arch.base import ArchAdapter, Axis
+from .select import KeepPlan
+from .target import ResolvedTarget
+
+# Config entries that describe the source model's provenance, not the pruned one's architecture.
+_DROPPED_CONFIG_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path")
+
+
+def head_channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Channel indices of whole heads: head h covers channels [h * head_dim, (h + 1) * head_dim)."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
+def axis_index(axis: Axis, layer: int | None, plan: KeepPlan, config) -> torch.Tensor | None:
+    """Kept indices along one axis (None: keep everything)."""
+    head_dim = _head_dim(config)
+    if axis is Axis.HIDDEN:
+        return plan.hidden
+    if axis is Axis.MLP:
+        return plan.neurons[layer]
+    if axis is Axis.Q:
+        return head_channels(plan.q_heads[layer], head_dim)
+    if axis is Axis.KV:
+        return head_channels(plan.kv_heads[layer], head_dim)
+    if axis is Axis.QKV:
+        q_size = config.num_attention_heads * head_dim
+        kv = head_channels(plan.kv_heads[layer], head_dim)
+        kv_size = config.num_key_value_heads * head_dim
+        return torch.cat([head_channels(plan.q_heads[layer], head_dim), q_size + kv, q_size + kv_size + kv])
+    if axis is Axis.GATE_UP:
+        return torch.cat([plan.neurons[layer], config.intermediate_size + plan.neurons[layer]])
+    return None
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+@torch.no_grad()
+def slice_state_dict(adapter: ArchAdapter, state: dict, plan: KeepPlan, config) -> dict:
+    """The pruned state dict, with decoder layers renumbered 0..n-1 in their original order."""
+    new_index = {old: new for new, old in enumerate(plan.layers)}
+    new_state = {}
+    for name, tensor in state.items():
+        layer, axes = adapter.axes_of(name)
+        if layer is not None and layer not in new_index:
+            continue
+        if len(axes) != tensor.dim():
+            raise ValueError(f"{adapter.model_type}: {name} has {tensor.dim()} dims but the adapter lists {axes}")
+        for dim, axis in enumerate(axes):
+            index = axis_index(axis, layer, plan, config)
+            if index is not None and index.numel() != tensor.shape[dim]:
+                tensor = tensor.index_select(dim, index.to(tensor.device))
+        if layer is not None:
+            name = adapter.layer_prefix(new_index[layer]) + name[len(adapter.layer_prefix(layer)):]
+        new_state[name] = tensor.contiguous()
+    return new_state
+
+
+def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None = None):
+    """The source config with the target sizes, head_dim written out, and per-layer lists shrunk."""
+    new_config = copy.deepcopy(config)
+    for key in _DROPPED_CONFIG_KEYS:
+        if hasattr(new_config, key):
+            delattr(new_config, key)
+    num_layers = config.num_hidden_layers
+    if kept_layers is None:
+        kept_layers = _default_kept_layers(num_layers, target)
+    # Write head_dim explicitly: families that derive it from hidden_size / heads would change it.
+    new_config.head_dim = _head_dim(config)
+    for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                "num_hidden_layers"):
+        setattr(new_config, key, getattr(target, key))
+    for key, value in list(vars(new_config).items()):
+        if isinstance(value, list) and len(value) == num_layers and key != "drop_layers":
+            setattr(new_config, key, [value[i] for i in kept_layers])
+    return new_config
+
+
+def _default_kept_layers(num_layers: int, target: ResolvedTarget) -> list[int]:
+    """For a dry run without scores: the listed drops, else the last layers go (sizes are what matter)."""
+    if target.drop_layers is not None:
+        return [i for i in range(num_layers) if i not in set(target.drop_layers)]
+    return list(range(target.num_hidden_layers))
+
+
+def build_model(new_config, new_state: dict, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """Instantiate the pruned architecture without initialising weights, then assign the tensors."""
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
+    tied = bool(getattr(new_config, "tie_word_embeddings", False))
+    state = {k: v for k, v in new_state.items() if not (tied and k == "lm_head.weight")}
+    result = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"pruned state does not fit the pruned config: missing {missing}, "
+                           f"unexpected {result.unexpected_keys}")
+    model.tie_weights()
+    leftover = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    if leftover:
+        raise RuntimeError(f"parameters left without weights after pruning: {leftover}")
+    return model

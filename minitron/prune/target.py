@@ -1,0 +1,107 @@
+"""Pruning targets: a plain dict of HF config names, validated against the source before any work."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..errors import TargetError
+
+SIZE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+             "num_hidden_layers")
+TARGET_KEYS = (*SIZE_KEYS, "drop_layers")
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """Every size of the pruned model, and the layers to drop when they were listed explicitly."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    num_hidden_layers: int
+    drop_layers: tuple[int, ...] | None
+
+
+def source_sizes(config) -> dict[str, int]:
+    return {key: int(getattr(config, key)) for key in SIZE_KEYS}
+
+
+def resolve_target(config, target: Mapping) -> ResolvedTarget:
+    """Fill unspecified sizes from the source and refuse anything the source cannot become."""
+    unknown = sorted(set(target) - set(TARGET_KEYS))
+    if unknown:
+        raise TargetError(f"unknown target key(s) {unknown}; allowed: {', '.join(TARGET_KEYS)}")
+    source = source_sizes(config)
+    sizes = dict(source)
+    for key in SIZE_KEYS:
+        if target.get(key) is not None:
+            sizes[key] = _positive_int(key, target[key], source[key])
+    if target.get("num_attention_heads") is not None and target.get("num_key_value_heads") is None \
+            and source["num_attention_heads"] == source["num_key_value_heads"]:
+        sizes["num_key_value_heads"] = sizes["num_attention_heads"]  # multi-head attention stays MHA
+    _check_heads(sizes, source)
+    drop_layers = _resolve_drop_layers(target.get("drop_layers"), source["num_hidden_layers"])
+    if drop_layers is not None:
+        remaining = source["num_hidden_layers"] - len(drop_layers)
+        if target.get("num_hidden_layers") is not None and sizes["num_hidden_layers"] != remaining:
+            raise TargetError(f"drop_layers removes {len(drop_layers)} of {source['num_hidden_layers']} layers, "
+                              f"leaving {remaining}, but num_hidden_layers={sizes['num_hidden_layers']}")
+        sizes["num_hidden_layers"] = remaining
+    return ResolvedTarget(**sizes, drop_layers=drop_layers)
+
+
+def _positive_int(key: str, value, source_value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise TargetError(f"{key} must be a whole number, got {value!r}")
+    if value <= 0:
+        raise TargetError(f"{key} must be positive, got {value}")
+    if value > source_value:
+        raise TargetError(f"{key}={value} is larger than the source model's {source_value}; "
+                          "pruning can only make a model smaller")
+    return value
+
+
+def _check_heads(sizes: dict, source: dict) -> None:
+    heads, kv_heads = sizes["num_attention_heads"], sizes["num_key_value_heads"]
+    if heads % kv_heads:
+        raise TargetError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}; "
+                          "every KV group must keep the same number of query heads")
+    group = source["num_attention_heads"] // source["num_key_value_heads"]
+    if heads // kv_heads > group:
+        raise TargetError(
+            f"num_attention_heads={heads} over num_key_value_heads={kv_heads} needs {heads // kv_heads} query "
+            f"heads per KV group, but the source has only {group}; keep more KV heads or fewer query heads")
+
+
+def _resolve_drop_layers(drop_layers, num_layers: int) -> tuple[int, ...] | None:
+    if drop_layers is None:
+        return None
+    if isinstance(drop_layers, (str, bytes)) or not hasattr(drop_layers, "__iter__"):
+        raise TargetError(f"drop_layers must be a list of layer indices, got {drop_layers!r}")
+    indices = list(drop_layers)
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TargetError(f"drop_layers holds {index!r}, which is not a layer index")
+        if not 0 <= index < num_layers:
+            raise TargetError(f"drop_layers index {index} is out of range: the source has layers 0..{num_layers - 1}")
+    if len(set(indices)) != len(indices):
+        raise TargetError(f"drop_layers lists a layer more than once: {indices}")
+    if len(indices) >= num_layers:
+        raise TargetError(f"drop_layers would remove all {num_layers} layers; keep at least one")
+    return tuple(sorted(indices))
+
+
+def parse_layer_list(text: str) -> list[int]:
+    """'16-31' or '3,5,7-9' -> [16, ..., 31] / [3, 5, 7, 8, 9] (inclusive ranges), for the CLI."""
+    layers: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            start, _, end = part.partition("-")
+            layers.extend(range(int(start), int(end or start) + 1))
+    except ValueError as error:
+        raise TargetError(f"cannot read layer list {text!r}: use indices and ranges like '3,5,16-31'") from error
+    return layers

@@ -1,0 +1,238 @@
+"""Tests of minitron.data: every source format, hub spec parsing, builtin text, token blocks and splits."""
+import json
+import re
+
+import pytest
+import torch
+
+from minitron.data import (
+    is_heldout,
+    iter_batches,
+    iter_documents,
+    parse_hf_spec,
+    token_blocks,
+)
+from minitron.errors import DataError
+
+DOCS = ["first document", "second document\nwith two lines", "third"]
+
+
+def _marked_docs(count: int) -> list[str]:
+    """Documents whose every word names the document, so that any block shows where it came from."""
+    return [" ".join([f"m{i}x"] * 12) for i in range(count)]
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+# --- sources --------------------------------------------------------------------------------------
+
+def test_txt_file_is_one_document(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("hello world\n\nsecond paragraph\n")
+    assert list(iter_documents(str(path))) == ["hello world\n\nsecond paragraph"]
+
+
+def test_large_txt_file_is_split_into_paragraph_groups(tmp_path):
+    paragraphs = [f"paragraph {i} " + " ".join(["word"] * 100) for i in range(40)]
+    path = tmp_path / "big.txt"
+    path.write_text("\n\n".join(paragraphs) + "\n")
+    docs = list(iter_documents(str(path)))
+    assert len(docs) > 5
+    assert all(len(d) >= 2000 for d in docs[:-1])
+    assert "\n\n".join(docs) == "\n\n".join(paragraphs)
+
+
+def test_folder_of_txt_is_recursive_and_sorted(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "b.txt").write_text("bee")
+    (tmp_path / "a.txt").write_text("ay")
+    (tmp_path / "sub" / "c.txt").write_text("sea")
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "notes.md").write_text("ignored")
+    assert list(iter_documents(str(tmp_path))) == ["ay", "bee", "sea"]
+
+
+def test_folder_without_txt_files(tmp_path):
+    (tmp_path / "data.md").write_text("x")
+    with pytest.raises(DataError, match="no .txt files"):
+        list(iter_documents(str(tmp_path)))
+
+
+def test_jsonl(tmp_path):
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"text": d, "id": i} for i, d in enumerate(DOCS)])
+    assert list(iter_documents(str(path))) == DOCS
+
+
+def test_jsonl_custom_text_field(tmp_path):
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"content": d} for d in DOCS])
+    assert list(iter_documents(str(path), text_field="content")) == DOCS
+
+
+def test_missing_text_field_names_field_and_keys(tmp_path):
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"content": "x", "meta": 1}])
+    with pytest.raises(DataError) as error:
+        list(iter_documents(str(path)))
+    message = str(error.value)
+    assert "'text'" in message and "'content'" in message and "'meta'" in message
+    assert "--text-field" in message
+
+
+def test_json_list_and_json_lines(tmp_path):
+    as_list = tmp_path / "list.json"
+    as_list.write_text(json.dumps([{"text": d} for d in DOCS]))
+    as_lines = _write_jsonl(tmp_path / "lines.json", [{"text": d} for d in DOCS])
+    assert list(iter_documents(str(as_list))) == DOCS
+    assert list(iter_documents(str(as_lines))) == DOCS
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"body": DOCS, "n": [1, 2, 3]}), path)
+    assert list(iter_documents(str(path), text_field="body")) == DOCS
+    with pytest.raises(DataError, match="--text-field"):
+        list(iter_documents(str(path)))
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        list(iter_documents(str(tmp_path / "nope.txt")))
+
+
+def test_unknown_extension(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("a,b")
+    with pytest.raises(DataError, match=r"unknown extension '\.csv'.*\.jsonl"):
+        list(iter_documents(str(path)))
+
+
+def test_empty_data(tmp_path):
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"text": ""}, {"text": "  "}])
+    with pytest.raises(DataError, match="no text"):
+        list(iter_documents(str(path)))
+
+
+def test_unknown_builtin_lists_allowed_names():
+    with pytest.raises(DataError, match="builtin:python-docs"):
+        list(iter_documents("builtin:nope"))
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("hf:wikitext:wikitext-2-raw-v1:validation", ("wikitext", "wikitext-2-raw-v1", "validation")),
+    ("hf:user/name", ("user/name", None, "train")),
+    ("hf:name::test", ("name", None, "test")),
+    ("hf:name:cfg", ("name", "cfg", "train")),
+])
+def test_parse_hf_spec(spec, expected):
+    assert parse_hf_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["hf:", "hf::cfg", "hf:a:b:c:d"])
+def test_parse_hf_spec_errors(spec):
+    with pytest.raises(DataError, match="NAME"):
+        parse_hf_spec(spec)
+
+
+def test_hf_local_folder_through_datasets(tmp_path):
+    _write_jsonl(tmp_path / "data.jsonl", [{"text": d} for d in DOCS])
+    assert list(iter_documents(f"hf:{tmp_path}")) == DOCS
+
+
+def test_hf_load_failure_is_a_data_error(tmp_path):
+    # The tests run offline (conftest), so any hub name fails: the error must say what to check.
+    with pytest.raises(DataError, match="network"):
+        list(iter_documents("hf:minitron-test/does-not-exist"))
+
+
+def test_builtin_python_docs():
+    docs = list(iter_documents("builtin:python-docs"))
+    assert sum(len(d) for d in docs) > 500_000
+    topics = list(iter_documents("builtin:python-topics"))
+    docstrings = list(iter_documents("builtin:python-docstrings"))
+    assert topics and docstrings and not set(topics) & set(docstrings)
+    assert docs == topics + docstrings
+    assert list(iter_documents("builtin:python-docstrings")) == docstrings  # deterministic
+
+
+# --- token blocks ---------------------------------------------------------------------------------
+
+def test_token_blocks_shape_and_packing(tmp_path, tokenizer):
+    docs = _marked_docs(30)
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in docs])
+    blocks = token_blocks(str(path), tokenizer, seq_len=16, num_blocks=5, split="all")
+    assert blocks.shape == (5, 16) and blocks.dtype == torch.long
+    stream = []
+    for doc in docs:
+        stream += tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert blocks.flatten().tolist() == stream[:80]
+
+
+def test_token_blocks_stop_reading_early(tmp_path, tokenizer):
+    # A bad record after the first batches is never reached when few blocks are asked for.
+    records = [{"text": d} for d in _marked_docs(200)] + [{"wrong": "field"}]
+    path = _write_jsonl(tmp_path / "d.jsonl", records)
+    token_blocks(str(path), tokenizer, seq_len=8, num_blocks=2, split="all")
+    with pytest.raises(DataError, match="'wrong'"):
+        token_blocks(str(path), tokenizer, seq_len=8, num_blocks=100_000, split="all")
+
+
+def test_train_and_heldout_are_disjoint(tmp_path, tokenizer):
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in _marked_docs(200)])
+
+    def markers(split, num_blocks):
+        blocks = token_blocks(str(path), tokenizer, seq_len=32, num_blocks=num_blocks, split=split,
+                              heldout_fraction=0.2)
+        return {int(m) for row in blocks for m in re.findall(r"m(\d+)x", tokenizer.decode(row))}
+
+    train, heldout = markers("train", 60), markers("heldout", 15)
+    assert train and heldout and not train & heldout
+    assert all(is_heldout(i, 0.2) for i in heldout)
+    assert not any(is_heldout(i, 0.2) for i in train)
+
+
+def test_heldout_fraction_is_spread_evenly():
+    held = [i for i in range(1000) if is_heldout(i, 0.1)]
+    assert 90 <= len(held) <= 110
+    assert 8 <= sum(1 for i in held if i < 100) <= 12
+    assert not is_heldout(0, 0.1)  # a one-document corpus still has training text
+
+
+def test_too_few_tokens(tmp_path, tokenizer):
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in _marked_docs(3)])
+    with pytest.raises(DataError, match=r"blocks of 16 tokens, but 1000 were asked.*--samples"):
+        token_blocks(str(path), tokenizer, seq_len=16, num_blocks=1000, split="all")
+
+
+def test_token_blocks_deterministic(tmp_path, tokenizer):
+    path = _write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in _marked_docs(100)])
+    first = token_blocks(str(path), tokenizer, seq_len=16, num_blocks=20)
+    assert torch.equal(first, token_blocks(str(path), tokenizer, seq_len=16, num_blocks=20))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(seq_len=1), "at least 2"),
+    (dict(num_blocks=0), "at least 1"),
+    (dict(split="valid"), "unknown split"),
+    (dict(heldout_fraction=1.0), r"\[0, 1\)"),
+    (dict(split="heldout", heldout_fraction=0.0), "empty"),
+])
+def test_token_blocks_validates_arguments(tmp_path, tokenizer, kwargs, match):
+    path = tmp_path / "a.txt"
+    path.write_text("some text")
+    arguments = {"seq_len": 4, "num_blocks": 1, **kwargs}
+    with pytest.raises(DataError, match=match):
+        token_blocks(str(path), tokenizer, **arguments)
+
+
+def test_iter_batches():
+    blocks = torch.arange(5 * 3).view(5, 3)
+    batches = list(iter_batches(blocks, 2))
+    assert [b.shape[0] for b in batches] == [2, 2, 1]
+    assert torch.equal(torch.cat(batches), blocks)
+    with pytest.raises(DataError):
+        list(iter_batches(blocks, 0))
