@@ -13,16 +13,17 @@ from .select import plan_from_scores
 from .surgery import build_model, pruned_config, slice_state_dict
 from .target import ResolvedTarget, resolve_target
 
-DEPTH_METRICS = ("block_influence", "lm_loss")
+DEPTH_METRICS = ("block_influence", "lm_loss", "magnitude", "random")
 
 
 def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
-          depth_metric: str = "block_influence") -> nn.Module:
+          depth_metric: str | None = None) -> nn.Module:
     """A new, smaller model; `model` itself is left untouched.
 
     target: HF config names (`hidden_size`, `intermediate_size`, `num_attention_heads`,
         `num_key_value_heads`, `num_hidden_layers`) and/or `drop_layers` (source layer indices).
-    depth_metric: which layer score picks the layers kept when `num_hidden_layers` shrinks.
+    depth_metric: which layer score picks the layers kept when `num_hidden_layers` shrinks
+        ("block_influence", "lm_loss", ...); default: Block Influence, else what the scores hold.
     """
     adapter = get_adapter(model)
     resolved = resolve_target(model.config, target)

@@ -40,7 +40,19 @@ def select_heads(head_scores: torch.Tensor, num_kv_heads: int, target: ResolvedT
     return torch.cat(kept_heads), kept_groups
 
 
-def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric: str) -> list[int]:
+LAYER_METRIC_PREFERENCE = ("block_influence", "lm_loss", "magnitude", "random")
+
+
+def default_depth_metric(scores: ImportanceScores) -> str:
+    """Block Influence when present (cheap, measured on all samples), else whatever the scores hold."""
+    for metric in LAYER_METRIC_PREFERENCE:
+        if metric in scores.layers:
+            return metric
+    return next(iter(scores.layers), "block_influence")
+
+
+def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric: str | None) -> list[int]:
+    depth_metric = depth_metric or default_depth_metric(scores)
     if target.drop_layers is not None:
         return [i for i in range(scores.num_layers) if i not in set(target.drop_layers)]
     if target.num_hidden_layers == scores.num_layers:
@@ -49,7 +61,7 @@ def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric
 
 
 def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
-                     depth_metric: str = "block_influence") -> KeepPlan:
+                     depth_metric: str | None = None) -> KeepPlan:
     layers = select_layers(scores, target, depth_metric)
     neurons, q_heads, kv_heads = {}, {}, {}
     for layer in layers:

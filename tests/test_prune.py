@@ -1,0 +1,99 @@
+"""Pruning exactness and round trips, on a tiny random model of every family."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from minitron.arch import get_adapter
+from minitron.importance import estimate_importance, magnitude_scores, random_scores
+from minitron.params import count_parameters, count_parameters_from_config
+from minitron.prune import prune
+from tests.helpers import logits, make_identity_layer_, silence_neurons_
+
+SMALLER = dict(hidden_size=32, intermediate_size=40, num_attention_heads=4, num_key_value_heads=2,
+               num_hidden_layers=3)
+
+
+def test_pruning_to_own_sizes_changes_nothing(model, batches):
+    scores = estimate_importance(model, batches, progress=False)
+    config = model.config
+    same = prune(model, scores, {key: getattr(config, key) for key in SMALLER})
+    torch.testing.assert_close(logits(same, batches[0]), logits(model, batches[0]), atol=1e-5, rtol=0)
+
+
+def test_silent_neurons_go_first_and_change_nothing(model, batches):
+    silent = [3, 10, 17, 40, 63]
+    for layer in range(model.config.num_hidden_layers):
+        silence_neurons_(model, layer, silent)
+    scores = estimate_importance(model, batches, progress=False)
+    for layer_scores in scores.neurons:
+        assert torch.all(layer_scores[silent] == 0)
+        assert torch.all(torch.topk(layer_scores, len(silent), largest=False).values == 0)
+    pruned = prune(model, scores, {"intermediate_size": model.config.intermediate_size - len(silent)})
+    torch.testing.assert_close(logits(pruned, batches[0]), logits(model, batches[0]), atol=1e-5, rtol=0)
+
+
+def test_identity_layer_is_dropped_first_by_block_influence(model, batches):
+    make_identity_layer_(model, 2)
+    scores = estimate_importance(model, batches, progress=False)
+    influence = scores.layers["block_influence"]
+    assert influence[2].abs() < 1e-6 and int(torch.argmin(influence)) == 2
+    pruned = prune(model, scores, {"num_hidden_layers": model.config.num_hidden_layers - 1})
+    assert pruned.minitron_kept_layers == [0, 1, 3]
+    torch.testing.assert_close(logits(pruned, batches[0]), logits(model, batches[0]), atol=1e-5, rtol=0)
+
+
+def test_identity_layer_costs_no_loss_when_skipped(model, batches):
+    make_identity_layer_(model, 1)
+    scores = estimate_importance(model, batches, layer_loss_batches=2, progress=False)
+    assert abs(float(scores.layers["lm_loss"][1])) < 1e-5
+
+
+def test_pruned_model_round_trips_through_plain_transformers(model, batches, tmp_path):
+    scores = estimate_importance(model, batches, progress=False)
+    pruned = prune(model, scores, SMALLER)
+    assert pruned.config.head_dim == model.config.head_dim
+    pruned.save_pretrained(tmp_path)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    reloaded.eval()
+    torch.testing.assert_close(logits(reloaded, batches[0]), logits(pruned, batches[0]), atol=1e-5, rtol=0)
+    assert count_parameters(reloaded) == count_parameters_from_config(reloaded.config)
+    assert count_parameters(pruned).total < count_parameters(model).total
+    if model.config.tie_word_embeddings:
+        assert reloaded.get_input_embeddings().weight is reloaded.get_output_embeddings().weight
+    for name, value in vars(reloaded.config).items():
+        if isinstance(value, list) and name == "layer_types":
+            assert len(value) == reloaded.config.num_hidden_layers
+
+
+def test_generate_with_cache_equals_without(model, batches):
+    scores = estimate_importance(model, batches, progress=False)
+    pruned = prune(model, scores, SMALLER)
+    prompt = batches[0][:1, :6]
+    settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with_cache = pruned.generate(prompt, use_cache=True, **settings)
+    without_cache = pruned.generate(prompt, use_cache=False, **settings)
+    assert torch.equal(with_cache, without_cache)
+
+
+def test_whole_kv_groups_are_pruned(model, batches):
+    scores = estimate_importance(model, batches, progress=False)
+    pruned = prune(model, scores, {"num_key_value_heads": 1, "num_attention_heads": 2})
+    assert pruned.config.num_key_value_heads == 1 and pruned.config.num_attention_heads == 2
+    assert logits(pruned, batches[0]).isfinite().all()
+
+
+def test_explicit_drop_layers(model, batches):
+    scores = random_scores(model)
+    pruned = prune(model, scores, {"drop_layers": [0, 2]})
+    assert pruned.config.num_hidden_layers == 2 and pruned.minitron_kept_layers == [1, 3]
+    adapter = get_adapter(pruned)
+    for new_index, layer in enumerate(adapter.layers(pruned)):
+        attention = [m for m in layer.modules() if hasattr(m, "layer_idx")]
+        assert all(m.layer_idx == new_index for m in attention)
+
+
+@pytest.mark.parametrize("criterion", [magnitude_scores, random_scores])
+def test_baseline_criteria_prune(model, batches, criterion):
+    pruned = prune(model, criterion(model), SMALLER)
+    assert logits(pruned, batches[0]).isfinite().all()

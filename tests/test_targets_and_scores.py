@@ -1,0 +1,99 @@
+"""Impossible targets, bad scores and unknown architectures are refused clearly, before any work."""
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from minitron.arch import SUPPORTED_MODEL_TYPES, get_adapter
+from minitron.errors import ScoresError, TargetError, UnsupportedArchitectureError
+from minitron.importance import ImportanceScores, estimate_importance, random_scores
+from minitron.prune import describe_pruning, parse_layer_list, prune, resolve_target
+from tests.tiny import tiny_config, tiny_model
+
+BAD_TARGETS = [
+    ({"hidden_size": 64}, "larger than the source"),
+    ({"intermediate_size": 0}, "must be positive"),
+    ({"num_hidden_layers": -1}, "must be positive"),
+    ({"num_attention_heads": 5}, "not a multiple of num_key_value_heads"),
+    ({"num_attention_heads": 4, "num_key_value_heads": 1}, "per KV group"),
+    ({"drop_layers": [0, 4]}, "out of range"),
+    ({"drop_layers": [1, 1]}, "more than once"),
+    ({"drop_layers": [0, 1, 2, 3]}, "all 4 layers"),
+    ({"drop_layers": [0], "num_hidden_layers": 2}, "leaving 3"),
+    ({"hidden_size": 31.5}, "whole number"),
+    ({"hiden_size": 32}, "unknown target key"),
+]
+
+
+@pytest.mark.parametrize("target,message", BAD_TARGETS)
+def test_impossible_targets_are_refused(target, message):
+    with pytest.raises(TargetError, match=message):
+        resolve_target(tiny_config("llama"), target)
+
+
+def test_bad_target_is_refused_before_any_work(monkeypatch):
+    model = tiny_model("llama")
+    scores = random_scores(model)
+    import minitron.prune.api as api
+    monkeypatch.setattr(api, "slice_state_dict", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(TargetError):
+        prune(model, scores, {"num_attention_heads": 5})
+
+
+def test_mha_head_pruning_keeps_mha():
+    config = tiny_config("llama", num_key_value_heads=6)
+    resolved = resolve_target(config, {"num_attention_heads": 4})
+    assert resolved.num_key_value_heads == 4
+
+
+def test_scores_from_another_model_are_refused(batches):
+    model, other = tiny_model("llama"), tiny_model("llama")
+    scores = estimate_importance(other, batches, progress=False)
+    with pytest.raises(ScoresError, match="not on this model"):
+        prune(model, scores, {"hidden_size": 32})
+
+
+def test_scores_round_trip_and_corruption(tmp_path, batches):
+    model = tiny_model("qwen3")
+    scores = estimate_importance(model, batches, layer_loss_batches=1, progress=False, meta={"data": "unit"})
+    scores.save(tmp_path / "scores")
+    loaded = ImportanceScores.load(tmp_path / "scores")
+    assert loaded.fingerprint == scores.fingerprint and loaded.meta["data"] == "unit"
+    assert set(loaded.layers) == {"block_influence", "lm_loss"}
+    for a, b in zip(loaded.neurons + loaded.heads, scores.neurons + scores.heads):
+        assert torch.equal(a, b)
+    (tmp_path / "scores" / "scores.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ScoresError, match="corrupt"):
+        ImportanceScores.load(tmp_path / "scores")
+    with pytest.raises(ScoresError, match="holds no importance scores"):
+        ImportanceScores.load(tmp_path / "missing")
+    meta = json.loads((tmp_path / "scores" / "scores.json").read_text())
+    assert meta["seq_reduction"] == "mean" and meta["batch_reduction"] == "l2"
+
+
+@pytest.mark.parametrize("seq", ["mean", "l2", "var"])
+@pytest.mark.parametrize("batch", ["mean", "l2", "var"])
+def test_every_aggregation_pair_gives_finite_scores(seq, batch, batches):
+    scores = estimate_importance(tiny_model("llama"), batches, seq_reduction=seq, batch_reduction=batch,
+                                 progress=False)
+    assert all(t.isfinite().all() and (t >= 0).all() for t in [scores.hidden, *scores.neurons, *scores.heads])
+
+
+def test_unsupported_architecture_lists_supported():
+    config = AutoConfig.for_model("gpt2", n_layer=1, n_embd=16, n_head=2, vocab_size=32)
+    with pytest.raises(UnsupportedArchitectureError) as error:
+        get_adapter(config)
+    assert all(name in str(error.value) for name in SUPPORTED_MODEL_TYPES)
+
+
+def test_dry_run_from_config_alone():
+    summary = describe_pruning(tiny_config("gemma2"), {"hidden_size": 24, "num_hidden_layers": 2})
+    assert summary["params_after"].total < summary["params_before"].total
+    assert summary["config"].layer_types == ["sliding_attention", "full_attention"]
+
+
+def test_layer_list_parsing():
+    assert parse_layer_list("3,5,7-9") == [3, 5, 7, 8, 9]
+    with pytest.raises(TargetError):
+        parse_layer_list("a-b")
