@@ -12,6 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch.base import ArchAdapter
+from ..eval.loss import mean_lm_loss
 
 
 class SkipLayer(nn.Module):
@@ -41,30 +42,13 @@ def layers_skipped(model: nn.Module, adapter: ArchAdapter, indices: Sequence[int
             layers[i] = layer
 
 
-@torch.inference_mode()
-def mean_lm_loss(model: nn.Module, batches: Sequence[dict]) -> float:
-    """Token-weighted mean next-token loss over `batches` (dicts with input_ids, optional attention_mask)."""
-    total, tokens = 0.0, 0
-    for batch in batches:
-        input_ids = batch["input_ids"]
-        labels = input_ids.clone()
-        if batch.get("attention_mask") is not None:
-            labels[batch["attention_mask"] == 0] = -100
-        output = model(input_ids=input_ids, attention_mask=batch.get("attention_mask"), labels=labels,
-                       use_cache=False)
-        count = int((labels[:, 1:] != -100).sum())
-        total += float(output.loss) * count
-        tokens += count
-    return total / max(tokens, 1)
-
-
 def layer_loss_increase(model: nn.Module, adapter: ArchAdapter, batches: Sequence[dict],
                         progress: bool = True) -> torch.Tensor:
     """(num_layers,) LM-loss increase when each layer alone is skipped; higher = more important."""
-    baseline = mean_lm_loss(model, batches)
+    baseline, _ = mean_lm_loss(model, batches)
     num_layers = len(adapter.layers(model))
     increases = torch.zeros(num_layers)
     for index in tqdm(range(num_layers), desc="layer-skip loss", disable=not progress, leave=False):
         with layers_skipped(model, adapter, [index]):
-            increases[index] = mean_lm_loss(model, batches) - baseline
+            increases[index] = mean_lm_loss(model, batches)[0] - baseline
     return increases

