@@ -52,7 +52,7 @@ def test_scores_from_another_model_are_refused(batches):
     model, other = tiny_model("llama"), tiny_model("llama")
     scores = estimate_importance(other, batches, progress=False)
     with pytest.raises(ScoresError, match="not on this model"):
-        prune(model, scores, {"hidden_size": 32})
+        prune(model, scores, {"hidden_size": 36})
 
 
 def test_scores_round_trip_and_corruption(tmp_path, batches):
@@ -98,3 +98,11 @@ def test_layer_list_parsing():
     assert parse_layer_list("3,5,7-9") == [3, 5, 7, 8, 9]
     with pytest.raises(TargetError):
         parse_layer_list("a-b")
+
+
+def test_config_transformers_would_refuse_is_caught_before_work():
+    with pytest.raises(TargetError, match="not a multiple of the number of attention heads"):
+        describe_pruning(tiny_config("llama"), {"hidden_size": 44})
+    model = tiny_model("llama")
+    with pytest.raises(TargetError, match="transformers refuses"):
+        prune(model, random_scores(model), {"hidden_size": 44})

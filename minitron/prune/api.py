@@ -10,7 +10,7 @@ from ..fingerprint import model_fingerprint
 from ..importance.scores import ImportanceScores
 from ..params import count_parameters, count_parameters_from_config
 from .select import plan_from_scores
-from .surgery import build_model, pruned_config, slice_state_dict
+from .surgery import build_model, pruned_config, slice_state_dict, validate_pruned_config
 from .target import ResolvedTarget, resolve_target
 
 DEPTH_METRICS = ("block_influence", "lm_loss", "magnitude", "random")
@@ -27,6 +27,7 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
     """
     adapter = get_adapter(model)
     resolved = resolve_target(model.config, target)
+    validate_pruned_config(pruned_config(model.config, resolved))
     scores.check_matches(model_fingerprint(model))
     plan = plan_from_scores(scores, model.config, resolved, depth_metric)
     new_config = pruned_config(model.config, resolved, plan.layers)
@@ -45,6 +46,7 @@ def describe_pruning(config, target: Mapping) -> dict:
     get_adapter(config)
     resolved: ResolvedTarget = resolve_target(config, target)
     new_config = pruned_config(config, resolved)
+    validate_pruned_config(new_config)
     before = count_parameters_from_config(config)
     after = count_parameters_from_config(new_config)
     return {"config": new_config, "target": resolved, "params_before": before, "params_after": after}

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from ..arch.base import ArchAdapter, Axis
 from .select import KeepPlan
+from ..errors import TargetError
 from .target import ResolvedTarget
 
 # Config entries that describe the source model's provenance, not the pruned one's architecture.
@@ -89,6 +90,22 @@ def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None 
         if isinstance(value, list) and len(value) == num_layers and key != "drop_layers":
             setattr(new_config, key, [value[i] for i in kept_layers])
     return new_config
+
+
+def validate_pruned_config(new_config) -> None:
+    """Run transformers' own config validation now, so a refused target fails before any work.
+
+    For example Llama and Gemma configs demand hidden_size % num_attention_heads == 0 even when
+    head_dim is explicit; save_pretrained and from_pretrained would refuse the pruned model later.
+    """
+    validate = getattr(new_config, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate()
+    except Exception as error:  # transformers wraps validator errors in its own exception types
+        cause = getattr(error, "__cause__", None) or error
+        raise TargetError(f"transformers refuses the pruned {new_config.model_type} config: {cause}") from error
 
 
 def _default_kept_layers(num_layers: int, target: ResolvedTarget) -> list[int]:

@@ -1,0 +1,151 @@
+"""The `minitron` command. Thin: it parses arguments and calls the typed functions in `minitron.jobs`.
+
+    minitron demo
+    minitron importance --model builtin:smollm2-135m --data builtin:python-docs --samples 256 --out scores/
+    minitron prune --model builtin:smollm2-135m --scores scores/ --hidden-size 448 --intermediate-size 1024 --out pruned/
+    minitron prune --model meta-llama/Llama-3.1-8B --hidden-size 3072 --intermediate-size 9216 --dry-run
+    minitron inspect pruned/
+    minitron eval --model pruned/ --data builtin:python-docs
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+
+from .config import DataConfig, ImportanceConfig, TargetConfig
+from .errors import MinitronError
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) -> None:
+    """One `--field-name` option per dataclass field, with the field's help text and default."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__.replace("Config", " settings"))
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default = defaults.get(f.name, f.default)
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
+                           help=f"{f.metadata.get('help', '')} (default: {default})")
+
+
+def from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--model", required=required, default=None if required else "builtin:smollm2-135m",
+                        help="Hub id, local folder, .gguf file, or builtin:smollm2-135m.")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16.")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minitron", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="The recipe end to end on the built-in teacher (CPU-sized).")
+    demo.add_argument("--out", default="runs/demo", help="Folder for scores, pruned models and the table.")
+    demo.add_argument("--quick", action="store_true", help="Fewer samples: a smoke run of a few minutes.")
+
+    importance = commands.add_parser("importance", help="Score neurons, heads, channels and layers; save them.")
+    _model_options(importance)
+    importance.add_argument("--out", required=True, help="Folder to write the scores to.")
+    importance.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
+    add_dataclass_arguments(importance, DataConfig)
+    add_dataclass_arguments(importance, ImportanceConfig)
+
+    prune = commands.add_parser("prune", help="Prune to a target architecture; writes a standard HF checkpoint.")
+    _model_options(prune)
+    prune.add_argument("--scores", help="Scores folder from `minitron importance`.")
+    prune.add_argument("--criterion", choices=["magnitude", "random"],
+                       help="Baseline criterion instead of --scores (for comparisons).")
+    prune.add_argument("--depth-metric", default=None,
+                       help="Layer score used when --num-hidden-layers shrinks: block_influence (default) or lm_loss.")
+    prune.add_argument("--out", help="Folder for the pruned model.")
+    prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
+    prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
+    add_dataclass_arguments(prune, TargetConfig)
+
+    inspect = commands.add_parser("inspect", help="Parameter counts and the size of every axis.")
+    inspect.add_argument("model", help="Hub id, local folder, config.json, .gguf file or builtin:NAME.")
+    inspect.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+
+    evaluate = commands.add_parser("eval", help="Held-out loss and perplexity on a data spec.")
+    _model_options(evaluate)
+    evaluate.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
+    add_dataclass_arguments(evaluate, DataConfig, samples=64)
+    return parser
+
+
+def _print_table(rows: list[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:,}" if type(value) is int else f"{name:<{width}}  {value}")
+
+
+def _print_dry_run(summary: dict) -> None:
+    config, before, after = summary["config"], summary["params_before"], summary["params_after"]
+    rows = [(key, getattr(config, key)) for key in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                    "num_key_value_heads", "head_dim", "num_hidden_layers")]
+    rows += [("params total", f"{after.total:,} ({after.total / before.total:.1%} of {before.total:,})"),
+             ("params non-embedding", f"{after.non_embedding:,} ({after.non_embedding / before.non_embedding:.1%})")]
+    _print_table(rows)
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    from . import jobs
+    if args.command == "demo":
+        from .demo import run_demo
+        run_demo(args.out, quick=args.quick)
+    elif args.command == "importance":
+        out = jobs.run_importance(args.model, args.out, from_args(DataConfig, args), from_args(ImportanceConfig, args),
+                                  dtype=args.dtype, device=args.device, overwrite=args.overwrite)
+        print(f"scores written to {out}")
+    elif args.command == "prune":
+        target = from_args(TargetConfig, args).as_target()
+        if not target:
+            raise MinitronError("give at least one target: --hidden-size, --intermediate-size, "
+                                "--num-attention-heads, --num-key-value-heads, --num-hidden-layers or --drop-layers")
+        result = jobs.run_prune(args.model, args.out, target, scores=args.scores, criterion=args.criterion,
+                                depth_metric=args.depth_metric, dry_run=args.dry_run, dtype=args.dtype,
+                                device=args.device, overwrite=args.overwrite)
+        if args.dry_run:
+            _print_dry_run(result)
+        else:
+            print(f"pruned model written to {args.out}: {result['params_after']['total']:,} parameters "
+                  f"({result['params_after']['total'] / result['params_before']['total']:.1%} of the source)")
+    elif args.command == "inspect":
+        info = jobs.inspect_model(args.model)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            params = info.pop("params")
+            _print_table([*info.items(), *((f"params {k}", v) for k, v in params.items())])
+    elif args.command == "eval":
+        result = jobs.run_eval(args.model, from_args(DataConfig, args), args.split, dtype=args.dtype,
+                               device=args.device)
+        print(json.dumps(result, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        _dispatch(args)
+    except MinitronError as error:
+        print(f"minitron {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nminitron {args.command}: interrupted; outputs are written atomically, nothing partial was left",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
