@@ -66,7 +66,8 @@ def _build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--criterion", choices=["magnitude", "random"],
                        help="Baseline criterion instead of --scores (for comparisons).")
     prune.add_argument("--depth-metric", default=None,
-                       help="Layer score used when --num-hidden-layers shrinks: block_influence (default) or lm_loss.")
+                       help="Layer score used when --num-hidden-layers shrinks: lm_loss (default when the scores "
+                            "have it) or block_influence.")
     prune.add_argument("--out", help="Folder for the pruned model.")
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")

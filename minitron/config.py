@@ -44,7 +44,7 @@ class ImportanceConfig:
     batch_reduction: str = _help("How per-sample scores are reduced over samples: mean, l2, var.", default="l2")
     layer_loss_samples: int = _help("Also score layers by the LM-loss increase when each is skipped, on this "
                                     "many samples (costs one forward per layer; 0 = Block Influence only).",
-                                    default=0)
+                                    default=16)
     seed: int = _help("Seed of the random criterion.", default=0)
 
     def __post_init__(self) -> None:

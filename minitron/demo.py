@@ -49,7 +49,7 @@ def _scores(model, tokenizer, folder: Path, data: DataConfig, settings: Importan
 def run_demo(out: str = "runs/demo", quick: bool = False) -> dict:
     out_dir = Path(out)
     data = DataConfig(data=DATA, samples=16 if quick else 128, seq_len=256, batch_size=8)
-    settings = ImportanceConfig(layer_loss_samples=2 if quick else 4)
+    settings = ImportanceConfig(layer_loss_samples=4 if quick else 8)
     print(f"[1/4] loading the teacher ({DEFAULT_TEACHER})")
     teacher, tokenizer = load_model(DEFAULT_TEACHER)
     heldout = token_blocks(DATA, tokenizer, data.seq_len, 8 if quick else 32, split="heldout")

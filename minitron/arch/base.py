@@ -33,6 +33,7 @@ class Axis(str, Enum):
 H, M, Q, KV, QKV, GU, KEEP = Axis.HIDDEN, Axis.MLP, Axis.Q, Axis.KV, Axis.QKV, Axis.GATE_UP, Axis.KEEP
 
 StateFix = Callable[[dict, object, object], None]
+LogitTransform = Callable[[torch.Tensor, object], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class ArchAdapter:
     hidden_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     """Norms whose *outputs* feed attention or the MLP: they score the hidden channels."""
     layers_path: str = "model.layers"
+    base_model_path: str = "model"
+    """The decoder stack without the LM head: its last_hidden_state is already final-normed."""
+    lm_head_path: str = "lm_head"
+    logit_transform: LogitTransform | None = None
+    """What the family applies to lm_head's output (Gemma soft-capping, Granite's logits_scaling)."""
     embed_path: str = "model.embed_tokens"
     gated_mlp: bool = True
     fix_state: StateFix | None = None
@@ -63,6 +69,16 @@ class ArchAdapter:
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)
+
+    def base_model(self, model: nn.Module) -> nn.Module:
+        return model.get_submodule(self.base_model_path)
+
+    def logits_from_hidden(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's logits for final hidden states (..., hidden) -> (..., vocab)."""
+        logits = model.get_submodule(self.lm_head_path)(hidden)
+        if self.logit_transform is not None:
+            logits = self.logit_transform(logits, model.config)
+        return logits
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers_path}.{index}."
@@ -144,3 +160,12 @@ def rescale_scaled_embedding(new_state: dict, old_config, new_config) -> None:
         new_state["lm_head.weight"] = new_state["lm_head.weight"] * scale
     norm = new_state["model.norm.weight"]
     new_state["model.norm.weight"] = (1.0 + norm.float()) / scale - 1.0
+
+
+def soft_cap_logits(logits: torch.Tensor, config) -> torch.Tensor:
+    cap = getattr(config, "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def scale_logits(logits: torch.Tensor, config) -> torch.Tensor:
+    return logits / config.logits_scaling

@@ -1,21 +1,23 @@
 """One adapter per supported family. This file and `base.py` are the only places that know HF names."""
 from __future__ import annotations
 
-from .base import (GU, KEEP, Q, QKV, ArchAdapter, H, M, llama_like_layer_params, optional_bias_params,
-                   rescale_scaled_embedding, standard_global_params)
+from .base import (GU, Q, QKV, ArchAdapter, H, M, llama_like_layer_params, optional_bias_params,
+                   rescale_scaled_embedding, scale_logits, soft_cap_logits, standard_global_params)
 
 
-def _llama_like(model_type: str, **layer_kwargs) -> ArchAdapter:
+def _llama_like(model_type: str, logit_transform=None, **layer_kwargs) -> ArchAdapter:
     layer = llama_like_layer_params(**layer_kwargs)
     layer |= optional_bias_params(layer)
-    return ArchAdapter(model_type=model_type, global_params=standard_global_params(), layer_params=layer)
+    return ArchAdapter(model_type=model_type, global_params=standard_global_params(), layer_params=layer,
+                       logit_transform=logit_transform)
 
 
 LLAMA = _llama_like("llama")
 MISTRAL = _llama_like("mistral")
 QWEN2 = _llama_like("qwen2", attention_bias=True)
 QWEN3 = _llama_like("qwen3", qk_norm=True)
-GRANITE = _llama_like("granite")  # multipliers are scalars independent of every pruned size
+# Granite's multipliers are scalars independent of every pruned size.
+GRANITE = _llama_like("granite", logit_transform=scale_logits)
 
 _GEMMA_NORMS = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
 
@@ -31,6 +33,7 @@ def _gemma(model_type: str, qk_norm: bool) -> ArchAdapter:
         # pre_feedforward_layernorm.
         hidden_norms=("input_layernorm", "pre_feedforward_layernorm"),
         fix_state=rescale_scaled_embedding,
+        logit_transform=soft_cap_logits,
         notes="embedding scaled by sqrt(hidden_size); soft-capping and query_pre_attn_scalar are size-free",
     )
 

@@ -23,7 +23,7 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
     target: HF config names (`hidden_size`, `intermediate_size`, `num_attention_heads`,
         `num_key_value_heads`, `num_hidden_layers`) and/or `drop_layers` (source layer indices).
     depth_metric: which layer score picks the layers kept when `num_hidden_layers` shrinks
-        ("block_influence", "lm_loss", ...); default: Block Influence, else what the scores hold.
+        ("lm_loss", "block_influence", ...); default: lm_loss when present, else Block Influence.
     """
     adapter = get_adapter(model)
     resolved = resolve_target(model.config, target)

@@ -40,11 +40,13 @@ def select_heads(head_scores: torch.Tensor, num_kv_heads: int, target: ResolvedT
     return torch.cat(kept_heads), kept_groups
 
 
-LAYER_METRIC_PREFERENCE = ("block_influence", "lm_loss", "magnitude", "random")
+# The LM-loss increase is the seeds' depth criterion and far better than Block Influence when both
+# exist (demo: held-out loss 6.15 vs 10.64 after dropping 15 of SmolLM2's 30 layers).
+LAYER_METRIC_PREFERENCE = ("lm_loss", "block_influence", "magnitude", "random")
 
 
 def default_depth_metric(scores: ImportanceScores) -> str:
-    """Block Influence when present (cheap, measured on all samples), else whatever the scores hold."""
+    """The LM-loss metric when the scores have it, else Block Influence, else whatever they hold."""
     for metric in LAYER_METRIC_PREFERENCE:
         if metric in scores.layers:
             return metric

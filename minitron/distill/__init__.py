@@ -1,0 +1,6 @@
+"""Knowledge distillation: losses (logit, chunked logit, intermediate hidden-state)."""
+from minitron.distill.losses import (ForwardKL, GeneralizedJSD, HiddenStateLoss, LogitLossOutput, NextTokenCE,
+                                     ReverseKL, TopKForwardKL, balance_weight, chunked_logit_loss, map_layers)
+
+__all__ = ["ForwardKL", "ReverseKL", "GeneralizedJSD", "TopKForwardKL", "NextTokenCE", "LogitLossOutput",
+           "chunked_logit_loss", "HiddenStateLoss", "map_layers", "balance_weight"]

@@ -1,0 +1,290 @@
+"""Distillation losses (torchtune style: one small module per loss, shapes in the docstrings).
+
+Logit losses work on flattened tokens and return ``(sum over kept tokens, number of kept tokens)``
+rather than a mean, so that chunked accumulation and averaging across ranks / micro-batches stay
+exact: the caller divides once by the global count. All of them compute in fp32 (inputs may be
+bf16), divide logits by ``temperature`` and multiply the loss by ``temperature**2`` (Hinton et al.)
+so gradient magnitudes do not shrink as T grows.
+
+``chunked_logit_loss`` applies a logit loss from hidden states and LM heads chunk by chunk under
+activation checkpointing, so (tokens x vocab) logits only ever exist for one chunk at a time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+class _LogitLoss(nn.Module):
+    """Base of the logit losses: temperature, fp32 log-softmax, masking, T^2 scaling."""
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        """(N, V) fp32 tempered logits, twice -> (N,) loss per token (before T^2)."""
+        raise NotImplementedError
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor,
+                mask: Tensor | None = None) -> tuple[Tensor, int]:
+        """student_logits, teacher_logits: (N, V), any float dtype; mask: (N,) bool, True = keep.
+
+        Returns (sum of the per-token loss over kept tokens: fp32 scalar, number of kept tokens).
+        """
+        if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
+            raise ValueError(f"expected two (N, V) tensors, got {tuple(student_logits.shape)} "
+                             f"and {tuple(teacher_logits.shape)}")
+        if mask is not None:  # drop rows before the softmaxes: masked tokens cost nothing
+            mask = mask.to(torch.bool)
+            student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
+        t = self.temperature
+        student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
+        if t != 1.0:  # skip two (N, V) copies in the common T = 1 case
+            student_logits, teacher_logits = student_logits / t, teacher_logits / t
+        loss = self.per_token(student_logits, teacher_logits)
+        return loss.sum() * (t * t), int(loss.shape[0])
+
+
+def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p || q) per row from log-probs; 0 * log 0 := 0 so -inf logits (masked vocab) are safe."""
+    p = log_p.exp()
+    # Zero the log-ratio (not the product) where p == 0: no inf - inf in forward, no 0 * nan in backward.
+    return (p * torch.where(p > 0, log_p - log_q, 0.0)).sum(-1)
+
+
+class ForwardKL(_LogitLoss):
+    """KL(teacher || student) = sum_v p_t (log p_t - log p_s): mass-covering, the default."""
+
+    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        return _kl(F.log_softmax(teacher_logits, -1), F.log_softmax(student_logits, -1))
+
+
+class ReverseKL(_LogitLoss):
+    """KL(student || teacher) = sum_v p_s (log p_s - log p_t): mode-seeking."""
+
+    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        return _kl(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1))
+
+
+class GeneralizedJSD(_LogitLoss):
+    """beta * KL(p_t || m) + (1 - beta) * KL(p_s || m), m = beta * p_t + (1 - beta) * p_s.
+
+    beta in (0, 1); beta = 0.5 is the ordinary Jensen-Shannon divergence. log m is computed as
+    logaddexp(log p_t + log beta, log p_s + log(1 - beta)), which never underflows to log 0.
+    """
+
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0) -> None:
+        super().__init__(temperature)
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"beta must be in (0, 1), got {beta}")
+        self.beta = float(beta)
+
+    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        log_t, log_s = F.log_softmax(teacher_logits, -1), F.log_softmax(student_logits, -1)
+        log_m = torch.logaddexp(log_t + math.log(self.beta), log_s + math.log1p(-self.beta))
+        return self.beta * _kl(log_t, log_m) + (1.0 - self.beta) * _kl(log_s, log_m)
+
+
+class TopKForwardKL(_LogitLoss):
+    """Forward KL on the teacher's top-k tokens only (k is clamped to the vocabulary size).
+
+    Both distributions are renormalised over the same k indices (teacher's top-k of its tempered
+    logits): the loss is then a proper KL between two distributions on that support, it is 0 when
+    the student's *relative* preferences among those tokens match the teacher's, and it does not
+    also push the student's total mass onto the top-k set (which using the student's full-vocab
+    log-probs would do, with a loss that never reaches 0). With k = V it equals ForwardKL.
+    """
+
+    def __init__(self, k: int, temperature: float = 1.0) -> None:
+        super().__init__(temperature)
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = int(k)
+
+    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        top, idx = teacher_logits.topk(min(self.k, teacher_logits.shape[-1]), dim=-1)
+        return _kl(F.log_softmax(top, -1), F.log_softmax(student_logits.gather(-1, idx), -1))
+
+
+class NextTokenCE(nn.Module):
+    """Cross entropy of the student against labels; labels == -100 are ignored.
+
+    forward(student_logits: (N, V), labels: (N,) int64, already shifted) -> (sum, count).
+    """
+
+    def forward(self, student_logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
+        total = F.cross_entropy(student_logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        return total, int((labels != IGNORE_INDEX).sum())
+
+
+@dataclass
+class LogitLossOutput:
+    """Sums and counts from `chunked_logit_loss`; divide by (globally reduced) counts yourself.
+
+    kd_sum: fp32 scalar, distillation loss summed over the `count` masked-in tokens.
+    ce_sum: fp32 scalar, cross entropy summed over the `ce_count` labelled tokens, or None.
+    """
+
+    kd_sum: Tensor
+    ce_sum: Tensor | None
+    count: int
+    ce_count: int = 0
+
+    def mean(self, ce_weight: float = 0.0) -> Tensor:
+        """Local mean: kd_sum / count + ce_weight * ce_sum / ce_count (empty parts count as 0)."""
+        loss = self.kd_sum / max(self.count, 1)
+        if ce_weight and self.ce_sum is not None:
+            loss = loss + ce_weight * self.ce_sum / max(self.ce_count, 1)
+        return loss
+
+
+def chunked_logit_loss(loss: nn.Module, student_hidden: Tensor, teacher_hidden: Tensor,
+                       student_head: Callable[[Tensor], Tensor], teacher_head: Callable[[Tensor], Tensor],
+                       mask: Tensor | None = None, chunk_size: int = 1024, labels: Tensor | None = None,
+                       ce_weight: float = 0.0) -> LogitLossOutput:
+    """Apply a logit loss to (N, Hs) student / (N, Ht) teacher final hidden states, chunk by chunk.
+
+    The heads map (n, H) hidden states to (n, V) logits (lm_head plus any soft-capping).
+    mask: (N,) bool (True = distil this token); labels: (N,) int64 with -100 = ignore, needed
+    when ce_weight > 0 (then ce_sum is filled; ce_weight only switches CE on, weighting is left to
+    `LogitLossOutput.mean` or the caller, so the sums stay exact).
+
+    Each chunk runs inside `checkpoint(use_reentrant=False)`, which saves only the chunk's hidden
+    states: backward recomputes that chunk's student *and* teacher logits. Recomputing the
+    teacher costs one extra (chunk x Ht x V) matmul per chunk, but passing teacher logits in as a
+    checkpoint input would keep all N x V of them alive until backward, defeating the purpose.
+    Peak memory is O(chunk_size x V) instead of O(N x V). Rows that neither loss uses are dropped
+    up front, so padding costs no head matmuls. Gradients reach `student_hidden` and the
+    parameters used by `student_head`; the teacher head always runs under no_grad.
+    """
+    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or len(student_hidden) != len(teacher_hidden):
+        raise ValueError(f"expected (N, Hs) and (N, Ht) hidden states, got {tuple(student_hidden.shape)} "
+                         f"and {tuple(teacher_hidden.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    use_ce = ce_weight > 0
+    if use_ce and labels is None:
+        raise ValueError("ce_weight > 0 needs labels")
+    n = len(student_hidden)
+    kd_mask = torch.ones(n, dtype=torch.bool, device=student_hidden.device) if mask is None else mask.to(torch.bool)
+    keep = kd_mask | (labels != IGNORE_INDEX) if use_ce else kd_mask
+    if not bool(keep.all()):
+        student_hidden, teacher_hidden, kd_mask = student_hidden[keep], teacher_hidden[keep], kd_mask[keep]
+        labels = labels[keep] if use_ce else labels
+    ce_loss = NextTokenCE()
+
+    def chunk_loss(s_h: Tensor, t_h: Tensor, m: Tensor, lbl: Tensor | None) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            t_logits = teacher_head(t_h)
+        s_logits = student_head(s_h)
+        kd = loss(s_logits, t_logits, m)[0]
+        ce = ce_loss(s_logits, lbl)[0] if lbl is not None else kd.new_zeros(())
+        return kd, ce
+
+    # Start from a zero tied to student_hidden so backward works even when every token is masked.
+    kd_sum = ce_sum = (student_hidden.sum() * 0.0).float()
+    for start in range(0, len(student_hidden), chunk_size):
+        sl = slice(start, start + chunk_size)
+        kd, ce = checkpoint(chunk_loss, student_hidden[sl], teacher_hidden[sl], kd_mask[sl],
+                            labels[sl] if use_ce else None, use_reentrant=False)
+        kd_sum, ce_sum = kd_sum + kd, ce_sum + ce
+    return LogitLossOutput(kd_sum=kd_sum, ce_sum=ce_sum if use_ce else None, count=int(kd_mask.sum()),
+                           ce_count=int((labels != IGNORE_INDEX).sum()) if use_ce else 0)
+
+
+class HiddenStateLoss(nn.Module):
+    """Intermediate-state loss between mapped student / teacher hidden states.
+
+    kind "cosine": 1 - cos(proj(s), t) over the hidden dim, mean over (masked-in) tokens.
+    kind "mse":    (proj(s) - t)^2, mean over (masked-in) tokens and the hidden dim.
+    One projection per mapped pair, `nn.Linear(student_dims[i], teacher_dim, bias=False)`. Where
+    a student dim equals teacher_dim there is no projection (nn.Identity): a depth-pruned student
+    keeps the teacher's residual basis, so a fresh learned map would only add noise. When the
+    student's hidden channels are a subset of the teacher's (width pruning), pass
+    `kept_channels` (teacher channel index of each student channel) to initialise every
+    projection as that embedding instead of the default random init.
+    """
+
+    def __init__(self, kind: str, student_dims: Sequence[int], teacher_dim: int,
+                 kept_channels: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if kind not in ("cosine", "mse"):
+            raise ValueError(f"kind must be 'cosine' or 'mse', got {kind!r}")
+        self.kind = kind
+        self.projections = nn.ModuleList(
+            nn.Identity() if d == teacher_dim else nn.Linear(d, teacher_dim, bias=False) for d in student_dims)
+        if kept_channels is not None:
+            with torch.no_grad():
+                for proj in self.projections:
+                    if isinstance(proj, nn.Linear):
+                        if len(kept_channels) != proj.in_features:
+                            raise ValueError(f"kept_channels has {len(kept_channels)} entries, "
+                                             f"projection expects {proj.in_features}")
+                        proj.weight.zero_()
+                        proj.weight[list(kept_channels), range(proj.in_features)] = 1.0
+
+    def forward(self, student_states: Sequence[Tensor], teacher_states: Sequence[Tensor],
+                mask: Tensor | None = None) -> Tensor:
+        """student_states[i]: (B, S, Hs_i); teacher_states[i]: (B, S, Ht); mask: (B, S) bool.
+
+        Returns the fp32 scalar mean over pairs of the per-pair loss.
+        """
+        if not len(student_states) == len(teacher_states) == len(self.projections):
+            raise ValueError(f"got {len(student_states)} student / {len(teacher_states)} teacher states "
+                             f"for {len(self.projections)} projections")
+        losses = []
+        for proj, s, t in zip(self.projections, student_states, teacher_states):
+            if isinstance(proj, nn.Linear):  # matmul in the projection's dtype, loss in fp32
+                s = proj(s.to(proj.weight.dtype))
+            s, t = s.float(), t.float()
+            if self.kind == "cosine":
+                per_token = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
+            else:
+                per_token = (s - t).pow(2).mean(-1)
+            losses.append(per_token[mask.to(torch.bool)].mean() if mask is not None else per_token.mean())
+        return torch.stack(losses).mean()
+
+
+def map_layers(num_student_layers: int, num_teacher_layers: int, kept_layers: Sequence[int] | None = None,
+               include_embedding: bool = False) -> list[tuple[int, int]]:
+    """(student, teacher) index pairs into HF `output_hidden_states` tuples, one per student layer.
+
+    Index 0 is the embedding output and index i the output of layer i - 1 (in HF the last entry is
+    taken after the final norm, for student and teacher alike). With `kept_layers` (the 0-based
+    teacher layers the pruned student kept, in order) student layer j maps to teacher layer
+    kept_layers[j]; otherwise layers are spread evenly, student layer j -> teacher output
+    round((j + 1) * Lt / Ls), so the last maps to the last. `include_embedding` prepends (0, 0).
+    """
+    if num_student_layers < 1 or num_teacher_layers < 1:
+        raise ValueError("layer counts must be >= 1")
+    if kept_layers is not None:
+        kept = list(kept_layers)
+        if len(kept) != num_student_layers or any(not 0 <= k < num_teacher_layers for k in kept) \
+                or any(a >= b for a, b in zip(kept, kept[1:])):
+            raise ValueError(f"kept_layers must be {num_student_layers} increasing teacher layer indices "
+                             f"in [0, {num_teacher_layers}), got {kept}")
+        pairs = [(j + 1, k + 1) for j, k in enumerate(kept)]
+    else:  # integer round-half-up of (j + 1) * Lt / Ls
+        s, t = num_student_layers, num_teacher_layers
+        pairs = [(j, (2 * j * t + s) // (2 * s)) for j in range(1, s + 1)]
+    return [(0, 0)] + pairs if include_embedding else pairs
+
+
+def balance_weight(logit_loss: Tensor, other_loss: Tensor, eps: float = 1e-8) -> Tensor:
+    """Dynamic balance: detached weight w = |logit_loss| / |other_loss| so w * other matches it.
+
+    Usage: ``total = kd + balance_weight(kd, inter) * inter``. The weight carries no gradient, so
+    `inter` still steers its own gradient direction but its magnitude tracks the logit loss.
+    """
+    return (logit_loss.detach().abs() / other_loss.detach().abs().clamp_min(eps)).float()
