@@ -29,7 +29,9 @@ import minitron  # noqa: E402
 
 TARGETS = [
     ("width MLP", {"intermediate_size": 768}),
-    ("width hidden+MLP", {"hidden_size": 448, "intermediate_size": 1024}),
+    # 448 was the planned hidden size, but transformers' LlamaConfig demands hidden_size % num_attention_heads
+    # == 0 (9 heads here) even with an explicit head_dim, and minitron refuses such targets: 450 = 9 x 50.
+    ("width hidden+MLP", {"hidden_size": 450, "intermediate_size": 1024}),
     ("heads", {"num_attention_heads": 6}),
     ("depth", {"num_hidden_layers": 20}),
 ]

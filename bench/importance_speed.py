@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+import minitron
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (Timer, machine, machine_line, markdown_table, median, quiet_transformers,  # noqa: E402
                     tensor_bytes, write_json)
@@ -45,14 +47,12 @@ def proc_status_kib(field: str) -> int:
 
 
 def load(args, num_blocks: int):
-    import minitron
     model, tokenizer = minitron.load_model(args.model)
     blocks = minitron.token_blocks(args.data, tokenizer, args.seq_len, num_blocks, split="train")
     return model, blocks
 
 
 def child_memory(args) -> None:
-    import minitron
     model, blocks = load(args, args.child_memory)
     batches = list(minitron.iter_batches(blocks, args.memory_batch_size))
     gc.collect()
@@ -75,7 +75,6 @@ def child_memory(args) -> None:
 
 
 def speed(args) -> dict:
-    import minitron
     model, blocks = load(args, args.batches * args.batch_size)
     batches = list(minitron.iter_batches(blocks, args.batch_size))
     tokens = int(blocks.numel())
@@ -95,12 +94,9 @@ def speed(args) -> dict:
     names = list(variants)
     seconds = {name: [] for name in names}
     with torch.inference_mode():
-        for name in names:  # warm-up, untimed
-            if name == "importance":
-                minitron.estimate_importance(model, batches[:1], progress=False)
-            else:
-                (model(batches[0], use_cache=False) if name == "plain"
-                 else model(batches[0], use_cache=False, logits_to_keep=1))
+        minitron.estimate_importance(model, batches[:1], progress=False)  # warm-up, untimed
+        model(batches[0], use_cache=False)
+        model(batches[0], use_cache=False, logits_to_keep=1)
         for repeat in range(args.repeats):
             order = names[repeat % len(names):] + names[:repeat % len(names)]
             for name in order:
@@ -110,6 +106,12 @@ def speed(args) -> dict:
                 seconds[name].append(t.seconds)
                 print(f"  repeat {repeat + 1}/{args.repeats} {name:<10} {tokens / t.seconds:8.1f} tokens/s",
                       file=sys.stderr, flush=True)
+        from minitron.fingerprint import model_fingerprint  # runs inside estimate_importance too
+        fingerprint_seconds = []
+        for _ in range(args.repeats):
+            with Timer() as t:
+                model_fingerprint(model)
+            fingerprint_seconds.append(t.seconds)
     rates = {name: [tokens / s for s in seconds[name]] for name in names}
     paired = {other: [a / b for a, b in zip(seconds[other], seconds["importance"])] for other in ("plain", "keep1")}
     return {"tokens_per_pass": tokens, "batches": args.batches, "batch_size": args.batch_size,
@@ -117,12 +119,13 @@ def speed(args) -> dict:
             "median_rate": {name: median(rates[name]) for name in names},
             "ratio_vs_plain": median(rates["importance"]) / median(rates["plain"]),
             "ratio_vs_keep1": median(rates["importance"]) / median(rates["keep1"]),
-            "paired_ratio_median": {k: median(v) for k, v in paired.items()}}
+            "paired_ratio_median": {k: median(v) for k, v in paired.items()},
+            "fingerprint_seconds_median": median(fingerprint_seconds)}
 
 
 def memory(args) -> list[dict]:
     results = []
-    for samples in args.memory_samples:
+    for samples in args.memory_samples * args.memory_repeats:
         command = [sys.executable, __file__, "--child-memory", str(samples), "--model", args.model,
                    "--data", args.data, "--seq-len", str(args.seq_len),
                    "--memory-batch-size", str(args.memory_batch_size)]
@@ -135,6 +138,42 @@ def memory(args) -> list[dict]:
     return results
 
 
+def print_speed(result: dict) -> None:
+    rates = result["median_rate"]
+    print(f"### Speed: {result['batches']} batches of {result['batch_size']} x {result['seq_len']} tokens, "
+          f"{result['repeats']} interleaved repeats (median)\n")
+    rows = [["importance (estimate_importance)", rates["importance"], 1.0],
+            ["plain forward (full logits)", rates["plain"], rates["importance"] / rates["plain"]],
+            ["forward, logits_to_keep=1", rates["keep1"], rates["importance"] / rates["keep1"]]]
+    print(markdown_table(["pass", "tokens/s (median)", "importance / this"], rows))
+    verdict = "meets" if result["ratio_vs_plain"] >= 0.85 else "MISSES"
+    print(f"\nimportance / plain = {result['ratio_vs_plain']:.3f} ({verdict} the >= 0.85 target); "
+          f"importance / keep1 = {result['ratio_vs_keep1']:.3f}; medians of per-repeat paired ratios: "
+          f"vs plain {result['paired_ratio_median']['plain']:.3f}, vs keep1 {result['paired_ratio_median']['keep1']:.3f}; "
+          f"model_fingerprint (inside each importance pass): {result['fingerprint_seconds_median']:.2f} s\n")
+
+
+def print_memory(args, results: list[dict]) -> dict:
+    mib = lambda kib: kib / 1024 if kib is not None else float("nan")  # noqa: E731
+    print(f"### Peak memory vs samples ({args.seq_len} tokens each, batch {args.memory_batch_size}, "
+          "one child process each)\n")
+    rows = [[r["samples"], r["tokens"], mib(r["rss_before_kib"]), mib(r["peak_rss_estimation_kib"]),
+             mib(r["ru_maxrss_kib"]), r["score_bytes"], r["seconds"]] for r in results]
+    print(markdown_table(["samples", "tokens", "RSS before estimation (MiB)", "peak RSS during estimation (MiB)",
+                          "ru_maxrss at end (MiB)", "score bytes", "seconds"], rows))
+    low, high = min(r["samples"] for r in results), max(r["samples"] for r in results)
+    worst = lambda n, key: max(r[key] or 0 for r in results if r["samples"] == n)  # noqa: E731
+    growth = {"samples": [low, high],
+              "ru_maxrss": worst(high, "ru_maxrss_kib") / worst(low, "ru_maxrss_kib"),
+              "estimation_peak": (worst(high, "peak_rss_estimation_kib") / worst(low, "peak_rss_estimation_kib")
+                                  if all(r["hwm_reset"] for r in results) else None),
+              "score_bytes": worst(high, "score_bytes") / worst(low, "score_bytes")}
+    est = f"{growth['estimation_peak']:.3f}" if growth["estimation_peak"] is not None else "n/a"
+    print(f"\n{high} vs {low} samples (largest value of each): ru_maxrss x{growth['ru_maxrss']:.3f}, "
+          f"estimation-phase peak x{est}, score state x{growth['score_bytes']:.3f}")
+    return growth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="builtin:smollm2-135m")
@@ -145,7 +184,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-samples", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128])
     parser.add_argument("--memory-batch-size", type=int, default=8)
+    parser.add_argument("--memory-repeats", type=int, default=1, help="children per sample count (interleaved)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--child-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     quiet_transformers()
@@ -155,42 +196,17 @@ def main() -> None:
     info = machine()
     print(machine_line(info) + "\n")
     with Timer() as total:
-        speed_result = speed(args)
+        speed_result = None if args.skip_speed else speed(args)
         memory_result = [] if args.skip_memory else memory(args)
-    rates = speed_result["median_rate"]
-    print(f"### Speed: {speed_result['batches']} batches of {speed_result['batch_size']} x {speed_result['seq_len']} "
-          f"tokens, {speed_result['repeats']} interleaved repeats (median)\n")
-    rows = [["importance (estimate_importance)", rates["importance"], 1.0],
-            ["plain forward (full logits)", rates["plain"], rates["importance"] / rates["plain"]],
-            ["forward, logits_to_keep=1", rates["keep1"], rates["importance"] / rates["keep1"]]]
-    print(markdown_table(["pass", "tokens/s (median)", "importance / this"], rows))
-    verdict = "meets" if speed_result["ratio_vs_plain"] >= 0.85 else "MISSES"
-    print(f"\nimportance / plain = {speed_result['ratio_vs_plain']:.3f} ({verdict} the >= 0.85 target); "
-          f"importance / keep1 = {speed_result['ratio_vs_keep1']:.3f}; paired per-repeat medians: "
-          f"vs plain {speed_result['paired_ratio_median']['plain']:.3f}, "
-          f"vs keep1 {speed_result['paired_ratio_median']['keep1']:.3f}\n")
     payload = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "child_memory"},
-               "speed": speed_result, "memory": memory_result, "total_seconds": None}
+               "speed": speed_result, "memory": memory_result}
+    if speed_result:
+        print_speed(speed_result)
     if memory_result:
-        mib = lambda kib: kib / 1024 if kib is not None else float("nan")  # noqa: E731
-        print(f"### Peak memory vs samples ({args.seq_len} tokens each, batch {args.memory_batch_size}, "
-              "one child process each)\n")
-        rows = [[r["samples"], r["tokens"], mib(r["rss_before_kib"]), mib(r["peak_rss_estimation_kib"]),
-                 mib(r["ru_maxrss_kib"]), r["score_bytes"], r["seconds"]] for r in memory_result]
-        print(markdown_table(["samples", "tokens", "RSS before (MiB)", "peak RSS during estimation (MiB)",
-                              "ru_maxrss (MiB)", "score bytes", "seconds"], rows))
-        first, last = memory_result[0], memory_result[-1]
-        growth = {"ru_maxrss": last["ru_maxrss_kib"] / first["ru_maxrss_kib"],
-                  "estimation_peak": (last["peak_rss_estimation_kib"] / first["peak_rss_estimation_kib"]
-                                      if first["hwm_reset"] and last["hwm_reset"] else None),
-                  "score_bytes": last["score_bytes"] / first["score_bytes"]}
-        payload["memory_growth"] = growth
-        est = f"{growth['estimation_peak']:.3f}" if growth["estimation_peak"] is not None else "n/a"
-        print(f"\n{last['samples']} vs {first['samples']} samples: ru_maxrss x{growth['ru_maxrss']:.3f}, "
-              f"estimation-phase peak x{est}, score state x{growth['score_bytes']:.3f}")
+        payload["memory_growth"] = print_memory(args, memory_result)
     payload["total_seconds"] = total.seconds
     path = write_json("importance_speed", payload)
-    print(f"\n(total {total.seconds:.0f} s; results in {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path})")
+    print(f"\n(total {total.seconds:.0f} s; results in {path})")
 
 
 if __name__ == "__main__":

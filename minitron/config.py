@@ -73,3 +73,71 @@ class TargetConfig:
         if self.drop_layers:
             target["drop_layers"] = parse_layer_list(self.drop_layers)
         return target
+
+
+LOSSES = ("forward_kl", "reverse_kl", "jsd", "topk_kl", "ce")
+
+
+@dataclass
+class DistillConfig:
+    seq_len: int = _help("Tokens per training block.", default=512)
+    micro_batch_size: int = _help("Blocks per forward pass on each process.", default=4)
+    grad_accum: int = _help("Micro-batches per optimizer step; global batch = micro x accum x processes.",
+                            default=1)
+    steps: int | None = _help("Optimizer steps (or give --tokens).", default=None)
+    tokens: int | None = _help("Training tokens; converted to steps of the global batch.", default=None)
+    lr: float = _help("Peak learning rate (the seeds: 1e-4).", default=1e-4)
+    min_lr: float = _help("Final learning rate of the cosine decay (the seeds: 4.5e-7).", default=4.5e-7)
+    warmup_steps: int = _help("Linear warm-up steps (the seeds: 60; capped at a tenth of the run).", default=60)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    clip_grad: float = _help("Gradient-norm clipping (0 disables).", default=1.0)
+    loss: str = _help("Logit loss: forward_kl (default), reverse_kl, jsd, topk_kl, or ce (no teacher).",
+                      default="forward_kl")
+    temperature: float = _help("Distillation temperature.", default=1.0)
+    top_k: int = _help("Teacher tokens kept by topk_kl.", default=64)
+    jsd_beta: float = _help("Mixing weight of the generalized JSD.", default=0.5)
+    ce_weight: float = _help("Weight of next-token cross entropy mixed into a KD loss (0: logit-only, as the "
+                             "seeds recommend).", default=0.0)
+    hidden_loss: str = _help("Intermediate hidden-state loss: none, cosine or mse (for large depth cuts).",
+                             default="none")
+    hidden_weight: float = _help("Weight of the hidden-state loss after balancing it to the logit loss.",
+                                 default=1.0)
+    chunk_size: int = _help("Tokens per logit-loss chunk (bounds memory at large vocabularies).", default=1024)
+    eval_every: int = _help("Validate student (and teacher) every N steps (0: only at the end).", default=50)
+    eval_samples: int = _help("Held-out blocks used for validation.", default=32)
+    save_every: int = _help("Write a resumable checkpoint every N steps (0: only on Ctrl-C and at the end).",
+                            default=100)
+    seed: int = _help("Seed for initialisation of projections and any sampling.", default=0)
+    precision: str = _help("auto (bf16 autocast where the hardware has it), bf16 or fp32.", default="auto")
+    teacher_dtype: str = _help("Teacher weights: auto (bf16 on GPU, else the student's dtype), bf16 or fp32.",
+                               default="auto")
+    gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", default=False)
+    fsdp: bool = _help("Shard student and teacher with FSDP2 (under torchrun).", default=False)
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "seq_len", "micro_batch_size", "grad_accum", "lr", "temperature", "top_k",
+                          "chunk_size", "eval_samples")
+        if self.steps is None and self.tokens is None:
+            raise MinitronError("give a training budget: --steps N or --tokens N")
+        for name in ("steps", "tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise MinitronError(f"--{name} must be positive, got {value}: a budget of zero trains nothing")
+        if self.loss not in LOSSES:
+            raise MinitronError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.hidden_loss not in ("none", "cosine", "mse"):
+            raise MinitronError("--hidden-loss must be none, cosine or mse")
+        if self.precision not in ("auto", "bf16", "fp32") or self.teacher_dtype not in ("auto", "bf16", "fp32"):
+            raise MinitronError("--precision and --teacher-dtype take auto, bf16 or fp32")
+        if not 0 < self.jsd_beta < 1:
+            raise MinitronError("--jsd-beta must be strictly between 0 and 1")
+        if self.min_lr > self.lr or self.min_lr < 0:
+            raise MinitronError("--min-lr must be between 0 and --lr")
+
+    def global_batch(self, world_size: int) -> int:
+        return self.micro_batch_size * self.grad_accum * world_size
+
+    def total_steps(self, world_size: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, -(-self.tokens // (self.global_batch(world_size) * self.seq_len)))

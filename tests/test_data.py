@@ -236,3 +236,11 @@ def test_iter_batches():
     assert torch.equal(torch.cat(batches), blocks)
     with pytest.raises(DataError):
         list(iter_batches(blocks, 0))
+
+
+def test_allow_fewer_returns_every_whole_block(tmp_path, tokenizer):
+    from minitron.data import token_blocks
+    path = tmp_path / "small.txt"
+    path.write_text("a small corpus " * 20)
+    blocks = token_blocks(str(path), tokenizer, seq_len=8, num_blocks=10_000, split="all", allow_fewer=True)
+    assert 1 <= blocks.shape[0] < 10_000 and blocks.shape[1] == 8

@@ -60,6 +60,23 @@ def test_logit_loss_matches_reference_and_mask(name, T):
     torch.testing.assert_close(loss(s2, t, mask)[0], total)
 
 
+@pytest.mark.parametrize("T", [1.0, 2.0])
+@pytest.mark.parametrize("name", ["fkl", "rkl", "jsd", "jsd_0.2", "topk"])
+def test_fused_gradient_matches_autograd_of_reference(name, T):
+    s, t = logits(8), logits(9)
+    mask = torch.ones(N, dtype=torch.bool)
+    mask[[1, 5]] = False
+    s_ref = s.double().requires_grad_()
+    reference(name, s_ref, t, T)[mask].sum().backward()
+    s_fused = s.clone().requires_grad_()
+    make_losses(T)[name](s_fused, t, mask)[0].backward()
+    torch.testing.assert_close(s_fused.grad.double(), s_ref.grad, rtol=1e-4, atol=1e-5)
+    assert torch.all(s_fused.grad[~mask] == 0)
+    s_half = s.clone().requires_grad_()
+    (make_losses(T)[name](s_half, t, mask)[0] * 0.5).backward()  # grad_output scales the saved gradient
+    torch.testing.assert_close(s_half.grad, 0.5 * s_fused.grad)
+
+
 @pytest.mark.parametrize("name", ["fkl", "rkl", "jsd", "jsd_0.2", "topk"])
 def test_divergence_of_identical_distributions_is_zero(name):
     s = logits(2)
@@ -100,6 +117,10 @@ def test_next_token_ce_equals_cross_entropy():
     assert count == N - 2
     torch.testing.assert_close(total, F.cross_entropy(s, labels, reduction="sum"))
     torch.testing.assert_close(total / count, F.cross_entropy(s, labels))
+    s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
+    NextTokenCE()(s1, labels)[0].backward()
+    F.cross_entropy(s2, labels, reduction="sum").backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
 
 
 @pytest.mark.parametrize("name", ["fkl", "rkl", "jsd", "topk"])
@@ -111,6 +132,12 @@ def test_bf16_inputs_are_computed_in_fp32(name):
     # identical to feeding the bf16 values as fp32, and close to the unrounded fp32 logits
     torch.testing.assert_close(total_bf16, loss(s.bfloat16().float(), t.bfloat16().float())[0])
     torch.testing.assert_close(total_bf16, loss(s, t)[0], rtol=3e-2, atol=3e-2)
+    # the gradient comes back in bf16: the fp32 gradient (same rounded inputs) rounded once
+    s_bf16, s_32 = s.bfloat16().requires_grad_(), s.bfloat16().float().requires_grad_()
+    loss(s_bf16, t.bfloat16())[0].backward()
+    loss(s_32, t.bfloat16().float())[0].backward()
+    assert s_bf16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(s_bf16.grad, s_32.grad.bfloat16())
 
 
 # ---- chunked computation -------------------------------------------------------------------

@@ -42,12 +42,14 @@ def token_blocks(
     split: str = "train",
     heldout_fraction: float = 0.1,
     text_field: str = "text",
+    allow_fewer: bool = False,
 ) -> torch.LongTensor:
     """A (num_blocks, seq_len) LongTensor of consecutive tokens from the documents of `spec`.
 
     Each document is tokenized without special tokens and followed by the tokenizer's EOS token
     (when it has one); the stream is cut into consecutive blocks and the incomplete tail is dropped.
-    `split` is "train", "heldout" (see `is_heldout`) or "all".
+    `split` is "train", "heldout" (see `is_heldout`) or "all". With `allow_fewer`, a corpus too small
+    for `num_blocks` gives every whole block it has (training cycles over them) instead of an error.
     """
     _validate(seq_len, num_blocks, split, heldout_fraction)
     needed = seq_len * num_blocks
@@ -59,7 +61,9 @@ def token_blocks(
         if len(ids) >= needed:
             break
     if len(ids) < needed:
-        raise DataError(_too_few_message(spec, split, len(ids), used, seq_len, num_blocks))
+        if not allow_fewer or len(ids) < seq_len:
+            raise DataError(_too_few_message(spec, split, len(ids), used, seq_len, num_blocks))
+        num_blocks, needed = len(ids) // seq_len, len(ids) // seq_len * seq_len
     return torch.tensor(ids[:needed], dtype=torch.long).view(num_blocks, seq_len)
 
 

@@ -4,10 +4,13 @@ Logit losses work on flattened tokens and return ``(sum over kept tokens, number
 rather than a mean, so that chunked accumulation and averaging across ranks / micro-batches stay
 exact: the caller divides once by the global count. All of them compute in fp32 (inputs may be
 bf16), divide logits by ``temperature`` and multiply the loss by ``temperature**2`` (Hinton et al.)
-so gradient magnitudes do not shrink as T grows.
+so gradient magnitudes do not shrink as T grows. Teacher logits are constants (no gradient).
 
-``chunked_logit_loss`` applies a logit loss from hidden states and LM heads chunk by chunk under
-activation checkpointing, so (tokens x vocab) logits only ever exist for one chunk at a time.
+Memory: each loss computes its gradient w.r.t. the student logits analytically in the forward pass
+and saves only that one (N, V) tensor for backward (in the logits' dtype), instead of the several
+(N, V) log-softmaxes / probabilities / masks that autograd would keep; working buffers are reused
+in place. Double backward is not supported. ``chunked_logit_loss`` applies a logit loss to hidden
+states and LM heads chunk by chunk, so (tokens x vocab) logits only exist for one chunk at a time.
 """
 from __future__ import annotations
 
@@ -21,10 +24,68 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
+Kernel = Callable[[Tensor, bool], tuple[Tensor, Tensor | None]]
+
+
+class _Fused(torch.autograd.Function):
+    """total = kernel(student_logits)[0]; backward = saved analytic gradient * grad_output."""
+
+    @staticmethod
+    def forward(ctx, student_logits: Tensor, kernel: Kernel) -> Tensor:
+        total, grad = kernel(student_logits, ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None]:
+        (grad,) = ctx.saved_tensors
+        return (None if grad is None else grad * grad_output), None
+
+
+_FMIN = torch.finfo(torch.float32).min
+
+
+def _log_softmax_into(x: Tensor, out: Tensor) -> Tensor:
+    """log_softmax(x) over the last dim written into `out` (may not alias x): no other (N, V) buffer.
+
+    Clamping -inf (masked vocab entries) to the most negative float makes p = 0 exactly and
+    0 * log p = 0 in the row dot products instead of 0 * -inf = nan.
+    """
+    m = x.amax(-1, keepdim=True)
+    lse = torch.sub(x, m, out=out).exp_().sum(-1, keepdim=True).log_().add_(m)
+    return torch.sub(x, lse, out=out).clamp_min_(_FMIN)
+
+
+def _teacher_probs(t: Tensor, owned: bool) -> tuple[Tensor, Tensor]:
+    """(p_t, log p_t); log p_t overwrites t when the caller owns it (saves one (N, V) buffer)."""
+    m = t.amax(-1, keepdim=True)
+    p = torch.sub(t, m).exp_()
+    z = p.sum(-1, keepdim=True)
+    lse = m.add_(z.log())
+    return p.div_(z), (t.sub_(lse) if owned else t - lse).clamp_min_(_FMIN)
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """sum(a * b, -1) for (N, V) tensors as a batched matmul: no (N, V) temporary."""
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).reshape(a.shape[:-1])
+
+
+def _forward_kl(s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
+    """KL(p_t || p_s) per row and its gradient p_s - p_t w.r.t. s (both (N, V) fp32).
+
+    Written as sum p_t log p_t - sum p_t log p_s so that log p_s can reuse log p_t's buffer: at
+    most s, t, p_t and one more (N, V) buffer are alive at once (the value differs from the
+    one-pass form by fp32 rounding, ~1e-6 per token; the gradient is exact).
+    """
+    p_t, log_t = _teacher_probs(t, owned)
+    neg_entropy = _rowdot(p_t, log_t)
+    log_s = _log_softmax_into(s, out=log_t)
+    loss = neg_entropy - _rowdot(p_t, log_s)
+    return loss, (log_s.exp_().sub_(p_t) if need_grad else None)
 
 
 class _LogitLoss(nn.Module):
-    """Base of the logit losses: temperature, fp32 log-softmax, masking, T^2 scaling."""
+    """Base of the logit losses: temperature, fp32, masking, T^2 scaling, fused gradient."""
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -32,49 +93,62 @@ class _LogitLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
-    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        """(N, V) fp32 tempered logits, twice -> (N,) loss per token (before T^2)."""
+    def per_token(self, s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
+        """(N, V) fp32 tempered logits -> ((N,) loss, (N, V) d loss / d s or None).
+
+        s is read-only; t may be overwritten when `owned` (it is a private copy or consumed).
+        """
         raise NotImplementedError
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor,
-                mask: Tensor | None = None) -> tuple[Tensor, int]:
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | None = None,
+                consume_teacher: bool = False) -> tuple[Tensor, int]:
         """student_logits, teacher_logits: (N, V), any float dtype; mask: (N,) bool, True = keep.
 
         Returns (sum of the per-token loss over kept tokens: fp32 scalar, number of kept tokens).
+        consume_teacher=True lets the loss overwrite `teacher_logits` in place (one (N, V) buffer
+        less; `chunked_logit_loss` does this with the teacher chunks it creates).
         """
         if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
             raise ValueError(f"expected two (N, V) tensors, got {tuple(student_logits.shape)} "
                              f"and {tuple(teacher_logits.shape)}")
-        if mask is not None:  # drop rows before the softmaxes: masked tokens cost nothing
-            mask = mask.to(torch.bool)
-            student_logits, teacher_logits = student_logits[mask], teacher_logits[mask]
-        t = self.temperature
-        student_logits, teacher_logits = student_logits.float(), teacher_logits.float()
-        if t != 1.0:  # skip two (N, V) copies in the common T = 1 case
-            student_logits, teacher_logits = student_logits / t, teacher_logits / t
-        loss = self.per_token(student_logits, teacher_logits)
-        return loss.sum() * (t * t), int(loss.shape[0])
+        temp = self.temperature
+        keep = None if mask is None else mask.to(device=student_logits.device, dtype=torch.bool)
 
+        def kernel(student: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+            s, t = student.float(), teacher_logits.detach().float()
+            if temp != 1.0:  # the common T = 1 fp32 case makes no (N, V) copies here
+                s, t = s / temp, t / temp
+            owned = consume_teacher or t is not teacher_logits  # a private copy may be overwritten
+            loss, grad = self.per_token(s, t, need_grad, owned)
+            if keep is not None:  # zero masked rows rather than index them: no (N, V) row copies
+                loss = loss.masked_fill(~keep, 0.0)
+                grad = None if grad is None else grad.masked_fill_(~keep[:, None], 0.0)
+            # d/ds [T^2 L(s / T)] = T * L'(s / T)
+            grad = None if grad is None else grad.mul_(temp).to(student.dtype)
+            return loss.sum() * (temp * temp), grad
 
-def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p || q) per row from log-probs; 0 * log 0 := 0 so -inf logits (masked vocab) are safe."""
-    p = log_p.exp()
-    # Zero the log-ratio (not the product) where p == 0: no inf - inf in forward, no 0 * nan in backward.
-    return (p * torch.where(p > 0, log_p - log_q, 0.0)).sum(-1)
+        count = len(student_logits) if keep is None else int(keep.sum())
+        return _Fused.apply(student_logits, kernel), count
 
 
 class ForwardKL(_LogitLoss):
     """KL(teacher || student) = sum_v p_t (log p_t - log p_s): mass-covering, the default."""
 
-    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return _kl(F.log_softmax(teacher_logits, -1), F.log_softmax(student_logits, -1))
+    def per_token(self, s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
+        return _forward_kl(s, t, need_grad, owned)
 
 
 class ReverseKL(_LogitLoss):
     """KL(student || teacher) = sum_v p_s (log p_s - log p_t): mode-seeking."""
 
-    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return _kl(F.log_softmax(student_logits, -1), F.log_softmax(teacher_logits, -1))
+    def per_token(self, s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
+        log_s = _log_softmax_into(s, out=torch.empty_like(s))
+        d = _log_softmax_into(t, out=t if owned else torch.empty_like(t)) if False else None
+        d = _teacher_log_probs(t, owned).neg_().add_(log_s)  # log p_s - log p_t
+        p_s = log_s.exp_()
+        loss = _rowdot(p_s, d)
+        # d KL / d s_j = p_s_j (d_j - KL)
+        return loss, (d.sub_(loss[:, None]).mul_(p_s) if need_grad else None)
 
 
 class GeneralizedJSD(_LogitLoss):
@@ -90,10 +164,18 @@ class GeneralizedJSD(_LogitLoss):
             raise ValueError(f"beta must be in (0, 1), got {beta}")
         self.beta = float(beta)
 
-    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        log_t, log_s = F.log_softmax(teacher_logits, -1), F.log_softmax(student_logits, -1)
-        log_m = torch.logaddexp(log_t + math.log(self.beta), log_s + math.log1p(-self.beta))
-        return self.beta * _kl(log_t, log_m) + (1.0 - self.beta) * _kl(log_s, log_m)
+    def per_token(self, s: Tensor, t: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        b = self.beta
+        log_t, log_s = _log_softmax(t), _log_softmax(s)
+        log_m = torch.logaddexp(log_t + math.log(b), log_s + math.log1p(-b))
+        kl_t = _rowdot(log_t.exp(), log_t.sub_(log_m))
+        u = log_m.neg_().add_(log_s)  # log p_s - log m
+        p_s = log_s.exp_()
+        kl_s = _rowdot(p_s, u)
+        # dL/dp_s = (1 - beta)(log p_s - log m) (the m-terms cancel); through the softmax:
+        # dL/ds_j = (1 - beta) p_s_j (u_j - sum_v p_s u) = (1 - beta) p_s_j (u_j - KL(p_s || m)).
+        grad = u.sub_(kl_s[:, None]).mul_(p_s).mul_(1.0 - b) if need_grad else None
+        return b * kl_t + (1.0 - b) * kl_s, grad
 
 
 class TopKForwardKL(_LogitLoss):
@@ -112,20 +194,31 @@ class TopKForwardKL(_LogitLoss):
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = int(k)
 
-    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        top, idx = teacher_logits.topk(min(self.k, teacher_logits.shape[-1]), dim=-1)
-        return _kl(F.log_softmax(top, -1), F.log_softmax(student_logits.gather(-1, idx), -1))
+    def per_token(self, s: Tensor, t: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        top, idx = t.topk(min(self.k, t.shape[-1]), dim=-1)
+        loss, grad_k = _forward_kl(s.gather(-1, idx), top, need_grad)
+        return loss, (torch.zeros_like(s).scatter_(-1, idx, grad_k) if need_grad else None)
 
 
 class NextTokenCE(nn.Module):
-    """Cross entropy of the student against labels; labels == -100 are ignored.
+    """Cross entropy of the student against labels; labels == -100 are ignored (fused like the KD losses).
 
-    forward(student_logits: (N, V), labels: (N,) int64, already shifted) -> (sum, count).
+    forward(student_logits: (N, V), labels: (N,) int64, already shifted) -> (fp32 sum, count).
     """
 
     def forward(self, student_logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
-        total = F.cross_entropy(student_logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-        return total, int((labels != IGNORE_INDEX).sum())
+        valid = labels != IGNORE_INDEX
+        target = labels.masked_fill(~valid, 0)[:, None]
+
+        def kernel(student: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+            log_s = _log_softmax(student.float())
+            total = -(log_s.gather(-1, target).squeeze(-1) * valid).sum()
+            if not need_grad:
+                return total, None
+            grad = log_s.exp_().scatter_add_(-1, target, torch.full_like(target, -1.0, dtype=log_s.dtype))
+            return total, grad.mul_(valid[:, None]).to(student.dtype)  # softmax - one_hot, 0 if ignored
+
+        return _Fused.apply(student_logits, kernel), int(valid.sum())
 
 
 @dataclass
@@ -164,8 +257,9 @@ def chunked_logit_loss(loss: nn.Module, student_hidden: Tensor, teacher_hidden: 
     states: backward recomputes that chunk's student *and* teacher logits. Recomputing the
     teacher costs one extra (chunk x Ht x V) matmul per chunk, but passing teacher logits in as a
     checkpoint input would keep all N x V of them alive until backward, defeating the purpose.
-    Peak memory is O(chunk_size x V) instead of O(N x V). Rows that neither loss uses are dropped
-    up front, so padding costs no head matmuls. Gradients reach `student_hidden` and the
+    Peak memory is O(chunk_size x V) instead of O(N x V): in backward only one chunk at a time
+    holds its logits plus the loss's saved gradient. Rows that neither loss uses are dropped up
+    front, so padding costs no head matmuls. Gradients reach `student_hidden` and the
     parameters used by `student_head`; the teacher head always runs under no_grad.
     """
     if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or len(student_hidden) != len(teacher_hidden):
@@ -182,9 +276,11 @@ def chunked_logit_loss(loss: nn.Module, student_hidden: Tensor, teacher_hidden: 
     if not bool(keep.all()):
         student_hidden, teacher_hidden, kd_mask = student_hidden[keep], teacher_hidden[keep], kd_mask[keep]
         labels = labels[keep] if use_ce else labels
+    count = int(kd_mask.sum())
+    chunk_mask = None if count == len(kd_mask) else kd_mask  # all kept: skip per-chunk masking
     ce_loss = NextTokenCE()
 
-    def chunk_loss(s_h: Tensor, t_h: Tensor, m: Tensor, lbl: Tensor | None) -> tuple[Tensor, Tensor]:
+    def chunk_loss(s_h: Tensor, t_h: Tensor, m: Tensor | None, lbl: Tensor | None) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             t_logits = teacher_head(t_h)
         s_logits = student_head(s_h)
@@ -196,10 +292,11 @@ def chunked_logit_loss(loss: nn.Module, student_hidden: Tensor, teacher_hidden: 
     kd_sum = ce_sum = (student_hidden.sum() * 0.0).float()
     for start in range(0, len(student_hidden), chunk_size):
         sl = slice(start, start + chunk_size)
-        kd, ce = checkpoint(chunk_loss, student_hidden[sl], teacher_hidden[sl], kd_mask[sl],
+        kd, ce = checkpoint(chunk_loss, student_hidden[sl], teacher_hidden[sl],
+                            None if chunk_mask is None else chunk_mask[sl],
                             labels[sl] if use_ce else None, use_reentrant=False)
         kd_sum, ce_sum = kd_sum + kd, ce_sum + ce
-    return LogitLossOutput(kd_sum=kd_sum, ce_sum=ce_sum if use_ce else None, count=int(kd_mask.sum()),
+    return LogitLossOutput(kd_sum=kd_sum, ce_sum=ce_sum if use_ce else None, count=count,
                            ce_count=int((labels != IGNORE_INDEX).sum()) if use_ce else 0)
 
 

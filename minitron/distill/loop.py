@@ -1,0 +1,176 @@
+"""`minitron.distill(student, teacher, data, config) -> student`: one loop for any world size.
+
+    minitron distill --student pruned/ --teacher builtin:smollm2-135m --data builtin:python-docs --steps 200 --out student/
+    torchrun --nproc-per-node 2 -m minitron.cli distill ...        # the same loop, data parallel
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+from ..config import DistillConfig
+from ..errors import MinitronError
+from .checkpoint import load_training_state, save_training_state
+from .dist import DistEnv, all_reduce_sum, init_distributed
+from .metrics import MetricsLog, ProgressBar
+from .steps import TrainModule, build_hidden_loss, compute_step_losses, make_logit_loss
+from .validate import validate
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after Ctrl-C once a resumable checkpoint has been written."""
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+        with contextlib.suppress(ValueError):  # not the main thread: keep the default behaviour
+            self._previous = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _autocast(env: DistEnv, config: DistillConfig):
+    use_bf16 = config.precision == "bf16" or (
+        config.precision == "auto" and env.device.type == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig, teacher: nn.Module | None) -> nn.Module:
+    if config.fsdp:
+        from torch.distributed.fsdp import fully_shard
+        from ..arch import get_adapter
+        for model in filter(None, (train_module.student, teacher)):
+            for layer in get_adapter(model).layers(model):
+                fully_shard(layer)
+        if teacher is not None:
+            fully_shard(teacher)
+        return fully_shard(train_module)
+    if env.distributed:
+        device_ids = [env.device.index] if env.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(train_module, device_ids=device_ids)
+    return train_module
+
+
+def _micro_batches(blocks: torch.Tensor, step: int, env: DistEnv, config: DistillConfig):
+    """This rank's micro-batches of global step `step`; the order depends only on the step (resumable)."""
+    global_batch = config.global_batch(env.world_size)
+    start = step * global_batch + env.rank * config.micro_batch_size * config.grad_accum
+    for micro in range(config.grad_accum):
+        first = start + micro * config.micro_batch_size
+        index = torch.arange(first, first + config.micro_batch_size) % len(blocks)
+        yield blocks[index]
+
+
+def distill(student: nn.Module, teacher: nn.Module | None, train_blocks: torch.Tensor,
+            heldout_blocks: torch.Tensor, config: DistillConfig, *, out: str | Path | None = None,
+            resume: bool = False, kept_layers: list[int] | None = None, env: DistEnv | None = None,
+            on_step: Callable[[int, dict], None] | None = None) -> nn.Module:
+    """Train `student` to match `teacher` (or, with config.loss == "ce", on next-token loss alone).
+
+    train_blocks / heldout_blocks: (num_blocks, seq_len) token ids. out: where checkpoints and
+    metrics.jsonl go (None: no checkpoints). Returns the trained student (unwrapped, on env.device).
+    """
+    env = env or init_distributed()
+    torch.manual_seed(config.seed)
+    if teacher is None and config.loss != "ce":
+        raise MinitronError("a teacher is required for a distillation loss (or use --loss ce)")
+    if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
+        raise MinitronError(f"teacher and student vocabularies differ ({teacher.config.vocab_size} vs "
+                            f"{student.config.vocab_size}): logit distillation needs the same tokenizer")
+    student.to(env.device).train()
+    if config.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    if teacher is not None:
+        teacher.to(env.device).eval().requires_grad_(False)
+    logit_loss = make_logit_loss(config)
+    hidden_loss, layer_pairs = build_hidden_loss(config, student, teacher, kept_layers) if teacher else (None, [])
+    train_module = TrainModule(student, hidden_loss).to(env.device)
+    total_steps = config.total_steps(env.world_size)
+    optimizer = torch.optim.AdamW(train_module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.95))
+    warmup = min(config.warmup_steps, max(total_steps // 10, 1)) if total_steps > 1 else 0
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total_steps, min_lr=config.min_lr)
+    wrapped = _wrap(train_module, env, config, teacher)
+    start_step = 0
+    if resume:
+        start_step = load_training_state(out, trainable=train_module, optimizer=optimizer, scheduler=scheduler)
+    log = MetricsLog(out, env.is_main, resume_step=start_step if resume else None)
+    _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,
+           scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step)
+    return student
+
+
+def _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,
+           scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step) -> None:
+    tokens_per_step = config.global_batch(env.world_size) * config.seq_len
+    bar = ProgressBar(total_steps, start_step, env.is_main)
+    checkpoint = lambda step: out is not None and save_training_state(  # noqa: E731
+        out, trainable=train_module, optimizer=optimizer, scheduler=scheduler, step=step,
+        settings=vars(config), is_main=env.is_main)
+    with _StopFlag() as stop:
+        for step in range(start_step, total_steps):
+            started = time.perf_counter()
+            losses = _optimizer_step(wrapped, train_module, student, teacher, train_blocks, step, config, env,
+                                     optimizer, scheduler, logit_loss, hidden_loss, layer_pairs)
+            seconds = time.perf_counter() - started
+            record = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": tokens_per_step / seconds, **losses}
+            last = step + 1 == total_steps
+            if (config.eval_every and (step + 1) % config.eval_every == 0) or last:
+                record |= validate(student, teacher, heldout_blocks, config, env)
+            log.write(record)
+            bar.update(record)
+            if on_step is not None:
+                on_step(step + 1, record)
+            if _agreed(stop.requested, env):
+                checkpoint(step + 1)
+                bar.close()
+                raise TrainingInterrupted(f"interrupted after step {step + 1}; resume with --resume")
+            if config.save_every and (step + 1) % config.save_every == 0 and not last:
+                checkpoint(step + 1)
+    bar.close()
+
+
+def _agreed(flag: bool, env: DistEnv) -> bool:
+    """Every rank stops at the same step when any of them was interrupted."""
+    return bool(all_reduce_sum(torch.tensor([float(flag)]), env).item() > 0)
+
+
+def _optimizer_step(wrapped, train_module, student, teacher, train_blocks, step, config, env, optimizer,
+                    scheduler, logit_loss, hidden_loss, layer_pairs) -> dict:
+    sums = torch.zeros(3, dtype=torch.float64)
+    micro_batches = list(_micro_batches(train_blocks, step, env, config))
+    for index, input_ids in enumerate(micro_batches):
+        sync = index == len(micro_batches) - 1 or not hasattr(wrapped, "no_sync")
+        with (contextlib.nullcontext() if sync else wrapped.no_sync()), _autocast(env, config):
+            losses = compute_step_losses(wrapped, student, teacher, input_ids.to(env.device), config, logit_loss,
+                                         layer_pairs, hidden_loss)
+        (losses.total / config.grad_accum).backward()
+        sums += torch.tensor([losses.logit or losses.ce, losses.ce, losses.hidden], dtype=torch.float64)
+    if config.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(train_module.parameters(), config.clip_grad)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    sums = all_reduce_sum(sums, env) / (config.grad_accum * env.world_size)
+    return {"loss": float(sums[0]), "ce": float(sums[1]), "hidden": float(sums[2])}

@@ -1,0 +1,55 @@
+"""Validation during distillation: held-out LM loss of student and teacher, and the student's KL to it."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..arch import get_adapter
+from ..config import DistillConfig
+from .dist import DistEnv, all_reduce_sum
+from .losses import ForwardKL, chunked_logit_loss
+from .steps import labels_for
+
+
+
+@torch.no_grad()
+def validate(student: nn.Module, teacher: nn.Module | None, blocks: torch.Tensor, config: DistillConfig,
+             env: DistEnv) -> dict:
+    """Each rank scores its share of the held-out blocks; sums are reduced over ranks."""
+    was_training = student.training
+    student.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # student CE, teacher CE, KL, tokens
+    share = blocks[env.rank::env.world_size]
+    kl = ForwardKL(temperature=1.0)
+    for start in range(0, len(share), config.micro_batch_size):
+        input_ids = share[start:start + config.micro_batch_size].to(env.device)
+        sums += _batch_sums(student, teacher, input_ids, config, kl)
+    student.train(was_training)
+    sums = all_reduce_sum(sums, env)
+    tokens = max(float(sums[3]), 1.0)
+    result = {"val_student_loss": float(sums[0]) / tokens}
+    if teacher is not None:
+        result |= {"val_teacher_loss": float(sums[1]) / tokens, "val_kl": float(sums[2]) / tokens}
+    return result
+
+
+def _batch_sums(student, teacher, input_ids, config: DistillConfig, kl) -> torch.Tensor:
+    labels = labels_for(input_ids).reshape(-1)
+    mask = labels != -100
+    s_adapter = get_adapter(student)
+    s_hidden = s_adapter.base_model(student)(input_ids=input_ids, use_cache=False).last_hidden_state
+    s_hidden = s_hidden.reshape(-1, s_hidden.shape[-1])
+    student_head = lambda h: s_adapter.logits_from_hidden(student, h)  # noqa: E731
+    if teacher is None:
+        out = chunked_logit_loss(kl, s_hidden, s_hidden, student_head, student_head, mask=mask,
+                                 chunk_size=config.chunk_size, labels=labels, ce_weight=1.0)
+        return torch.tensor([float(out.ce_sum), 0.0, 0.0, out.ce_count], dtype=torch.float64)
+    t_adapter = get_adapter(teacher)
+    t_hidden = t_adapter.base_model(teacher)(input_ids=input_ids, use_cache=False).last_hidden_state
+    t_hidden = t_hidden.reshape(-1, t_hidden.shape[-1])
+    teacher_head = lambda h: t_adapter.logits_from_hidden(teacher, h)  # noqa: E731
+    out = chunked_logit_loss(kl, s_hidden, t_hidden, student_head, teacher_head, mask=mask,
+                             chunk_size=config.chunk_size, labels=labels, ce_weight=1.0)
+    teacher_ce = chunked_logit_loss(kl, t_hidden, t_hidden, teacher_head, teacher_head, mask=mask,
+                                    chunk_size=config.chunk_size, labels=labels, ce_weight=1.0).ce_sum
+    return torch.tensor([float(out.ce_sum), float(teacher_ce), float(out.kd_sum), out.count], dtype=torch.float64)
