@@ -4,6 +4,9 @@
     minitron importance --model builtin:smollm2-135m --data builtin:python-docs --samples 256 --out scores/
     minitron prune --model builtin:smollm2-135m --scores scores/ --hidden-size 448 --intermediate-size 1024 --out pruned/
     minitron prune --model meta-llama/Llama-3.1-8B --hidden-size 3072 --intermediate-size 9216 --dry-run
+    minitron distill --student pruned/ --teacher builtin:smollm2-135m --data builtin:python-docs --steps 100 --out student/
+    torchrun --nproc-per-node 2 -m minitron.cli distill ...   # the same command, data parallel
+    minitron finetune --model builtin:smollm2-135m --data my.jsonl --steps 100 --out corrected/
     minitron inspect pruned/
     minitron eval --model pruned/ --data builtin:python-docs
 """
@@ -16,7 +19,7 @@ import sys
 import types
 import typing
 
-from .config import DataConfig, ImportanceConfig, TargetConfig
+from .config import DataConfig, DistillConfig, ImportanceConfig, TargetConfig
 from .errors import MinitronError
 
 
@@ -29,6 +32,10 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) ->
         if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default = defaults.get(f.name, f.default)
+        if kind is bool:
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
+                               default=default, help=f.metadata.get("help", ""))
+            continue
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                            help=f"{f.metadata.get('help', '')} (default: {default})")
 
@@ -42,6 +49,16 @@ def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> No
                         help="Hub id, local folder, .gguf file, or builtin:smollm2-135m.")
     parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="builtin:python-docs", help="Training text (same specs as calibration); "
+                        "a deterministic held-out part of it is used for validation.")
+    parser.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
+    parser.add_argument("--out", required=True, help="Run folder: checkpoints, metrics.jsonl, then the final model.")
+    parser.add_argument("--resume", action="store_true", help="Continue the interrupted run in --out exactly.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace whatever --out holds.")
+    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -72,6 +89,17 @@ def _build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
     add_dataclass_arguments(prune, TargetConfig)
+
+    distill = commands.add_parser("distill", help="Retrain a pruned student by knowledge distillation.")
+    distill.add_argument("--student", required=True, help="Student folder (e.g. from `minitron prune`).")
+    distill.add_argument("--teacher", required=True, help="Teacher: hub id, folder, .gguf or builtin:NAME.")
+    _run_options(distill)
+    add_dataclass_arguments(distill, DistillConfig)
+
+    finetune = commands.add_parser("finetune", help="Teacher correction: next-token fine-tuning on your data.")
+    finetune.add_argument("--model", required=True, help="Model to fine-tune: hub id, folder, .gguf, builtin:NAME.")
+    _run_options(finetune)
+    add_dataclass_arguments(finetune, DistillConfig, loss="ce")
 
     inspect = commands.add_parser("inspect", help="Parameter counts and the size of every axis.")
     inspect.add_argument("model", help="Hub id, local folder, config.json, .gguf file or builtin:NAME.")
@@ -121,6 +149,17 @@ def _dispatch(args: argparse.Namespace) -> None:
         else:
             print(f"pruned model written to {args.out}: {result['params_after']['total']:,} parameters "
                   f"({result['params_after']['total'] / result['params_before']['total']:.1%} of the source)")
+    elif args.command in ("distill", "finetune"):
+        from .distill.job import run_distill
+        config = from_args(DistillConfig, args)
+        if args.command == "finetune" and config.loss != "ce":
+            raise MinitronError("finetune trains on next-token loss only; use `minitron distill` for KD losses")
+        student, teacher = (args.student, args.teacher) if args.command == "distill" else (args.model, None)
+        record = run_distill(student, teacher, args.data, args.out, config, text_field=args.text_field,
+                             resume=args.resume, overwrite=args.overwrite, device=args.device)
+        final = record["final"]
+        print(f"{args.command}: model written to {args.out}; final validation: "
+              + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
     elif args.command == "inspect":
         info = jobs.inspect_model(args.model)
         if args.json:
@@ -141,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except MinitronError as error:
         print(f"minitron {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nminitron {args.command}: interrupted; outputs are written atomically, nothing partial was left",
-              file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        detail = str(interrupt) or "outputs are written atomically, nothing partial was left"
+        print(f"\nminitron {args.command}: {detail}", file=sys.stderr)
         return 130
     return 0
 

@@ -147,3 +147,22 @@ def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict) 
             tokenizer.save_pretrained(staging)
         (staging / "minitron.json").write_text(json.dumps(record, indent=2, default=str))
     return Path(out)
+
+
+def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict) -> Path:
+    """Write an HF checkpoint into an existing run folder (beside metrics and checkpoints).
+
+    Files are staged first and each one is renamed into place, so a crash never leaves a half-written
+    weight file; the caller removes the training checkpoint only after this returns.
+    """
+    out = Path(out)
+    staging = out / ".final.partial"
+    with atomic_directory(staging) as folder:
+        model.save_pretrained(folder, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+        (folder / "minitron.json").write_text(json.dumps(record, indent=2, default=str))
+    for item in staging.iterdir():
+        os.replace(item, out / item.name)
+    staging.rmdir()
+    return out

@@ -77,6 +77,17 @@ def test_fused_gradient_matches_autograd_of_reference(name, T):
     torch.testing.assert_close(s_half.grad, 0.5 * s_fused.grad)
 
 
+@pytest.mark.parametrize("name", ["fkl", "rkl", "jsd", "topk"])
+def test_inputs_are_left_intact_unless_consumed(name):
+    s, t = logits(10), logits(11)
+    s0, t0 = s.clone(), t.clone()
+    for T in (1.0, 2.0):
+        total, _ = make_losses(T)[name](s, t)
+        assert torch.equal(s, s0) and torch.equal(t, t0)
+        consumed, _ = make_losses(T)[name](s, t.clone(), consume_teacher=True)
+        torch.testing.assert_close(consumed, total)
+
+
 @pytest.mark.parametrize("name", ["fkl", "rkl", "jsd", "jsd_0.2", "topk"])
 def test_divergence_of_identical_distributions_is_zero(name):
     s = logits(2)

@@ -65,6 +65,12 @@ def _teacher_probs(t: Tensor, owned: bool) -> tuple[Tensor, Tensor]:
     return p.div_(z), (t.sub_(lse) if owned else t - lse).clamp_min_(_FMIN)
 
 
+def _teacher_log_probs(t: Tensor, owned: bool) -> Tensor:
+    """log p_t, in place in t when the caller owns it."""
+    lse = torch.logsumexp(t, -1, keepdim=True)
+    return (t.sub_(lse) if owned else t - lse).clamp_min_(_FMIN)
+
+
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     """sum(a * b, -1) for (N, V) tensors as a batched matmul: no (N, V) temporary."""
     return (a.unsqueeze(-2) @ b.unsqueeze(-1)).reshape(a.shape[:-1])
@@ -118,7 +124,8 @@ class _LogitLoss(nn.Module):
             s, t = student.float(), teacher_logits.detach().float()
             if temp != 1.0:  # the common T = 1 fp32 case makes no (N, V) copies here
                 s, t = s / temp, t / temp
-            owned = consume_teacher or t is not teacher_logits  # a private copy may be overwritten
+            # a private copy (dtype cast or temperature) may be overwritten in place
+            owned = consume_teacher or teacher_logits.dtype != torch.float32 or temp != 1.0
             loss, grad = self.per_token(s, t, need_grad, owned)
             if keep is not None:  # zero masked rows rather than index them: no (N, V) row copies
                 loss = loss.masked_fill(~keep, 0.0)
@@ -143,7 +150,6 @@ class ReverseKL(_LogitLoss):
 
     def per_token(self, s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
         log_s = _log_softmax_into(s, out=torch.empty_like(s))
-        d = _log_softmax_into(t, out=t if owned else torch.empty_like(t)) if False else None
         d = _teacher_log_probs(t, owned).neg_().add_(log_s)  # log p_s - log p_t
         p_s = log_s.exp_()
         loss = _rowdot(p_s, d)
@@ -164,11 +170,14 @@ class GeneralizedJSD(_LogitLoss):
             raise ValueError(f"beta must be in (0, 1), got {beta}")
         self.beta = float(beta)
 
-    def per_token(self, s: Tensor, t: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    def per_token(self, s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
         b = self.beta
-        log_t, log_s = _log_softmax(t), _log_softmax(s)
-        log_m = torch.logaddexp(log_t + math.log(b), log_s + math.log1p(-b))
-        kl_t = _rowdot(log_t.exp(), log_t.sub_(log_m))
+        p_t, log_t = _teacher_probs(t, owned)
+        log_s = _log_softmax_into(s, out=torch.empty_like(s))
+        log_m = torch.add(log_s, math.log1p(-b))  # shift log_t in place and back: no temporary
+        log_m = torch.logaddexp(log_m, log_t.add_(math.log(b)), out=log_m)
+        kl_t = _rowdot(p_t, log_t.sub_(math.log(b)).sub_(log_m))
+        del p_t, log_t
         u = log_m.neg_().add_(log_s)  # log p_s - log m
         p_s = log_s.exp_()
         kl_s = _rowdot(p_s, u)
@@ -194,9 +203,9 @@ class TopKForwardKL(_LogitLoss):
             raise ValueError(f"k must be >= 1, got {k}")
         self.k = int(k)
 
-    def per_token(self, s: Tensor, t: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+    def per_token(self, s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
         top, idx = t.topk(min(self.k, t.shape[-1]), dim=-1)
-        loss, grad_k = _forward_kl(s.gather(-1, idx), top, need_grad)
+        loss, grad_k = _forward_kl(s.gather(-1, idx), top, need_grad, owned=True)  # top is a fresh (N, k)
         return loss, (torch.zeros_like(s).scatter_(-1, idx, grad_k) if need_grad else None)
 
 
@@ -211,7 +220,8 @@ class NextTokenCE(nn.Module):
         target = labels.masked_fill(~valid, 0)[:, None]
 
         def kernel(student: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-            log_s = _log_softmax(student.float())
+            s = student.float()
+            log_s = _log_softmax_into(s, out=torch.empty_like(s))
             total = -(log_s.gather(-1, target).squeeze(-1) * valid).sum()
             if not need_grad:
                 return total, None
@@ -284,7 +294,9 @@ def chunked_logit_loss(loss: nn.Module, student_hidden: Tensor, teacher_hidden: 
         with torch.no_grad():
             t_logits = teacher_head(t_h)
         s_logits = student_head(s_h)
-        kd = loss(s_logits, t_logits, m)[0]
+        # The teacher chunk is ours (unless the head returned its input): let the loss overwrite it.
+        own = t_logits.untyped_storage().data_ptr() != t_h.untyped_storage().data_ptr()
+        kd = loss(s_logits, t_logits, m, consume_teacher=own)[0]
         ce = ce_loss(s_logits, lbl)[0] if lbl is not None else kd.new_zeros(())
         return kd, ce
 

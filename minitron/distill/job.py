@@ -1,0 +1,95 @@
+"""File-level distillation and fine-tuning: `minitron distill` and `minitron finetune`."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from ..data import token_blocks
+from ..errors import MinitronError
+from ..loading import load_model, publish_into, resolve_dtype
+from .checkpoint import CHECKPOINT_DIR, checkpoint_path
+from .dist import barrier, close_distributed, init_distributed
+from .loop import distill
+from ..config import DistillConfig
+
+
+def prepare_run_folder(out: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    out = Path(out)
+    has_checkpoint = checkpoint_path(out).is_dir()
+    if resume:
+        if not has_checkpoint:
+            raise MinitronError(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/ folder"
+                                + (" (the run there already finished)" if (out / "config.json").is_file() else ""))
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise MinitronError(f"{out} holds another run; pass --resume to continue it or --overwrite to replace it")
+        if is_main:
+            shutil.rmtree(out)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+
+def _source_history(student_spec: str) -> list:
+    record_path = Path(student_spec) / "minitron.json"
+    if not record_path.is_file():
+        return []
+    record = json.loads(record_path.read_text())
+    return record.get("history", [record])
+
+
+def run_distill(student: str, teacher: str | None, data: str, out: str, config: DistillConfig, *,
+                text_field: str = "text", resume: bool = False, overwrite: bool = False,
+                device: str | None = None) -> dict:
+    """Distill (or, with teacher None and loss "ce", fine-tune) and publish the student into `out`."""
+    if not Path(student).exists() and student.startswith((".", "/")):
+        raise MinitronError(f"student folder {student} does not exist")
+    env = init_distributed(device)
+    try:
+        prepare_run_folder(out, resume, overwrite, env.is_main)
+        barrier(env)
+        student_model, tokenizer = load_model(student, device=str(env.device))
+        teacher_model = None
+        if teacher is not None and config.loss != "ce":
+            teacher_dtype = "bfloat16" if config.teacher_dtype == "bf16" or (
+                config.teacher_dtype == "auto" and env.device.type == "cuda") else None
+            teacher_model, _ = load_model(teacher, device=str(env.device), dtype=resolve_dtype(teacher_dtype))
+        needed = config.total_steps(env.world_size) * config.global_batch(env.world_size)
+        train = token_blocks(data, tokenizer, config.seq_len, needed, split="train", text_field=text_field,
+                             allow_fewer=True)
+        heldout = token_blocks(data, tokenizer, config.seq_len, config.eval_samples, split="heldout",
+                               text_field=text_field, allow_fewer=True)
+        kept_layers = _kept_layers(student, teacher_model)
+        trained = distill(student_model, teacher_model, train, heldout, config, out=out, resume=resume,
+                          kept_layers=kept_layers, env=env)
+        final = _final_metrics(out)
+        record = {"stage": "distill" if teacher_model is not None else "finetune", "student": student,
+                  "teacher": teacher, "data": data, "config": asdict(config), "final": final,
+                  "train_blocks": len(train), "epochs": round(needed / max(len(train), 1), 3)}
+        if env.is_main:
+            publish_into(trained, tokenizer, out, {**record, "history": [*_source_history(student), record]})
+            shutil.rmtree(checkpoint_path(out), ignore_errors=True)
+        barrier(env)
+        return record
+    finally:
+        close_distributed(env)
+
+
+def _kept_layers(student_spec: str, teacher) -> list[int] | None:
+    record_path = Path(student_spec) / "minitron.json"
+    if teacher is None or not record_path.is_file():
+        return None
+    kept = json.loads(record_path.read_text()).get("kept_layers")
+    if kept and max(kept) < teacher.config.num_hidden_layers and len(kept) == len(set(kept)):
+        return kept
+    return None
+
+
+def _final_metrics(out: str) -> dict:
+    path = Path(out) / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return lines[-1] if lines else {}
