@@ -133,6 +133,29 @@ def child(args) -> None:
     }), flush=True)
 
 
+def estimate_mib(variant: str, args) -> float:
+    """Rough peak above baseline, to skip a variant that would not fit (an OOM kill hits neighbours too).
+
+    In units of one fp32 logits buffer: autograd keeps ~7 of them, the fused loss ~4, the chunked
+    path ~3 chunk buffers, plus one or two head-weight gradients.
+    """
+    unit = 4 * args.vocab / MIB
+    weight_grad = args.hidden * unit
+    per_variant = {"naive-plain": 7.5 * args.tokens * unit + weight_grad,
+                   "naive": 4.5 * args.tokens * unit + weight_grad,
+                   "chunked": 3.5 * min(args.chunk, args.tokens) * unit + 2 * weight_grad}
+    return per_variant[variant]
+
+
+def available_mib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.mem_get_info()[0] / MIB
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("inf")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vocab", type=int, default=256000)
@@ -141,44 +164,61 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of " + ", ".join(VARIANTS))
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
 
-    results = []
-    for variant in VARIANTS:
+    results, skipped = {}, {}
+    for variant in [v for v in VARIANTS if v in args.variants.split(",")]:
+        need, have = estimate_mib(variant, args), available_mib()
+        if need > 0.85 * have:
+            skipped[variant] = f"skipped: needs ~{need:,.0f} MiB, {have:,.0f} MiB available"
+            continue
         cmd = [sys.executable, __file__, "--child", variant] + sys.argv[1:]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARK)]
         if proc.returncode != 0 or not lines:
             sys.exit(f"{variant} child failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-        result = json.loads(lines[-1][len(CHILD_MARK):])
-        result["child_wall_s"] = time.perf_counter() - started
-        results.append(result)
+        results[variant] = json.loads(lines[-1][len(CHILD_MARK):]) | {"child_wall_s": time.perf_counter() - started}
+    if not results:
+        sys.exit("every variant was skipped: " + "; ".join(skipped.values()))
 
-    plain, naive, chunked = results
-    for r in results:
-        r["ratio_to_naive"] = r["peak_mib"] / naive["peak_mib"]
-        r["ratio_to_naive_plain"] = r["peak_mib"] / plain["peak_mib"]
-    rel = max(abs(r["loss"] - plain["loss"]) for r in results) / max(abs(plain["loss"]), 1e-12)
+    for name in ("naive-plain", "naive"):
+        for r in results.values():
+            if name in results:
+                r[f"ratio_to_{name}"] = r["peak_mib"] / results[name]["peak_mib"]
+    losses = [r["loss"] for r in results.values()]
+    rel = (max(losses) - min(losses)) / max(abs(losses[0]), 1e-12)
+    first = next(iter(results.values()))
     info = machine()
     setup = (f"vocab {args.vocab}, hidden {args.hidden}, teacher hidden {args.teacher_hidden or args.hidden}, "
-             f"{args.tokens} tokens, chunk {args.chunk}, {args.dtype}, device {naive['device']}")
-    print(f"Logit-loss peak memory above baseline ({naive['method']}): {setup}")
+             f"{args.tokens} tokens, chunk {args.chunk}, {args.dtype}, device {first['device']}")
+    print(f"Logit-loss peak memory above baseline ({first['method']}): {setup}")
     print(machine_line(info) + "\n")
-    print(markdown_table(["variant", "peak MiB", "ratio to naive-plain", "ratio to naive", "seconds"],
-                         [[r["variant"], float(r["peak_mib"]), f"{r['ratio_to_naive_plain']:.3f}",
-                           f"{r['ratio_to_naive']:.3f}", float(r["seconds"])] for r in results]))
-    print(f"\nLosses agree to {rel:.1e} (relative). Target chunked <= 1/4 of naive: "
-          f"{'met' if chunked['ratio_to_naive'] <= 0.25 else 'NOT met'} vs naive (same fused ForwardKL), "
-          f"{'met' if chunked['ratio_to_naive_plain'] <= 0.25 else 'NOT met'} vs naive-plain")
-    # Useful reference point: one (tokens x vocab) fp32 logits tensor.
+
+    def ratio(r: dict, name: str) -> str:
+        return f"{r[f'ratio_to_{name}']:.3f}" if f"ratio_to_{name}" in r else "-"
+
+    rows = [[name, float(r["peak_mib"]), ratio(r, "naive-plain"), ratio(r, "naive"), float(r["seconds"])]
+            for name, r in results.items()]
+    rows += [[name, why, "-", "-", "-"] for name, why in skipped.items()]
+    print(markdown_table(["variant", "peak MiB", "ratio to naive-plain", "ratio to naive", "seconds"], rows))
+    print(f"\nLosses agree to {rel:.1e} (relative).")
+    if "chunked" in results:
+        for name in ("naive-plain", "naive"):
+            if name in results:
+                met = results["chunked"][f"ratio_to_{name}"] <= 0.25
+                print(f"Target chunked <= 1/4 of {name}: {'met' if met else 'NOT met'}")
+    bits = torch.finfo(getattr(torch, args.dtype)).bits
     print(f"One {args.tokens} x {args.vocab} fp32 logits tensor = {args.tokens * args.vocab * 4 / MIB:,.0f} MiB; "
-          f"head weight gradient = {args.hidden * args.vocab * torch.finfo(getattr(torch, args.dtype)).bits / 8 / MIB:,.0f} MiB")
+          f"one {args.chunk}-token chunk = {args.chunk * args.vocab * 4 / MIB:,.0f} MiB; "
+          f"head weight gradient = {args.hidden * args.vocab * bits / 8 / MIB:,.0f} MiB")
     path = write_json("logit_loss_memory", {"config": vars(args) | {"child": None}, "machine": info,
-                                            "results": results, "loss_relative_difference": rel})
+                                            "results": results, "skipped": skipped, "loss_relative_spread": rel})
     print(f"Wrote {path}")
 
 

@@ -108,6 +108,8 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="Held-out loss and perplexity on a data spec.")
     _model_options(evaluate)
     evaluate.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
+    evaluate.add_argument("--tasks", default=None, help="Comma-separated lm-eval harness tasks (needs lm-eval).")
+    evaluate.add_argument("--limit", type=int, default=None, help="Examples per lm-eval task (for quick checks).")
     add_dataclass_arguments(evaluate, DataConfig, samples=64)
     return parser
 
@@ -170,6 +172,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif args.command == "eval":
         result = jobs.run_eval(args.model, from_args(DataConfig, args), args.split, dtype=args.dtype,
                                device=args.device)
+        if args.tasks:
+            result["lm_eval"] = jobs.run_lm_eval(args.model, args.tasks, batch_size=args.batch_size,
+                                                 limit=args.limit, device=args.device)["tasks"]
         print(json.dumps(result, indent=2))
 
 

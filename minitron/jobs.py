@@ -120,3 +120,21 @@ def run_eval(model: str, data: DataConfig | None = None, split: str = "heldout",
                           text_field=data.text_field)
     return {"model": model, "data": data.data, "split": split,
             **evaluate_loss(loaded, blocks, data.batch_size, progress=True)}
+
+
+def run_lm_eval(model: str, tasks: str, *, batch_size: int = 8, limit: int | None = None,
+                device: str | None = None) -> dict:
+    """Downstream tasks through the lm-eval harness (optional extra: pip install 'minitron[eval]')."""
+    try:
+        import lm_eval
+    except ImportError as error:
+        raise MinitronError("--tasks needs the lm-eval harness: pip install 'lm-eval>=0.4' "
+                            "(or pip install 'minitron[eval]')") from error
+    if not Path(model).is_dir():
+        raise MinitronError("--tasks evaluates a saved model folder (lm-eval loads it with from_pretrained); "
+                            f"{model!r} is not a folder")
+    from .loading import resolve_device
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args=f"pretrained={model},dtype=float32", tasks=[t for t in tasks.split(",") if t],
+        batch_size=batch_size, limit=limit, device=str(resolve_device(device)))
+    return {"model": model, "tasks": results.get("results", {})}

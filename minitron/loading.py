@@ -149,7 +149,7 @@ def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict) 
     return Path(out)
 
 
-def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict) -> Path:
+def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict, state_dict: dict | None = None) -> Path:
     """Write an HF checkpoint into an existing run folder (beside metrics and checkpoints).
 
     Files are staged first and each one is renamed into place, so a crash never leaves a half-written
@@ -158,7 +158,7 @@ def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict) -> 
     out = Path(out)
     staging = out / ".final.partial"
     with atomic_directory(staging) as folder:
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         (folder / "minitron.json").write_text(json.dumps(record, indent=2, default=str))

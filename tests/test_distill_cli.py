@@ -16,7 +16,7 @@ from tests.tiny import tiny_model, tiny_tokenizer
 
 TEXT = "\n\n".join(f"Line {i}: a student learns from a teacher what the pruning took away, {i * 7 % 13}."
                    for i in range(300))
-COMMON = ["--seq-len", "16", "--steps", "3", "--lr", "1e-3", "--warmup-steps", "1", "--eval-every", "0",
+COMMON = ["--seq-len", "16", "--steps", "3", "--lr", "1e-3", "--warmup-steps", "1", "--clip-grad", "0", "--eval-every", "0",
           "--eval-samples", "4", "--device", "cpu"]
 
 
@@ -61,14 +61,20 @@ def test_finetune_trains_the_teacher(run_dir):
     assert (out / "config.json").is_file() and len(_losses(out)) == 3
 
 
-def test_two_processes_match_one(run_dir):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp2"])
+def test_two_processes_match_one(run_dir, sharding):
     single = run_dir / "single"
-    assert main(_distill_args(run_dir, single, "--micro-batch-size", "2")) == 0
+    if not single.exists():
+        assert main(_distill_args(run_dir, single, "--micro-batch-size", "2")) == 0
     double = run_dir / "double"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-               "-m", "minitron.cli", *_distill_args(run_dir, double, "--micro-batch-size", "1")]
+               "-m", "minitron.cli", *_distill_args(run_dir, double, "--micro-batch-size", "1", *sharding)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close(torch.tensor(_losses(double)), torch.tensor(_losses(single)), rtol=1e-4, atol=1e-5)
+    from transformers import AutoModelForCausalLM
+    one, two = (AutoModelForCausalLM.from_pretrained(folder) for folder in (single, double))
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     shutil.rmtree(double)

@@ -253,6 +253,7 @@ def test_hidden_loss_values_mask_and_projection_gradients():
         value.backward()
         assert loss.projections[0].weight.grad is not None and loss.projections[0].weight.grad.abs().sum() > 0
         assert s_states[0].grad is not None
+    assert HiddenStateLoss("mse", [4, 6], 6)(s_states, t_states, torch.zeros(2, 5, dtype=torch.bool)).item() == 0
     with pytest.raises(ValueError):
         HiddenStateLoss("l1", [4], 6)
 

@@ -6,6 +6,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
 from ..data import token_blocks
 from ..errors import MinitronError
 from ..loading import load_model, publish_into, resolve_dtype
@@ -68,8 +70,11 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         record = {"stage": "distill" if teacher_model is not None else "finetune", "student": student,
                   "teacher": teacher, "data": data, "config": asdict(config), "final": final,
                   "train_blocks": len(train), "epochs": round(needed / max(len(train), 1), 3)}
+        # Under FSDP the student's parameters are shards: every rank helps gather the full tensors.
+        full_state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if env.is_main:
-            publish_into(trained, tokenizer, out, {**record, "history": [*_source_history(student), record]})
+            publish_into(trained, tokenizer, out, {**record, "history": [*_source_history(student), record]},
+                         state_dict=full_state)
             shutil.rmtree(checkpoint_path(out), ignore_errors=True)
         barrier(env)
         return record

@@ -62,8 +62,15 @@ def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig, teache
         for model in filter(None, (train_module.student, teacher)):
             for layer in get_adapter(model).layers(model):
                 fully_shard(layer)
+            head = model.get_output_embeddings()
+            if head is not None and head.weight is not model.get_input_embeddings().weight:
+                # The head runs outside the root's forward (chunk by chunk in the loss): as its own
+                # FSDP unit it gathers its weights and reduce-scatters its gradient around each call.
+                fully_shard(head)
         if teacher is not None:
-            fully_shard(teacher)
+            # The teacher is called through its base model (its LM head runs chunk by chunk in the
+            # loss), so the base model is the FSDP root that gathers the embedding.
+            fully_shard(get_adapter(teacher).base_model(teacher))
         return fully_shard(train_module)
     if env.distributed:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -106,11 +113,12 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks: torch.T
     hidden_loss, layer_pairs = build_hidden_loss(config, student, teacher, kept_layers) if teacher else (None, [])
     train_module = TrainModule(student, hidden_loss).to(env.device)
     total_steps = config.total_steps(env.world_size)
+    # Wrap first: FSDP2 replaces parameters with sharded ones, and the optimizer must hold those.
+    wrapped = _wrap(train_module, env, config, teacher)
     optimizer = torch.optim.AdamW(train_module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.95))
     warmup = min(config.warmup_steps, max(total_steps // 10, 1)) if total_steps > 1 else 0
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total_steps, min_lr=config.min_lr)
-    wrapped = _wrap(train_module, env, config, teacher)
     start_step = 0
     if resume:
         start_step = load_training_state(out, trainable=train_module, optimizer=optimizer, scheduler=scheduler)
@@ -137,7 +145,7 @@ def _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks
                       "tokens_per_s": tokens_per_step / seconds, **losses}
             last = step + 1 == total_steps
             if (config.eval_every and (step + 1) % config.eval_every == 0) or last:
-                record |= validate(student, teacher, heldout_blocks, config, env)
+                record |= validate(wrapped, student, teacher, heldout_blocks, config, env)
             log.write(record)
             bar.update(record)
             if on_step is not None:

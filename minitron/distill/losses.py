@@ -46,7 +46,7 @@ _FMIN = torch.finfo(torch.float32).min
 
 
 def _log_softmax_into(x: Tensor, out: Tensor) -> Tensor:
-    """log_softmax(x) over the last dim written into `out` (may not alias x): no other (N, V) buffer.
+    """log_softmax(x) over the last dim written into `out` (must not alias x): no other (N, V) buffer.
 
     Clamping -inf (masked vocab entries) to the most negative float makes p = 0 exactly and
     0 * log p = 0 in the row dot products instead of 0 * -inf = nan.
@@ -63,12 +63,6 @@ def _teacher_probs(t: Tensor, owned: bool) -> tuple[Tensor, Tensor]:
     z = p.sum(-1, keepdim=True)
     lse = m.add_(z.log())
     return p.div_(z), (t.sub_(lse) if owned else t - lse).clamp_min_(_FMIN)
-
-
-def _teacher_log_probs(t: Tensor, owned: bool) -> Tensor:
-    """log p_t, in place in t when the caller owns it."""
-    lse = torch.logsumexp(t, -1, keepdim=True)
-    return (t.sub_(lse) if owned else t - lse).clamp_min_(_FMIN)
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -90,8 +84,11 @@ def _forward_kl(s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Ten
     return loss, (log_s.exp_().sub_(p_t) if need_grad else None)
 
 
-class _LogitLoss(nn.Module):
-    """Base of the logit losses: temperature, fp32, masking, T^2 scaling, fused gradient."""
+class LogitLoss(nn.Module):
+    """Base of the logit losses: temperature, fp32, masking, T^2 scaling, fused gradient.
+
+    Subclasses implement `per_token`; `forward` is shared.
+    """
 
     def __init__(self, temperature: float = 1.0) -> None:
         super().__init__()
@@ -138,26 +135,27 @@ class _LogitLoss(nn.Module):
         return _Fused.apply(student_logits, kernel), count
 
 
-class ForwardKL(_LogitLoss):
+class ForwardKL(LogitLoss):
     """KL(teacher || student) = sum_v p_t (log p_t - log p_s): mass-covering, the default."""
 
     def per_token(self, s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
         return _forward_kl(s, t, need_grad, owned)
 
 
-class ReverseKL(_LogitLoss):
+class ReverseKL(LogitLoss):
     """KL(student || teacher) = sum_v p_s (log p_s - log p_t): mode-seeking."""
 
     def per_token(self, s: Tensor, t: Tensor, need_grad: bool, owned: bool) -> tuple[Tensor, Tensor | None]:
         log_s = _log_softmax_into(s, out=torch.empty_like(s))
-        d = _teacher_log_probs(t, owned).neg_().add_(log_s)  # log p_s - log p_t
+        lse = torch.logsumexp(t, -1, keepdim=True)
+        d = (t.sub_(lse) if owned else t - lse).clamp_min_(_FMIN).neg_().add_(log_s)  # log p_s - log p_t
         p_s = log_s.exp_()
         loss = _rowdot(p_s, d)
         # d KL / d s_j = p_s_j (d_j - KL)
         return loss, (d.sub_(loss[:, None]).mul_(p_s) if need_grad else None)
 
 
-class GeneralizedJSD(_LogitLoss):
+class GeneralizedJSD(LogitLoss):
     """beta * KL(p_t || m) + (1 - beta) * KL(p_s || m), m = beta * p_t + (1 - beta) * p_s.
 
     beta in (0, 1); beta = 0.5 is the ordinary Jensen-Shannon divergence. log m is computed as
@@ -187,7 +185,7 @@ class GeneralizedJSD(_LogitLoss):
         return b * kl_t + (1.0 - b) * kl_s, grad
 
 
-class TopKForwardKL(_LogitLoss):
+class TopKForwardKL(LogitLoss):
     """Forward KL on the teacher's top-k tokens only (k is clamped to the vocabulary size).
 
     Both distributions are renormalised over the same k indices (teacher's top-k of its tempered
@@ -252,13 +250,14 @@ class LogitLossOutput:
         return loss
 
 
-def chunked_logit_loss(loss: nn.Module, student_hidden: Tensor, teacher_hidden: Tensor,
+def chunked_logit_loss(loss: LogitLoss | nn.Module, student_hidden: Tensor, teacher_hidden: Tensor,
                        student_head: Callable[[Tensor], Tensor], teacher_head: Callable[[Tensor], Tensor],
                        mask: Tensor | None = None, chunk_size: int = 1024, labels: Tensor | None = None,
                        ce_weight: float = 0.0) -> LogitLossOutput:
     """Apply a logit loss to (N, Hs) student / (N, Ht) teacher final hidden states, chunk by chunk.
 
-    The heads map (n, H) hidden states to (n, V) logits (lm_head plus any soft-capping).
+    `loss` is a LogitLoss (or any module with its forward signature). The heads map (n, H)
+    hidden states to fresh (n, V) logits (lm_head plus any soft-capping).
     mask: (N,) bool (True = distil this token); labels: (N,) int64 with -100 = ignore, needed
     when ce_weight > 0 (then ce_sum is filled; ce_weight only switches CE on, weighting is left to
     `LogitLossOutput.mean` or the caller, so the sums stay exact).
@@ -296,7 +295,8 @@ def chunked_logit_loss(loss: nn.Module, student_hidden: Tensor, teacher_hidden: 
         s_logits = student_head(s_h)
         # The teacher chunk is ours (unless the head returned its input): let the loss overwrite it.
         own = t_logits.untyped_storage().data_ptr() != t_h.untyped_storage().data_ptr()
-        kd = loss(s_logits, t_logits, m, consume_teacher=own)[0]
+        kd = (loss(s_logits, t_logits, m, consume_teacher=own) if isinstance(loss, LogitLoss)
+              else loss(s_logits, t_logits, m))[0]
         ce = ce_loss(s_logits, lbl)[0] if lbl is not None else kd.new_zeros(())
         return kd, ce
 
@@ -333,15 +333,12 @@ class HiddenStateLoss(nn.Module):
         self.kind = kind
         self.projections = nn.ModuleList(
             nn.Identity() if d == teacher_dim else nn.Linear(d, teacher_dim, bias=False) for d in student_dims)
-        if kept_channels is not None:
-            with torch.no_grad():
-                for proj in self.projections:
-                    if isinstance(proj, nn.Linear):
-                        if len(kept_channels) != proj.in_features:
-                            raise ValueError(f"kept_channels has {len(kept_channels)} entries, "
-                                             f"projection expects {proj.in_features}")
-                        proj.weight.zero_()
-                        proj.weight[list(kept_channels), range(proj.in_features)] = 1.0
+        for proj in self.projections if kept_channels is not None else []:
+            if isinstance(proj, nn.Linear):
+                if len(kept_channels) != proj.in_features:
+                    raise ValueError(f"kept_channels has {len(kept_channels)} entries, expected {proj.in_features}")
+                with torch.no_grad():  # W[kept[i], i] = 1: proj(s) places s in the teacher's channels
+                    proj.weight.zero_()[list(kept_channels), range(proj.in_features)] = 1.0
 
     def forward(self, student_states: Sequence[Tensor], teacher_states: Sequence[Tensor],
                 mask: Tensor | None = None) -> Tensor:
@@ -361,7 +358,11 @@ class HiddenStateLoss(nn.Module):
                 per_token = 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)
             else:
                 per_token = (s - t).pow(2).mean(-1)
-            losses.append(per_token[mask.to(torch.bool)].mean() if mask is not None else per_token.mean())
+            if mask is None:
+                losses.append(per_token.mean())
+            else:  # masked mean; an all-masked batch gives 0 rather than nan
+                keep = mask.to(per_token.dtype)
+                losses.append((per_token * keep).sum() / keep.sum().clamp_min(1.0))
         return torch.stack(losses).mean()
 
 

@@ -13,9 +13,13 @@ from .steps import labels_for
 
 
 @torch.no_grad()
-def validate(student: nn.Module, teacher: nn.Module | None, blocks: torch.Tensor, config: DistillConfig,
-             env: DistEnv) -> dict:
-    """Each rank scores its share of the held-out blocks; sums are reduced over ranks."""
+def validate(train_module: nn.Module, student: nn.Module, teacher: nn.Module | None, blocks: torch.Tensor,
+             config: DistillConfig, env: DistEnv) -> dict:
+    """Each rank scores its share of the held-out blocks; sums are reduced over ranks.
+
+    The student runs through `train_module` (the DDP/FSDP-wrapped module), which FSDP needs to gather
+    its shards.
+    """
     was_training = student.training
     student.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # student CE, teacher CE, KL, tokens
@@ -23,7 +27,7 @@ def validate(student: nn.Module, teacher: nn.Module | None, blocks: torch.Tensor
     kl = ForwardKL(temperature=1.0)
     for start in range(0, len(share), config.micro_batch_size):
         input_ids = share[start:start + config.micro_batch_size].to(env.device)
-        sums += _batch_sums(student, teacher, input_ids, config, kl)
+        sums += _batch_sums(train_module, student, teacher, input_ids, config, kl)
     student.train(was_training)
     sums = all_reduce_sum(sums, env)
     tokens = max(float(sums[3]), 1.0)
@@ -33,11 +37,11 @@ def validate(student: nn.Module, teacher: nn.Module | None, blocks: torch.Tensor
     return result
 
 
-def _batch_sums(student, teacher, input_ids, config: DistillConfig, kl) -> torch.Tensor:
+def _batch_sums(train_module, student, teacher, input_ids, config: DistillConfig, kl) -> torch.Tensor:
     labels = labels_for(input_ids).reshape(-1)
     mask = labels != -100
     s_adapter = get_adapter(student)
-    s_hidden = s_adapter.base_model(student)(input_ids=input_ids, use_cache=False).last_hidden_state
+    s_hidden = train_module(input_ids).last_hidden_state
     s_hidden = s_hidden.reshape(-1, s_hidden.shape[-1])
     student_head = lambda h: s_adapter.logits_from_hidden(student, h)  # noqa: E731
     if teacher is None:
