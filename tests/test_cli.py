@@ -83,3 +83,15 @@ def test_existing_output_is_not_overwritten(workspace, tmp_path, capsys):
     assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "precious"
     assert main([*argv, "--overwrite"]) == 0 and (out / "config.json").is_file()
+
+
+def test_lm_eval_tasks_need_the_optional_extra(workspace, capsys):
+    pytest.importorskip("minitron")
+    try:
+        import lm_eval  # noqa: F401
+        pytest.skip("lm-eval is installed here")
+    except ImportError:
+        pass
+    argv = ["eval", "--model", str(workspace / "teacher"), "--data", str(workspace / "corpus.txt"), "--samples", "2",
+            "--seq-len", "16", "--tasks", "hellaswag"]
+    assert main(argv) == 2 and "lm-eval" in capsys.readouterr().err
