@@ -8,10 +8,12 @@ from torch import nn
 
 from ..arch import get_adapter
 from ..config import DistillConfig
-from .losses import (ForwardKL, GeneralizedJSD, HiddenStateLoss, ReverseKL, TopKForwardKL, balance_weight,
-                     chunked_logit_loss, map_layers)
+from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from .losses import (IGNORE_INDEX, ForwardKL, GeneralizedJSD, HiddenStateLoss, NextTokenCE, ReverseKL, TopKForwardKL,
+                     balance_weight, chunked_logit_loss, map_layers)
+
+
 
 
 def make_logit_loss(config: DistillConfig) -> nn.Module | None:
@@ -78,9 +80,8 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
     student_head = lambda h: s_adapter.logits_from_hidden(student, h)  # noqa: E731
     s_hidden = student_out.last_hidden_state.reshape(-1, student_out.last_hidden_state.shape[-1])
     if logit_loss is None:  # plain next-token training (teacher correction / CE baseline)
-        out = chunked_logit_loss(_ZeroLoss(), s_hidden, s_hidden.detach(), student_head, lambda h: h[:, :1],
-                                 chunk_size=config.chunk_size, labels=labels, ce_weight=1.0)
-        ce = out.ce_sum / max(out.ce_count, 1)
+        ce_sum, count = chunked_cross_entropy(s_hidden, student_head, labels, config.chunk_size)
+        ce = ce_sum / max(count, 1)
         return StepLosses(total=ce, logit=0.0, ce=float(ce.detach()), hidden=0.0)
     t_adapter = get_adapter(teacher)
     with torch.no_grad():
@@ -105,8 +106,15 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
     return StepLosses(total=total, logit=float(kd.detach()), ce=ce_value, hidden=hidden_value)
 
 
-class _ZeroLoss(nn.Module):
-    """A logit loss of zero, so the chunked path computes only cross entropy."""
+def chunked_cross_entropy(hidden: torch.Tensor, head, labels: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
+    """(sum of next-token CE, labelled tokens) for (N, H) hidden states, chunk by chunk.
 
-    def forward(self, student_logits, teacher_logits, mask=None):
-        return student_logits.sum() * 0.0, 0
+    As in `chunked_logit_loss`, each chunk's logits are recomputed in backward instead of stored.
+    """
+    loss = NextTokenCE()
+    total = (hidden.sum() * 0.0).float()
+    for start in range(0, len(hidden), chunk_size):
+        chunk = slice(start, start + chunk_size)
+        total = total + checkpoint(lambda h, y: loss(head(h), y)[0], hidden[chunk], labels[chunk],
+                                   use_reentrant=False)
+    return total, int((labels != IGNORE_INDEX).sum())

@@ -8,7 +8,7 @@ from ..arch import get_adapter
 from ..config import DistillConfig
 from .dist import DistEnv, all_reduce_sum
 from .losses import ForwardKL, chunked_logit_loss
-from .steps import labels_for
+from .steps import chunked_cross_entropy, labels_for
 
 
 
@@ -45,15 +45,13 @@ def _batch_sums(train_module, student, teacher, input_ids, config: DistillConfig
     s_hidden = s_hidden.reshape(-1, s_hidden.shape[-1])
     student_head = lambda h: s_adapter.logits_from_hidden(student, h)  # noqa: E731
     if teacher is None:
-        out = chunked_logit_loss(kl, s_hidden, s_hidden, student_head, student_head, mask=mask,
-                                 chunk_size=config.chunk_size, labels=labels, ce_weight=1.0)
-        return torch.tensor([float(out.ce_sum), 0.0, 0.0, out.ce_count], dtype=torch.float64)
+        ce_sum, count = chunked_cross_entropy(s_hidden, student_head, labels, config.chunk_size)
+        return torch.tensor([float(ce_sum), 0.0, 0.0, count], dtype=torch.float64)
     t_adapter = get_adapter(teacher)
     t_hidden = t_adapter.base_model(teacher)(input_ids=input_ids, use_cache=False).last_hidden_state
     t_hidden = t_hidden.reshape(-1, t_hidden.shape[-1])
     teacher_head = lambda h: t_adapter.logits_from_hidden(teacher, h)  # noqa: E731
     out = chunked_logit_loss(kl, s_hidden, t_hidden, student_head, teacher_head, mask=mask,
                              chunk_size=config.chunk_size, labels=labels, ce_weight=1.0)
-    teacher_ce = chunked_logit_loss(kl, t_hidden, t_hidden, teacher_head, teacher_head, mask=mask,
-                                    chunk_size=config.chunk_size, labels=labels, ce_weight=1.0).ce_sum
+    teacher_ce, _ = chunked_cross_entropy(t_hidden, teacher_head, labels, config.chunk_size)
     return torch.tensor([float(out.ce_sum), float(teacher_ce), float(out.kd_sum), out.count], dtype=torch.float64)
