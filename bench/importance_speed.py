@@ -119,7 +119,7 @@ def speed(args) -> dict:
             "median_rate": {name: median(rates[name]) for name in names},
             "ratio_vs_plain": median(rates["importance"]) / median(rates["plain"]),
             "ratio_vs_keep1": median(rates["importance"]) / median(rates["keep1"]),
-            "paired_ratio_median": {k: median(v) for k, v in paired.items()},
+            "paired_ratio_median": {k: median(v) for k, v in paired.items()}, "paired_ratios": paired,
             "fingerprint_seconds_median": median(fingerprint_seconds)}
 
 
@@ -149,7 +149,8 @@ def print_speed(result: dict) -> None:
     verdict = "meets" if result["ratio_vs_plain"] >= 0.85 else "MISSES"
     print(f"\nimportance / plain = {result['ratio_vs_plain']:.3f} ({verdict} the >= 0.85 target); "
           f"importance / keep1 = {result['ratio_vs_keep1']:.3f}; medians of per-repeat paired ratios: "
-          f"vs plain {result['paired_ratio_median']['plain']:.3f}, vs keep1 {result['paired_ratio_median']['keep1']:.3f}; "
+          + "; ".join(f"vs {k} {result['paired_ratio_median'][k]:.3f} (range {min(v):.3f}-{max(v):.3f})"
+                      for k, v in result["paired_ratios"].items()) + "; "
           f"model_fingerprint (inside each importance pass): {result['fingerprint_seconds_median']:.2f} s\n")
 
 

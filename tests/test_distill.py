@@ -98,3 +98,13 @@ def test_bad_input_is_refused():
         _config(steps=0)
     with pytest.raises(MinitronError, match="give a training budget"):
         DistillConfig()
+
+
+def test_python_api_takes_a_data_spec(tmp_path, tokenizer):
+    import minitron
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"document {i} about pruning and distillation" for i in range(200)))
+    student, teacher = _student_teacher()
+    trained = minitron.distill(student, teacher, str(corpus), config=_config(steps=2, eval_samples=2),
+                               tokenizer=tokenizer)
+    assert trained is student

@@ -78,3 +78,9 @@ def test_two_processes_match_one(run_dir, sharding):
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     shutil.rmtree(double)
+
+
+def test_missing_student_folder_is_refused(run_dir, tmp_path, capsys):
+    argv = ["distill", "--student", str(tmp_path / "nowhere"), "--teacher", str(run_dir / "teacher"),
+            "--data", str(run_dir / "corpus.txt"), "--out", str(tmp_path / "out"), *COMMON]
+    assert main(argv) == 2 and "does not exist" in capsys.readouterr().err

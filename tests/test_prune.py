@@ -8,6 +8,7 @@ from minitron.importance import estimate_importance, magnitude_scores, random_sc
 from minitron.params import count_parameters, count_parameters_from_config
 from minitron.prune import prune
 from tests.helpers import logits, make_identity_layer_, silence_neurons_
+from tests.tiny import tiny_model
 
 SMALLER = dict(hidden_size=32, intermediate_size=40, num_attention_heads=4, num_key_value_heads=2,
                num_hidden_layers=3)
@@ -97,3 +98,14 @@ def test_explicit_drop_layers(model, batches):
 def test_baseline_criteria_prune(model, batches, criterion):
     pruned = prune(model, criterion(model), SMALLER)
     assert logits(pruned, batches[0]).isfinite().all()
+
+
+def test_importance_takes_dict_batches_and_ignores_padding():
+    model = tiny_model("llama")
+    ids = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[:, 8:] = 0
+    padded = estimate_importance(model, [{"input_ids": ids, "attention_mask": mask}], progress=False)
+    trimmed = estimate_importance(model, [ids[:, :8]], progress=False)
+    torch.testing.assert_close(padded.neurons[0], trimmed.neurons[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(padded.hidden, trimmed.hidden, rtol=1e-4, atol=1e-5)

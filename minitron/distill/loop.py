@@ -88,16 +88,22 @@ def _micro_batches(blocks: torch.Tensor, step: int, env: DistEnv, config: Distil
         yield blocks[index]
 
 
-def distill(student: nn.Module, teacher: nn.Module | None, train_blocks: torch.Tensor,
-            heldout_blocks: torch.Tensor, config: DistillConfig, *, out: str | Path | None = None,
+def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout_blocks=None,
+            config: DistillConfig | None = None, *, tokenizer=None, out: str | Path | None = None,
             resume: bool = False, kept_layers: list[int] | None = None, env: DistEnv | None = None,
             on_step: Callable[[int, dict], None] | None = None) -> nn.Module:
     """Train `student` to match `teacher` (or, with config.loss == "ce", on next-token loss alone).
 
-    train_blocks / heldout_blocks: (num_blocks, seq_len) token ids. out: where checkpoints and
-    metrics.jsonl go (None: no checkpoints). Returns the trained student (unwrapped, on env.device).
+    train_blocks: (num_blocks, seq_len) token ids, or a data spec (then `tokenizer` is needed and the
+        held-out blocks default to the spec's held-out split). out: where checkpoints and metrics.jsonl
+        go (None: no checkpoints). Returns the trained student (unwrapped, on env.device).
     """
+    if config is None:
+        raise MinitronError("distill needs a DistillConfig with a budget (steps or tokens)")
     env = env or init_distributed()
+    if isinstance(train_blocks, str):
+        train_blocks, heldout_blocks = _blocks_from_spec(train_blocks, heldout_blocks, tokenizer, config,
+                                                         env.world_size)
     torch.manual_seed(config.seed)
     if teacher is None and config.loss != "ce":
         raise MinitronError("a teacher is required for a distillation loss (or use --loss ce)")
@@ -126,6 +132,18 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks: torch.T
     _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,
            scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step)
     return student
+
+
+def _blocks_from_spec(spec: str, heldout_blocks, tokenizer, config: DistillConfig, world_size: int):
+    from ..data import token_blocks
+    if tokenizer is None:
+        raise MinitronError("a data spec needs the student's tokenizer: distill(..., tokenizer=tokenizer)")
+    needed = config.total_steps(world_size) * config.global_batch(world_size)
+    train = token_blocks(spec, tokenizer, config.seq_len, needed, split="train", allow_fewer=True)
+    if heldout_blocks is None:
+        heldout_blocks = token_blocks(spec, tokenizer, config.seq_len, config.eval_samples, split="heldout",
+                                      allow_fewer=True)
+    return train, heldout_blocks
 
 
 def _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,

@@ -1,0 +1,207 @@
+"""Distillation quality: KD vs CE retraining vs training from scratch, same pruned architecture and token budget.
+
+Usage:
+    python bench/distill_quality.py                        # 60 steps x micro batch 4 x 256 tokens per run
+    python bench/distill_quality.py --steps 30             # a smaller budget (a shared 2-core CPU is slow)
+    python bench/distill_quality.py --methods kd,ce        # a subset; --seeds 0,1 for two seeds
+
+Setup:
+  - teacher: builtin:smollm2-135m (SmolLM2-135M-Instruct), fp32 on CPU.
+  - student: the teacher width-pruned to hidden 432 / MLP 864 (half the non-embedding parameters)
+    from activation importance on 64 x 256-token calibration blocks of builtin:python-docs (train
+    split); every method starts from a copy of this one pruned model, except "scratch".
+  - training text: builtin:python-docstrings, train split, steps x micro batch distinct 256-token
+    blocks (the default budget, 60 x 4 x 256 = 61,440 tokens, is seen once).
+  - every run: `minitron.distill.loop.distill` with the same steps, micro batch, sequence length,
+    warm-up (a tenth of the run), cosine decay to 4.5e-7, AdamW (betas 0.9/0.95, no weight decay),
+    clipping at 1.0, fp32, seed 0; only the loss, the starting weights and the peak lr differ:
+      kd       forward KL to the teacher's logits (logit-only, ce_weight 0), lr 5e-4
+      ce       next-token cross entropy on the same text, no teacher, lr 5e-4
+      scratch  the same architecture randomly initialised (AutoModelForCausalLM.from_config(
+               student.config), seeded), cross entropy; run at lr 5e-4 and at 2e-3, the better of
+               the two (lower mean held-out loss) is the "scratch" row, both are reported.
+  - evaluation: mean next-token loss (`minitron.evaluate_loss`) on held-out 256-token blocks of
+    builtin:python-topics (language reference text, never trained on by any method) and of the
+    held-out split of builtin:python-docstrings (the training distribution); also the teacher's
+    and the just-pruned (untrained) student's loss on both.
+
+Writes bench/results/distill_quality.json (after every run, so a partial run keeps its results)
+and prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, machine_line, markdown_table, quiet_transformers, write_json  # noqa: E402
+
+TEACHER = "builtin:smollm2-135m"
+TARGET = {"hidden_size": 432, "intermediate_size": 864}
+CALIB = "builtin:python-docs"
+TRAIN = "builtin:python-docstrings"
+EVALS = {"python-topics": "builtin:python-topics", "python-docstrings": "builtin:python-docstrings"}
+METHODS = ("kd", "ce", "scratch")
+
+
+def evaluate(model, eval_sets: dict, batch_size: int) -> dict:
+    from minitron import evaluate_loss
+    return {name: evaluate_loss(model, blocks, batch_size=batch_size) for name, blocks in eval_sets.items()}
+
+
+def train(method: str, lr: float, seed: int, pruned, teacher, train_blocks, heldout_blocks, args) -> tuple:
+    from transformers import AutoModelForCausalLM
+    from minitron.config import DistillConfig
+    from minitron.distill.loop import distill
+    torch.manual_seed(seed)
+    if method == "scratch":
+        student = AutoModelForCausalLM.from_config(copy.deepcopy(pruned.config), dtype=torch.float32)
+    else:
+        student = copy.deepcopy(pruned)
+    config = DistillConfig(seq_len=args.seq_len, micro_batch_size=args.micro_batch, steps=args.steps, lr=lr,
+                           warmup_steps=max(1, args.steps // 10), eval_every=0, eval_samples=len(heldout_blocks),
+                           save_every=0, loss="forward_kl" if method == "kd" else "ce", ce_weight=0.0,
+                           precision="fp32", seed=seed)
+    curve = []
+    started = time.perf_counter()
+    distill(student, teacher if method == "kd" else None, train_blocks, heldout_blocks, config,
+            on_step=lambda step, record: curve.append(record))
+    return student, curve, time.perf_counter() - started
+
+
+def mean_loss(result: dict) -> float:
+    return sum(r["loss"] for r in result.values()) / len(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak lr of kd, ce and the first scratch run")
+    parser.add_argument("--scratch-lrs", default="5e-4,2e-3")
+    parser.add_argument("--calib-blocks", type=int, default=64)
+    parser.add_argument("--eval-blocks", type=int, default=24, help="held-out 256-token blocks per eval set")
+    parser.add_argument("--eval-batch", type=int, default=4)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0")
+    args = parser.parse_args()
+    quiet_transformers()
+    import warnings
+    warnings.filterwarnings("ignore")
+    from minitron import count_parameters, estimate_importance, iter_batches, load_model, prune, token_blocks
+
+    info = machine()
+    print(machine_line(info), flush=True)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    scratch_lrs = [float(x) for x in args.scratch_lrs.split(",")]
+
+    teacher, tok = load_model(TEACHER)
+    calib = token_blocks(CALIB, tok, 256, args.calib_blocks, split="train")
+    scores = estimate_importance(teacher, list(iter_batches(calib, 8)), progress=False)
+    pruned = prune(teacher, scores, TARGET)
+    params = {"teacher": count_parameters(teacher).as_dict(), "student": count_parameters(pruned).as_dict()}
+    train_blocks = token_blocks(TRAIN, tok, args.seq_len, args.steps * args.micro_batch, split="train")
+    eval_sets = {name: token_blocks(spec, tok, args.seq_len, args.eval_blocks, split="heldout", allow_fewer=True)
+                 for name, spec in EVALS.items()}
+    tokens = args.steps * args.micro_batch * args.seq_len
+    print(f"teacher {params['teacher']['total']:,} params, student {params['student']['total']:,} "
+          f"({params['student']['non_embedding']:,} non-embedding); train {tokens:,} tokens of {TRAIN}; "
+          f"eval blocks: " + ", ".join(f"{n} {len(b)} x {args.seq_len}" for n, b in eval_sets.items()), flush=True)
+    # distill validates after its last step; one held-out block keeps that cheap (we evaluate ourselves).
+    val_blocks = eval_sets["python-docstrings"][:1]
+
+    payload = {"machine": info, "settings": vars(args) | {"teacher": TEACHER, "target": TARGET, "calib": CALIB,
+                                                          "train": TRAIN, "evals": EVALS, "tokens": tokens},
+               "parameters": params, "eval_blocks": {n: len(b) for n, b in eval_sets.items()}, "baselines": {},
+               "runs": []}
+
+    def save():
+        write_json("distill_quality", payload)
+
+    started = time.perf_counter()
+    payload["baselines"]["teacher"] = evaluate(teacher, eval_sets, args.eval_batch)
+    payload["baselines"]["pruned"] = evaluate(pruned, eval_sets, args.eval_batch)
+    for name, result in payload["baselines"].items():
+        print(f"{name}: " + ", ".join(f"{k} {v['loss']:.4f}" for k, v in result.items())
+              + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+    save()
+
+    plan = []
+    for seed in seeds:
+        for method in methods:
+            for lr in (scratch_lrs if method == "scratch" else [args.lr]):
+                plan.append((method, lr, seed))
+    for method, lr, seed in plan:
+        student, curve, seconds = train(method, lr, seed, pruned, teacher, train_blocks, val_blocks, args)
+        result = evaluate(student, eval_sets, args.eval_batch)
+        run = {"method": method, "lr": lr, "seed": seed, "tokens": tokens, "train_seconds": seconds,
+               "eval": result, "train_loss_first": curve[0]["loss"], "train_loss_last": curve[-1]["loss"],
+               "curve": [{k: r[k] for k in ("step", "loss", "lr", "tokens_per_s") if k in r} for r in curve]}
+        payload["runs"].append(run)
+        save()
+        print(f"{method} lr {lr:g} seed {seed}: " + ", ".join(f"{k} {v['loss']:.4f}" for k, v in result.items())
+              + f"; train loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}; {seconds:.0f} s", flush=True)
+        del student
+
+    # Table: baselines, then per method (scratch: the better lr per seed, plus every scratch run listed).
+    names = list(eval_sets)
+    headers = ["method", "lr", "seed", "train tokens"] + [h for n in names for h in (f"{n} loss", f"{n} ppl")]
+
+    def row(label, lr, seed, tok_count, result):
+        cells = []
+        for n in names:
+            cells += [round(result[n]["loss"], 4), round(result[n]["perplexity"], 2)]
+        return [label, lr, seed, tok_count] + cells
+
+    rows = [row("teacher (SmolLM2-135M)", "-", "-", 0, payload["baselines"]["teacher"]),
+            row("pruned, no training", "-", "-", 0, payload["baselines"]["pruned"])]
+    labels = {"kd": "KD (forward KL, logits only)", "ce": "CE retraining (no teacher)",
+              "scratch": "same architecture from scratch (CE)"}
+    best_scratch = {}
+    for seed in seeds:
+        scratch_runs = [r for r in payload["runs"] if r["method"] == "scratch" and r["seed"] == seed]
+        if scratch_runs:
+            best_scratch[seed] = min(scratch_runs, key=lambda r: mean_loss(r["eval"]))
+    for run in payload["runs"]:
+        label = labels[run["method"]]
+        if run["method"] == "scratch":
+            label += " (kept: better lr)" if run is best_scratch.get(run["seed"]) else " (worse lr)"
+        rows.append(row(label, f"{run['lr']:g}", run["seed"], run["tokens"], run["eval"]))
+    table = markdown_table(headers, rows)
+    payload["table"] = table
+    payload["best_scratch_lr"] = {seed: r["lr"] for seed, r in best_scratch.items()}
+    summary = {}
+    for seed in seeds:
+        by = {r["method"]: r for r in payload["runs"] if r["seed"] == seed and r["method"] != "scratch"}
+        if seed in best_scratch:
+            by["scratch"] = best_scratch[seed]
+        summary[seed] = {m: {n: r["eval"][n]["loss"] for n in names} for m, r in by.items()}
+        if all(m in by for m in METHODS):
+            summary[seed]["kd_lt_ce_lt_scratch"] = {
+                n: by["kd"]["eval"][n]["loss"] < by["ce"]["eval"][n]["loss"] < by["scratch"]["eval"][n]["loss"]
+                for n in names}
+    payload["summary"] = summary
+    payload["total_seconds"] = time.perf_counter() - started
+    save()
+    print()
+    print(f"Student: {TARGET} pruned from {TEACHER} ({params['student']['total']:,} params); "
+          f"{args.steps} steps x {args.micro_batch} x {args.seq_len} = {tokens:,} training tokens of {TRAIN} "
+          f"(train split); held-out eval: " + ", ".join(f"{n} {len(b)} x {args.seq_len} tokens"
+                                                       for n, b in eval_sets.items()))
+    print(table)
+    for seed, s in summary.items():
+        if "kd_lt_ce_lt_scratch" in s:
+            print(f"seed {seed}: KD < CE < scratch held-out loss: {s['kd_lt_ce_lt_scratch']}")
+    print(f"total {payload['total_seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
