@@ -45,7 +45,7 @@ def test_distillation_lowers_validation_kl(family):
 
 @pytest.mark.parametrize("overrides", [dict(loss="reverse_kl"), dict(loss="jsd"), dict(loss="topk_kl", top_k=8),
                                        dict(ce_weight=0.5), dict(hidden_loss="cosine"), dict(hidden_loss="mse"),
-                                       dict(grad_accum=2, micro_batch_size=1)])
+                                       dict(grad_accum=2, micro_batch_size=1), dict(gradient_checkpointing=True)])
 def test_every_loss_setting_trains(overrides):
     student, teacher = _student_teacher()
     records = []
