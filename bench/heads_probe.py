@@ -9,7 +9,7 @@ every layer, so only the head scores matter. One hooked forward pass (logits_to_
 calibration blocks computes, per query head, from the input of o_proj (per-token head outputs a_h):
   - act (minitron's default, reproduced): ||a_h|| per token, mean over the sequence, L2 over samples
   - act, skip first 4: the same without the first 4 positions of each block (attention-sink tokens)
-  - contribution: ||W_o[:, h] a_h|| per token (what the head adds to the residual stream), same reductions
+  - contribution: norm of W_o[:, h] a_h per token (what the head adds to the residual stream), same reductions
 and, as sanity checks, the inverted default score (keep the lowest) and seeded random scores. Each is
 pruned and scored on held-out blocks. Writes bench/results/heads_probe.json.
 """
@@ -83,7 +83,7 @@ def main() -> None:
         scores = head_scores(model, list(minitron.iter_batches(calib, 4)), args.skip)
         base = minitron.magnitude_scores(model)  # a container with this model's fingerprint; only heads matter
         variants = {"act (default, reproduced)": scores["act"], f"act, skip first {args.skip}": scores["skip"],
-                    "contribution ||W_o a_h||": scores["contrib"], "act inverted (keep lowest)": [-h for h in scores["act"]]}
+                    "contribution (norm of W_o a_h)": scores["contrib"], "act inverted (keep lowest)": [-h for h in scores["act"]]}
         variants |= {f"random seed {s}": minitron.random_scores(model, s).heads for s in args.seeds}
         rows = []
         for label, heads in variants.items():
