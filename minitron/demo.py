@@ -1,6 +1,6 @@
 """`minitron demo`: the recipe on the built-in teacher, sized for a laptop CPU.
 
-    minitron demo                 # ~5-8 minutes on 2 cores; writes runs/demo/
+    minitron demo                 # ~15 minutes on 2 free cores; writes runs/demo/
     minitron demo --quick         # a smoke run
 
 Steps: load SmolLM2-135M-Instruct (built in), estimate importance on CPython's documentation, prune it
@@ -62,7 +62,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False) -> dict:
         "depth (15 layers, Block Influence)": ("depth-bi", DEPTH_TARGET, "block_influence", False),
         "depth (15 layers, LM loss)": ("depth-lm", DEPTH_TARGET, "lm_loss", True),
     }
-    distill_config = DistillConfig(seq_len=data.seq_len, micro_batch_size=4, steps=4 if quick else 30, lr=5e-4,
+    distill_config = DistillConfig(seq_len=data.seq_len, micro_batch_size=4, steps=4 if quick else 20, lr=5e-4,
                                    warmup_steps=3, eval_every=0, eval_samples=len(heldout), save_every=0)
     train = token_blocks(DATA, tokenizer, data.seq_len, distill_config.steps * distill_config.micro_batch_size)
     print("[3/4] pruning, evaluating on held-out text, distilling")
