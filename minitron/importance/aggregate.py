@@ -17,8 +17,8 @@ def reduce_sequence(activations: torch.Tensor, how: str, mask: torch.Tensor | No
     """
     values = activations.float()
     if mask is None:
-        if how == "mean":
-            return values.abs().mean(dim=1)
+        if how == "mean":  # an L1 norm is one fused pass, with no |a| temporary
+            return torch.linalg.vector_norm(values, ord=1, dim=1) / values.shape[1]
         if how == "l2":
             return torch.linalg.vector_norm(values, dim=1)
         return values.var(dim=1, unbiased=False)
