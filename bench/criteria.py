@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 from pathlib import Path
 
@@ -66,7 +67,14 @@ def main() -> None:
     parser.add_argument("--heldout-blocks", type=int, default=32)
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--sweep", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--report-only", metavar="JSON", help="only print the tables of a saved results file")
     args = parser.parse_args()
+    if args.report_only:
+        payload = json.loads(Path(args.report_only).read_text())
+        print(machine_line(payload["machine"]) + "\n")
+        report(payload)
+        print(f"\n(total of that run {payload['total_seconds']:.0f} s; tables re-printed from {args.report_only})")
+        return
     quiet_transformers()
     info = machine()
     print(machine_line(info) + "\n")
@@ -130,6 +138,18 @@ def main() -> None:
                     sweep.append({"target": name, "seq_reduction": seq_r, "batch_reduction": batch_r, **row})
                     log(f"sweep {name:<18} seq={seq_r:<4} batch={batch_r:<4} loss {row['loss']:.4f}")
 
+    payload = {"machine": info, "args": vars(args), "teacher": teacher, "calibration_seconds": t_cal.seconds,
+               "activation_meta": activation.meta, "results": results, "verdicts": verdicts, "sweep": sweep,
+               "total_seconds": total.seconds}
+    path = write_json("criteria", payload)
+    report(payload)
+    print(f"\n(total {total.seconds:.0f} s; results in {path})")
+
+
+def report(payload: dict) -> None:
+    """Print the tables of one run (also from a saved results file: --report-only)."""
+    args, teacher, results = argparse.Namespace(**payload["args"]), payload["teacher"], payload["results"]
+    verdicts, sweep = payload["verdicts"], payload["sweep"]
     print(f"### Held-out loss right after pruning ({args.heldout_blocks} x {args.seq_len} held-out tokens; "
           f"calibration {args.calib_samples} x {args.seq_len}, no retraining)\n")
     table = [["(none: teacher)", "unpruned", teacher["params"], teacher["loss"], teacher["perplexity"], ""]]
@@ -143,7 +163,7 @@ def main() -> None:
             note = ""
         if r["target"] == "depth":
             drops = [s["dropped_layers"] for s in r.get("per_seed", [r])]
-            note = (note + "; " if note else "") + "dropped " + " | ".join(",".join(map(str, d)) for d in drops)
+            note = (note + "; " if note else "") + "dropped " + " / ".join("[" + ",".join(map(str, d)) + "]" for d in drops)
         table.append([f"{r['target']} {r['target_dict']}", r["criterion"], r["params"], loss, ppl, note])
     print(markdown_table(["target", "criterion", "params (total)", "held-out loss", "perplexity", "notes"], table))
     print("\n### Does activation importance beat the baselines?\n")
@@ -164,11 +184,13 @@ def main() -> None:
         print(markdown_table(["target", "seq reduction", "batch reduction", "held-out loss", "perplexity"],
                              [[s["target"], s["seq_reduction"], s["batch_reduction"], s["loss"], s["perplexity"]]
                               for s in sweep]))
-    payload = {"machine": info, "args": vars(args), "teacher": teacher, "calibration_seconds": t_cal.seconds,
-               "activation_meta": activation.meta, "results": results, "verdicts": verdicts, "sweep": sweep,
-               "total_seconds": total.seconds}
-    path = write_json("criteria", payload)
-    print(f"\n(total {total.seconds:.0f} s; results in {path})")
+        for name in dict.fromkeys(s["target"] for s in sweep):
+            best = min((s for s in sweep if s["target"] == name), key=lambda s: s["loss"])
+            rand = next(v for v in verdicts if v["target"] == name)
+            print(f"\n{name}: best pair seq={best['seq_reduction']} batch={best['batch_reduction']} loss {best['loss']:.3f} "
+                  f"vs magnitude {rand['magnitude']:.3f}, random mean {rand['random_mean']:.3f} (best seed "
+                  f"{rand['random_best']:.3f}): {'beats' if best['loss'] < rand['random_mean'] else 'does NOT beat'} "
+                  "the random mean")
 
 
 if __name__ == "__main__":
