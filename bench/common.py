@@ -37,13 +37,30 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda": torch.cuda.is_available(),
+        **code_version(),
     }
+
+
+def code_version() -> dict:
+    """The commit checked out and the minitron/ files that differ from it (read-only git queries)."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "minitron"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "minitron_uncommitted": None}
+    return {"git_commit": commit or None, "minitron_uncommitted": [line[3:] for line in dirty if line.strip()]}
 
 
 def machine_line(info: dict) -> str:
     return (f"Machine: {info['cpu_count']} CPU cores ({info['torch_threads']} torch threads), "
             f"torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}, "
-            f"CUDA {'yes' if info['cuda'] else 'no'}; run {info['date']}")
+            f"CUDA {'yes' if info['cuda'] else 'no'}; run {info['date']}; code at commit {info.get('git_commit')}"
+            + (f" with uncommitted minitron/ changes in {', '.join(info['minitron_uncommitted'])}"
+               if info.get("minitron_uncommitted") else ""))
 
 
 def median(values) -> float:

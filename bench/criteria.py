@@ -4,6 +4,7 @@ Usage:
     python bench/criteria.py                        # 64 x 256 calibration, 32 x 256 held-out, 3 random seeds
     python bench/criteria.py --calib-samples 16 --heldout-blocks 8 --seeds 0 --sweep never   # quick run
     python bench/criteria.py --sweep always         # also sweep the seq/batch aggregations on every width target
+    python bench/criteria.py --targets heads --sweep never   # one target only (mlp, hidden, heads, depth)
 
 The built-in teacher is pruned one-shot to each target with each criterion and scored on held-out
 blocks of builtin:python-docs (split "heldout"; calibration uses split "train"). Activation scores
@@ -36,6 +37,7 @@ TARGETS = [
     ("heads", {"num_attention_heads": 6}),
     ("depth", {"num_hidden_layers": 20}),
 ]
+TARGET_KEYS = {"mlp": "width MLP", "hidden": "width hidden+MLP", "heads": "heads", "depth": "depth"}
 REDUCTIONS = ("mean", "l2", "var")
 
 
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--heldout-blocks", type=int, default=32)
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--sweep", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGET_KEYS),
+                        help="comma-separated subset of: " + ",".join(TARGET_KEYS))
     parser.add_argument("--report-only", metavar="JSON", help="only print the tables of a saved results file")
     args = parser.parse_args()
     if args.report_only:
@@ -87,12 +91,14 @@ def main() -> None:
         teacher["params"] = minitron.count_parameters(model).total
         log(f"teacher loss {teacher['loss']:.4f}")
         with Timer() as t_cal:
-            activation = calibrate(model, calib, args.calib_batch_size, layer_loss_batches=args.layer_loss_batches)
+            layer_loss = args.layer_loss_batches if "depth" in args.targets else 0
+            activation = calibrate(model, calib, args.calib_batch_size, layer_loss_batches=layer_loss)
         log(f"calibration {t_cal.seconds:.0f} s")
         magnitude = minitron.magnitude_scores(model)
         randoms = {seed: minitron.random_scores(model, seed) for seed in args.seeds}
         results = []  # one dict per (target, criterion)
-        for name, target in TARGETS:
+        targets = [(n, t) for n, t in TARGETS if any(TARGET_KEYS.get(k) == n for k in args.targets)]
+        for name, target in targets:
             depth = "num_hidden_layers" in target
             runs = ([("activation (block_influence)", activation, "block_influence"),
                      ("activation (lm_loss)", activation, "lm_loss")] if depth
@@ -112,7 +118,7 @@ def main() -> None:
             log(f"{name:<18} random                         loss {results[-1]['loss']:.4f}")
 
         verdicts = []
-        for name, target in TARGETS:
+        for name, target in targets:
             rows = {r["criterion"]: r for r in results if r["target"] == name}
             rand = next(r for k, r in rows.items() if k.startswith("random"))
             for label, row in rows.items():
@@ -126,7 +132,7 @@ def main() -> None:
                                  "beats_every_seed": row["loss"] < min(r["loss"] for r in rand["per_seed"])})
 
         failing = {v["target"] for v in verdicts if not (v["beats_magnitude"] and v["beats_random"])}
-        sweep_targets = [(n, t) for n, t in TARGETS if "num_hidden_layers" not in t
+        sweep_targets = [(n, t) for n, t in targets if "num_hidden_layers" not in t
                          and (args.sweep == "always" or (args.sweep == "auto" and n in failing))]
         sweep = []
         if sweep_targets:

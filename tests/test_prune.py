@@ -109,3 +109,23 @@ def test_importance_takes_dict_batches_and_ignores_padding():
     trimmed = estimate_importance(model, [ids[:, :8]], progress=False)
     torch.testing.assert_close(padded.neurons[0], trimmed.neurons[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(padded.hidden, trimmed.hidden, rtol=1e-4, atol=1e-5)
+
+
+def test_head_scores_are_the_heads_contribution_through_the_output_projection(model, batches):
+    """Reference: apply each head's block of W_o to its activations and take the norm per token."""
+    adapter = get_adapter(model)
+    layer = adapter.layers(model)[1]
+    out_proj = layer.get_submodule(adapter.attn_out_proj)
+    head_dim = model.config.head_dim
+    captured = []
+    handle = out_proj.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+    scores = estimate_importance(model, batches, progress=False)
+    handle.remove()
+    weight = out_proj.weight.detach().view(model.config.hidden_size, -1, head_dim)
+    per_sample = []
+    for activations in captured:
+        heads = activations.view(*activations.shape[:2], -1, head_dim)
+        contribution = torch.einsum("xnd,bsnd->bsnx", weight, heads).norm(dim=-1)  # (B, S, heads)
+        per_sample.append(contribution.mean(dim=1))
+    expected = torch.cat(per_sample).pow(2).sum(dim=0).sqrt()
+    torch.testing.assert_close(scores.heads[1], expected, rtol=1e-4, atol=1e-5)

@@ -1,7 +1,9 @@
 """Forward hooks that read activations for every width axis and Block Influence, in one pass.
 
 - MLP neurons: input of the down projection (after activation / gating).
-- Attention heads: input of the output projection viewed as (heads, head_dim); L2 over head_dim.
+- Attention heads: what each head adds to the residual stream, ||W_o[:, h] a_h|| per token, where a_h is
+  head h's slice of the output projection's input. (The plain activation norm ||a_h|| ignores W_o and
+  lost to random head choices on SmolLM2: bench/heads_probe.py, docs/BENCHMARKS.md.)
 - Hidden channels: outputs of every norm that feeds attention or the MLP, summed over layers.
 - Block Influence: 1 - cosine(h_in, h_out) of each decoder layer, averaged over tokens.
 """
@@ -36,12 +38,14 @@ class ActivationCollector:
         self._hidden_batch: torch.Tensor | None = None
         self._layer_inputs: dict[int, torch.Tensor] = {}
         self._handles = []
+        self._head_grams: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):
             self._hook_layer(index, layer, adapter)
 
     def _hook_layer(self, index: int, layer: nn.Module, adapter: ArchAdapter) -> None:
         down = layer.get_submodule(adapter.mlp_down_proj)
         out_proj = layer.get_submodule(adapter.attn_out_proj)
+        self._head_grams[index] = self._output_gram(out_proj.weight)
         self._handles.append(down.register_forward_pre_hook(
             lambda module, args: self.neurons[index].update(reduce_sequence(args[0], self.seq_reduction, self._mask))))
         self._handles.append(out_proj.register_forward_pre_hook(lambda module, args: self._record_heads(index, args[0])))
@@ -51,11 +55,23 @@ class ActivationCollector:
         self._handles.append(layer.register_forward_pre_hook(self._layer_input_hook(index), with_kwargs=True))
         self._handles.append(layer.register_forward_hook(self._layer_output_hook(index)))
 
+    @torch.no_grad()
+    def _output_gram(self, weight: torch.Tensor) -> torch.Tensor:
+        """(heads, head_dim, head_dim) Gram matrices W_o,h^T W_o,h of the output projection's head blocks.
+
+        ||W_o,h a_h||^2 = a_h^T G_h a_h, which costs head_dim^2 per head and token instead of
+        head_dim * hidden_size for applying W_o,h itself.
+        """
+        hidden, width = weight.shape
+        blocks = weight.detach().float().view(hidden, width // self.head_dim, self.head_dim)
+        return torch.einsum("xnd,xne->nde", blocks, blocks)
+
     def _record_heads(self, index: int, attn_output: torch.Tensor) -> None:
         batch, seq, width = attn_output.shape
         per_head = attn_output.float().view(batch, seq, width // self.head_dim, self.head_dim)
-        head_norms = torch.linalg.vector_norm(per_head, dim=-1)
-        self.heads[index].update(reduce_sequence(head_norms, self.seq_reduction, self._mask))
+        projected = torch.einsum("bsnd,nde->bsne", per_head, self._head_grams[index])
+        contribution = (projected * per_head).sum(dim=-1).clamp_min(0.0).sqrt()
+        self.heads[index].update(reduce_sequence(contribution, self.seq_reduction, self._mask))
 
     def _record_hidden(self, norm_output) -> None:
         reduced = reduce_sequence(_first_tensor(norm_output), self.seq_reduction, self._mask)
