@@ -4,6 +4,10 @@ Usage:
     python bench/distill_quality.py                        # 60 steps x micro batch 4 x 256 tokens per run
     python bench/distill_quality.py --steps 30             # a smaller budget (a shared 2-core CPU is slow)
     python bench/distill_quality.py --methods kd,ce        # a subset; --seeds 0,1 for two seeds
+    # runs split over two processes, then combined into bench/results/distill_quality.json:
+    python bench/distill_quality.py --methods kd,ce,scratch --scratch-lrs 5e-4 --results distill_quality_a
+    python bench/distill_quality.py --methods scratch --scratch-lrs 2e-3 --skip-baselines --results distill_quality_b
+    python bench/distill_quality.py --merge distill_quality_a,distill_quality_b
 
 Setup:
   - teacher: builtin:smollm2-135m (SmolLM2-135M-Instruct), fp32 on CPU.
@@ -32,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, machine_line, markdown_table, quiet_transformers, write_json  # noqa: E402
+from common import machine, machine_line, markdown_table, quiet_transformers, write_json
 
 TEACHER = "builtin:smollm2-135m"
 TARGET = {"hidden_size": 432, "intermediate_size": 864}
@@ -57,6 +60,7 @@ def evaluate(model, eval_sets: dict, batch_size: int) -> dict:
 
 def train(method: str, lr: float, seed: int, pruned, teacher, train_blocks, heldout_blocks, args) -> tuple:
     from transformers import AutoModelForCausalLM
+
     from minitron.config import DistillConfig
     from minitron.distill.loop import distill
     torch.manual_seed(seed)
@@ -91,11 +95,25 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=4)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--results", default="distill_quality", help="bench/results/NAME.json to write")
+    parser.add_argument("--skip-baselines", action="store_true", help="do not evaluate teacher / pruned")
+    parser.add_argument("--merge", help="NAME,NAME,...: no training; combine the runs of these result files "
+                        "(written by earlier invocations with the same settings) into --results")
     args = parser.parse_args()
+    if args.merge:
+        merge(args)
+        return
     quiet_transformers()
     import warnings
     warnings.filterwarnings("ignore")
-    from minitron import count_parameters, estimate_importance, iter_batches, load_model, prune, token_blocks
+    from minitron import (
+        count_parameters,
+        estimate_importance,
+        iter_batches,
+        load_model,
+        prune,
+        token_blocks,
+    )
 
     info = machine()
     print(machine_line(info), flush=True)
@@ -124,11 +142,12 @@ def main() -> None:
                "runs": []}
 
     def save():
-        write_json("distill_quality", payload)
+        write_json(args.results, payload)
 
     started = time.perf_counter()
-    payload["baselines"]["teacher"] = evaluate(teacher, eval_sets, args.eval_batch)
-    payload["baselines"]["pruned"] = evaluate(pruned, eval_sets, args.eval_batch)
+    if not args.skip_baselines:
+        payload["baselines"]["teacher"] = evaluate(teacher, eval_sets, args.eval_batch)
+        payload["baselines"]["pruned"] = evaluate(pruned, eval_sets, args.eval_batch)
     for name, result in payload["baselines"].items():
         print(f"{name}: " + ", ".join(f"{k} {v['loss']:.4f}" for k, v in result.items())
               + f" ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -150,9 +169,44 @@ def main() -> None:
         print(f"{method} lr {lr:g} seed {seed}: " + ", ".join(f"{k} {v['loss']:.4f}" for k, v in result.items())
               + f"; train loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}; {seconds:.0f} s", flush=True)
         del student
+    payload["total_seconds"] = time.perf_counter() - started
+    report(payload, args.results)
 
+
+def merge(args) -> None:
+    """Combine runs from several result files (same settings) into one payload and report it."""
+    import json
+
+    from common import RESULTS_DIR
+    names = [n.strip() for n in args.merge.split(",") if n.strip()]
+    parts = [json.loads((RESULTS_DIR / f"{n}.json").read_text()) for n in names]
+    keys = ("steps", "micro_batch", "seq_len", "calib_blocks", "eval_blocks", "tokens")
+    for name, part in zip(names[1:], parts[1:]):
+        differ = [k for k in keys if part["settings"][k] != parts[0]["settings"][k]]
+        if differ or part["eval_blocks"] != parts[0]["eval_blocks"]:
+            raise SystemExit(f"{name}: settings differ from {names[0]} ({differ or 'eval_blocks'})")
+    payload = copy.deepcopy(parts[0])
+    payload["merged_from"] = {n: {"machine": p["machine"], "runs": [(r["method"], r["lr"], r["seed"])
+                                                                    for r in p["runs"]]}
+                              for n, p in zip(names, parts)}
+    for part in parts[1:]:
+        if not payload["baselines"]:
+            payload["baselines"] = part["baselines"]
+        have = {(r["method"], r["lr"], r["seed"]) for r in payload["runs"]}
+        payload["runs"] += [r for r in part["runs"] if (r["method"], r["lr"], r["seed"]) not in have]
+    order = {m: i for i, m in enumerate(METHODS)}
+    payload["runs"].sort(key=lambda r: (r["seed"], order[r["method"]], r["lr"]))
+    payload.pop("total_seconds", None)
+    report(payload, args.results)
+
+
+def report(payload: dict, results: str) -> None:
+    """Build the table and the KD < CE < scratch summary, write `results`.json, print."""
+    settings, params = payload["settings"], payload["parameters"]
+    tokens = settings["tokens"]
+    seeds = sorted({r["seed"] for r in payload["runs"]})
     # Table: baselines, then per method (scratch: the better lr per seed, plus every scratch run listed).
-    names = list(eval_sets)
+    names = list(EVALS)
     headers = ["method", "lr", "seed", "train tokens"] + [h for n in names for h in (f"{n} loss", f"{n} ppl")]
 
     def row(label, lr, seed, tok_count, result):
@@ -161,8 +215,10 @@ def main() -> None:
             cells += [round(result[n]["loss"], 4), round(result[n]["perplexity"], 2)]
         return [label, lr, seed, tok_count] + cells
 
-    rows = [row("teacher (SmolLM2-135M)", "-", "-", 0, payload["baselines"]["teacher"]),
-            row("pruned, no training", "-", "-", 0, payload["baselines"]["pruned"])]
+    rows = []
+    if payload["baselines"]:
+        rows = [row("teacher (SmolLM2-135M)", "-", "-", 0, payload["baselines"]["teacher"]),
+                row("pruned, no training", "-", "-", 0, payload["baselines"]["pruned"])]
     labels = {"kd": "KD (forward KL, logits only)", "ce": "CE retraining (no teacher)",
               "scratch": "same architecture from scratch (CE)"}
     best_scratch = {}
@@ -189,18 +245,19 @@ def main() -> None:
                 n: by["kd"]["eval"][n]["loss"] < by["ce"]["eval"][n]["loss"] < by["scratch"]["eval"][n]["loss"]
                 for n in names}
     payload["summary"] = summary
-    payload["total_seconds"] = time.perf_counter() - started
-    save()
+    path = write_json(results, payload)
     print()
     print(f"Student: {TARGET} pruned from {TEACHER} ({params['student']['total']:,} params); "
-          f"{args.steps} steps x {args.micro_batch} x {args.seq_len} = {tokens:,} training tokens of {TRAIN} "
-          f"(train split); held-out eval: " + ", ".join(f"{n} {len(b)} x {args.seq_len} tokens"
-                                                       for n, b in eval_sets.items()))
+          f"{settings['steps']} steps x {settings['micro_batch']} x {settings['seq_len']} = {tokens:,} training "
+          f"tokens of {TRAIN} (train split); held-out eval: "
+          + ", ".join(f"{n} {b} x {settings['seq_len']} tokens" for n, b in payload["eval_blocks"].items()))
     print(table)
     for seed, s in summary.items():
         if "kd_lt_ce_lt_scratch" in s:
             print(f"seed {seed}: KD < CE < scratch held-out loss: {s['kd_lt_ce_lt_scratch']}")
-    print(f"total {payload['total_seconds'] / 60:.1f} min")
+    if "total_seconds" in payload:
+        print(f"total {payload['total_seconds'] / 60:.1f} min")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, machine_line, markdown_table, median, quiet_transformers, spread, write_json  # noqa: E402
+from common import (
+    machine,
+    machine_line,
+    markdown_table,
+    median,
+    quiet_transformers,
+    spread,
+    write_json,
+)
 
 TEACHER = "builtin:smollm2-135m"
 TARGET = {"hidden_size": 432, "intermediate_size": 864}
@@ -114,8 +122,8 @@ class _BlockDataset(torch.utils.data.Dataset):
 
 
 def run_modelopt(student, teacher, blocks, args, steps: int, out_dir: str) -> list[float]:
-    from transformers import TrainerCallback, TrainingArguments
     from modelopt.torch.distill.plugins.huggingface import KDTrainer
+    from transformers import TrainerCallback, TrainingArguments
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -227,7 +235,7 @@ def measure_memory(method: str, student_dir: str, args) -> dict:
     command = [sys.executable, __file__, "--child", method, "--student-dir", student_dir,
                "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--lr", str(args.lr),
                "--warmup", str(args.warmup), "--steps", str(args.steps)]
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, check=False, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(CHILD_MARK):
             return json.loads(line[len(CHILD_MARK):])
