@@ -58,7 +58,8 @@ def code_version() -> dict:
 def machine_line(info: dict) -> str:
     return (f"Machine: {info['cpu_count']} CPU cores ({info['torch_threads']} torch threads), "
             f"torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}, "
-            f"CUDA {'yes' if info['cuda'] else 'no'}; run {info['date']}; code at commit {info.get('git_commit')}"
+            f"CUDA {'yes' if info['cuda'] else 'no'}; run {info['date']}"
+            + (f"; code at commit {info['git_commit']}" if info.get("git_commit") else "")
             + (f" with uncommitted minitron/ changes in {', '.join(info['minitron_uncommitted'])}"
                if info.get("minitron_uncommitted") else ""))
 

@@ -4,7 +4,7 @@ Usage:
     python bench/criteria.py                        # 64 x 256 calibration, 32 x 256 held-out, 3 random seeds
     python bench/criteria.py --calib-samples 16 --heldout-blocks 8 --seeds 0 --sweep never   # quick run
     python bench/criteria.py --sweep always         # also sweep the seq/batch aggregations on every width target
-    python bench/criteria.py --targets heads --sweep never   # one target only (mlp, hidden, heads, depth)
+    python bench/criteria.py --targets heads --sweep never --name criteria_heads   # one target, own results file
 
 The built-in teacher is pruned one-shot to each target with each criterion and scored on held-out
 blocks of builtin:python-docs (split "heldout"; calibration uses split "train"). Activation scores
@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--sweep", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGET_KEYS),
                         help="comma-separated subset of: " + ",".join(TARGET_KEYS))
+    parser.add_argument("--name", default="criteria", help="results file: bench/results/NAME.json")
     parser.add_argument("--report-only", metavar="JSON", help="only print the tables of a saved results file")
     args = parser.parse_args()
     if args.report_only:
@@ -147,7 +148,7 @@ def main() -> None:
     payload = {"machine": info, "args": vars(args), "teacher": teacher, "calibration_seconds": t_cal.seconds,
                "activation_meta": activation.meta, "results": results, "verdicts": verdicts, "sweep": sweep,
                "total_seconds": total.seconds}
-    path = write_json("criteria", payload)
+    path = write_json(args.name, payload)
     report(payload)
     print(f"\n(total {total.seconds:.0f} s; results in {path})")
 
