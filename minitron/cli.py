@@ -9,6 +9,7 @@
     minitron finetune --model builtin:smollm2-135m --data my.jsonl --steps 100 --out corrected/
     minitron inspect pruned/
     minitron eval --model pruned/ --data builtin:python-docs
+    minitron report runs/family/          # report.html + model cards of a `minitron run` folder
 """
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tasks", default=None, help="Comma-separated lm-eval harness tasks (needs lm-eval).")
     evaluate.add_argument("--limit", type=int, default=None, help="Examples per lm-eval task (for quick checks).")
     add_dataclass_arguments(evaluate, DataConfig, samples=64)
+
+    report = commands.add_parser("report", help="Write RUN/report.html and the model cards of a `minitron run` folder.")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="Run folder (holds run.json).")
     return parser
 
 
@@ -176,6 +180,11 @@ def _dispatch(args: argparse.Namespace) -> None:
             result["lm_eval"] = jobs.run_lm_eval(args.model, args.tasks, batch_size=args.batch_size,
                                                  limit=args.limit, device=args.device)["tasks"]
         print(json.dumps(result, indent=2))
+    elif args.command == "report":
+        from .report import build_report, write_model_cards
+        path = build_report(args.run_dir)
+        cards = write_model_cards(args.run_dir)
+        print(f"report written to {path}" + (f"; {len(cards)} model card(s) updated" if cards else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
