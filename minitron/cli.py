@@ -9,6 +9,7 @@
     minitron finetune --model builtin:smollm2-135m --data my.jsonl --steps 100 --out corrected/
     minitron inspect pruned/
     minitron eval --model pruned/ --data builtin:python-docs
+    minitron run recipes/smollm2-cpu.yaml          # a family from a recipe; re-run to resume
     minitron report runs/family/          # report.html + model cards of a `minitron run` folder
 """
 from __future__ import annotations
@@ -113,6 +114,13 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=None, help="Examples per lm-eval task (for quick checks).")
     add_dataclass_arguments(evaluate, DataConfig, samples=64)
 
+    run = commands.add_parser("run", help="A model family from a YAML recipe: every stage, resumable, with a report.")
+    run.add_argument("recipe", help="Recipe file, e.g. recipes/smollm2-cpu.yaml.")
+    run.add_argument("--out", default=None, help="Run folder (default: runs/<recipe name>).")
+    run.add_argument("--overwrite", action="store_true", help="Start again: remove what the run folder holds.")
+    run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size only.")
+    run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
+
     report = commands.add_parser("report", help="Write RUN/report.html and the model cards of a `minitron run` folder.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="Run folder (holds run.json).")
     return parser
@@ -180,6 +188,13 @@ def _dispatch(args: argparse.Namespace) -> None:
             result["lm_eval"] = jobs.run_lm_eval(args.model, args.tasks, batch_size=args.batch_size,
                                                  limit=args.limit, device=args.device)["tasks"]
         print(json.dumps(result, indent=2))
+    elif args.command == "run":
+        from .recipe import runner
+        if args.dry_run:
+            print(runner.describe_plan(args.recipe))
+        else:
+            print(runner.format_members(runner.run_recipe(args.recipe, args.out, overwrite=args.overwrite,
+                                                          device=args.device)))
     elif args.command == "report":
         from .report import build_report, write_model_cards
         path = build_report(args.run_dir)

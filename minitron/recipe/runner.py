@@ -1,0 +1,179 @@
+"""`minitron run recipe.yaml`: a whole model family from one teacher, resumable stage by stage.
+
+    minitron run recipes/smollm2-cpu.yaml                 # writes runs/smollm2-cpu/
+    minitron run recipes/smollm2-cpu.yaml --dry-run       # every stage's architecture and size, no work
+    from minitron.recipe import run_recipe
+    run_recipe("recipes/smollm2-cpu.yaml", "runs/family")
+
+Run folder: recipe.yaml (the recipe as run), run.json (state, rewritten atomically after every step),
+one folder per stage (00-correction, 01-<name>, ...: scores/, search/, pruned/, model/) and report.html.
+Running the same recipe again skips finished stages (matched by fingerprint), resumes an interrupted
+one, and redoes a changed stage with everything after it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from ..errors import MinitronError
+from ..io import atomic_write_text
+from ..jobs import load_config
+from .plan import describe_plan, format_members, plan_recipe
+from .schema import Recipe, load_recipe
+from .stages import evaluate_member, run_correction, run_prune_distill
+from .state import RunState, fingerprint, model_stamp, new_stage_entry, now
+
+__all__ = ["RecipeInterrupted", "describe_plan", "format_members", "plan_recipe", "plan_stages", "run_recipe"]
+
+
+class RecipeInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a recipe: progress is saved and the same command resumes it."""
+
+
+def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwrite: bool = False,
+               device: str | None = None, check_targets: bool = True, report: bool = True) -> dict:
+    """Run (or resume) every stage of `recipe`, evaluate each family member, build the report.
+
+    Returns the content of run.json. Ctrl-C stops cleanly (distillation checkpoints first) and raises
+    RecipeInterrupted; running the same recipe into the same folder again continues from there.
+    """
+    source = Path(recipe) if isinstance(recipe, (str, Path)) else None
+    recipe = load_recipe(recipe) if source else recipe
+    if out is None:
+        if source is None:
+            raise MinitronError("give the run folder (out=...) for a recipe that is not read from a file")
+        out = Path("runs") / source.stem
+    run_dir = Path(out)
+    if check_targets:
+        plan_recipe(recipe, load_config(recipe.teacher))  # impossible targets fail here, before any work
+    state = RunState.open(run_dir, overwrite)
+    planned, work = plan_stages(recipe, run_dir)
+    state.data = {"recipe": recipe.raw, "teacher": recipe.teacher, "data": asdict(recipe.data),
+                  "stages": state.stages, "members": state.members}
+    state.reconcile(planned)
+    _forget_missing_models(state)
+    atomic_write_text(run_dir / "recipe.yaml", source.read_text() if source else yaml.safe_dump(recipe.raw))
+    state.save()
+    command = f"minitron run {source} --out {run_dir}" if source else "the same run_recipe(...) call"
+    try:
+        for entry in state.stages:
+            if entry["status"] == "done":
+                print(f"skipping {entry['dir']} (done)", flush=True)
+                continue
+            _run_stage(entry, work[entry["dir"]], recipe, state, device)
+        evaluate_members(recipe, state, work, device)
+    except KeyboardInterrupt as interrupt:
+        state.save()
+        running = next((s["dir"] for s in state.stages if s["status"] != "done"), "the evaluation")
+        detail = str(interrupt).split(";")[0] or "Ctrl-C"  # the loop's own advice (--resume) is not for recipes
+        raise RecipeInterrupted(f"interrupted in {running} ({detail}); progress is saved in {run_dir}. "
+                                f"Run the same command again to resume: {command}") from interrupt
+    if report:
+        _report(run_dir)
+    return state.data
+
+
+def plan_stages(recipe: Recipe, run_dir: Path) -> tuple[list[dict], dict]:
+    """Each stage's folder, parent and fingerprint, and the absolute model specs it works on."""
+    teacher_fp = fingerprint(model_stamp(recipe.teacher))
+    planned, work = [], {}
+    parent_shown, parent_spec, parent_fp = recipe.teacher, recipe.teacher, teacher_fp
+    data = {"train": recipe.data.train, "seq_len": recipe.data.seq_len, "text_field": recipe.data.text_field}
+    if recipe.correction is not None:
+        settings = {"kind": "correction", "data": data, "distill": asdict(recipe.correction_config())}
+        entry = {"name": "correction", "kind": "correction", "dir": "00-correction", "parent": recipe.teacher,
+                 "fingerprint": fingerprint(settings, teacher_fp)}
+        planned.append(entry)
+        work[entry["dir"]] = {"stage": None, "parent": recipe.teacher, "teacher": None, "fingerprint": entry["fingerprint"]}
+        parent_shown, parent_spec, parent_fp = "00-correction/model", str(run_dir / "00-correction/model"), \
+            entry["fingerprint"]
+    teacher = (parent_shown, parent_spec, parent_fp)  # the (corrected) original teacher
+    for index, stage in enumerate(recipe.stages, start=1):
+        data_config, importance = stage.importance_configs(recipe)
+        source = stage.teacher_source(recipe)
+        distill_teacher = teacher if source == "teacher" else (parent_shown, parent_spec, parent_fp)
+        settings = {"kind": "prune_distill", "name": stage.name, "data": data,
+                    "importance": {**asdict(importance), "samples": data_config.samples,
+                                   "batch_size": data_config.batch_size},
+                    "target": stage.target, "search": stage.search, "depth_metric": stage.depth_metric,
+                    "distill": asdict(stage.distill_config(recipe)), "distill_from": source,
+                    "distill_teacher": distill_teacher[2]}
+        entry = {"name": stage.name, "kind": "prune_distill", "dir": f"{index:02d}-{stage.name}",
+                 "parent": parent_shown, "target": stage.target, "fingerprint": fingerprint(settings, parent_fp)}
+        planned.append(entry)
+        work[entry["dir"]] = {"stage": stage, "parent": parent_spec, "teacher": distill_teacher[1],
+                              "teacher_shown": distill_teacher[0], "fingerprint": entry["fingerprint"]}
+        parent_shown, parent_spec, parent_fp = f"{entry['dir']}/model", str(run_dir / entry["dir"] / "model"), \
+            entry["fingerprint"]
+    work["teacher"] = {"fingerprint": teacher_fp}
+    return planned, work
+
+
+def _forget_missing_models(state: RunState) -> None:
+    """A stage recorded as done whose model folder is gone is redone, and so is every later stage."""
+    for index, entry in enumerate(state.stages):
+        if entry["status"] == "done" and not (state.run_dir / entry["model"] / "config.json").is_file():
+            print(f"{entry['dir']} is recorded as done but its model is missing: redoing it and every later stage")
+            for later in state.stages[index:]:
+                state.remove_stage_folder(later["dir"])
+                later.update(new_stage_entry(later))
+            return
+
+
+def _run_stage(entry: dict, work: dict, recipe: Recipe, state: RunState, device: str | None) -> None:
+    print(f"== {entry['dir']}" + (" (resuming)" if entry["status"] == "running" else ""), flush=True)
+    entry["status"], entry["started"] = "running", entry.get("started") or now()
+    state.save()
+    started = time.perf_counter()
+    try:
+        if entry["kind"] == "correction":
+            run_correction(entry, recipe, state.run_dir, device=device)
+        else:
+            entry["teacher"] = work["teacher_shown"]
+            run_prune_distill(entry, work["stage"], recipe, state.run_dir, parent=work["parent"],
+                              teacher=work["teacher"], device=device, save=state.save)
+    finally:
+        entry["seconds"] = round(entry.get("seconds", 0.0) + time.perf_counter() - started, 2)
+        state.save()
+    entry["status"], entry["finished"] = "done", now()
+    state.save()
+
+
+def evaluate_members(recipe: Recipe, state: RunState, work: dict, device: str | None) -> None:
+    """Teacher and every stage's model on the held-out data; members already measured are kept."""
+    settings = {"eval": asdict(recipe.eval), "data": recipe.data.eval_spec, "text_field": recipe.data.text_field,
+                "seq_len": recipe.data.seq_len}
+    previous = {m.get("name"): m for m in state.members}
+    members = [("teacher", recipe.teacher, recipe.teacher, work["teacher"]["fingerprint"])]
+    members += [(s["name"], str(state.run_dir / s["model"]), s["model"], s["fingerprint"]) for s in state.stages]
+    heldout, results = None, []
+    for name, spec, shown, model_fp in members:
+        member_fp = fingerprint(settings, model_fp)
+        if previous.get(name, {}).get("fingerprint") == member_fp:
+            results.append(previous[name])
+            continue
+        print(f"[evaluation] {name}: held-out loss" + (" and throughput" if recipe.eval.throughput else ""),
+              flush=True)
+        member, heldout = evaluate_member(name, spec, shown, recipe, heldout, device=device)
+        results.append({**member, "fingerprint": member_fp})
+        state.data["members"] = results + [m for m in state.members if m.get("name") not in
+                                           {r["name"] for r in results}]
+        state.save()
+    state.data["members"] = results
+    state.save()
+
+
+def _report(run_dir: Path) -> Path | None:
+    try:
+        from ..report import build_report, write_model_cards
+    except ImportError:
+        # minitron.report is optional here only so that a partial install still trains its models.
+        print("report skipped: minitron.report is not available", flush=True)
+        return None
+    cards = write_model_cards(run_dir)  # README.md of every finished stage's model, from run.json
+    path = build_report(run_dir)
+    print(f"report: {path} ({len(cards)} model card(s) written)", flush=True)
+    return path

@@ -1,0 +1,151 @@
+"""What each recipe stage does: teacher correction, prune + distill, and the evaluation of a family member.
+
+Every step writes its output atomically into the stage's folder and is skipped when that output is
+already there, so an interrupted stage resumes at the step it was in; distillation itself resumes
+from its own checkpoint (`model/checkpoint/`), exactly where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import DistillConfig
+from ..data import token_blocks
+from ..distill.checkpoint import checkpoint_path
+from ..errors import MinitronError, ScoresError
+from ..eval import evaluate_loss
+from ..importance import ImportanceScores
+from ..jobs import run_importance, run_prune
+from ..loading import load_model
+from ..params import count_parameters
+from .schema import Recipe, Stage
+
+ARCHITECTURE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+                     "num_hidden_layers")
+
+
+def run_correction(entry: dict, recipe: Recipe, run_dir: Path, *, device: str | None) -> None:
+    """Teacher correction: next-token fine-tuning of the teacher on the recipe's data."""
+    print(f"[{entry['dir']}] teacher correction of {recipe.teacher}", flush=True)
+    distill_into(recipe.teacher, None, recipe, run_dir / entry["model"], recipe.correction_config(), device)
+
+
+def run_prune_distill(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, *, parent: str,
+                      teacher: str, device: str | None, save: Callable[[], None]) -> None:
+    """Importance on the parent, prune (fixed target or search winner), distill from `teacher`."""
+    stage_dir = run_dir / entry["dir"]
+    scores_dir = stage_dir / "scores"
+    if _has_scores(scores_dir):
+        print(f"[{entry['dir']}] reusing the importance scores in {scores_dir}", flush=True)
+    else:
+        data, settings = stage.importance_configs(recipe)
+        print(f"[{entry['dir']}] importance on {entry['parent']} ({data.samples} x {data.seq_len} tokens)", flush=True)
+        run_importance(parent, str(scores_dir), data, settings, device=device, overwrite=True)
+    entry["scores"] = f"{entry['dir']}/scores"
+    save()
+    if stage.search is not None:
+        entry["target"] = search_target(entry, stage, recipe, run_dir, parent=parent, teacher=teacher,
+                                        device=device)
+        entry["search"] = f"{entry['dir']}/search/search.json"
+        save()
+    pruned_dir = stage_dir / "pruned"
+    if (pruned_dir / "config.json").is_file():
+        print(f"[{entry['dir']}] reusing the pruned model in {pruned_dir}", flush=True)
+    else:
+        print(f"[{entry['dir']}] pruning to {entry['target']}", flush=True)
+        run_prune(parent, str(pruned_dir), entry["target"], scores=str(scores_dir), depth_metric=stage.depth_metric,
+                  device=device, overwrite=True)
+    entry["pruned"] = f"{entry['dir']}/pruned"
+    save()
+    config = stage.distill_config(recipe)
+    print(f"[{entry['dir']}] distilling from {entry['teacher']}", flush=True)
+    distill_into(str(pruned_dir), teacher, recipe, run_dir / entry["model"], config, device)
+
+
+def search_target(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, *, parent: str, teacher: str,
+                  device: str | None) -> dict:
+    """The winner of the stage's architecture search (reused when search.json is already there)."""
+    search_dir = run_dir / entry["dir"] / "search"
+    result_file = search_dir / "search.json"
+    if result_file.is_file():
+        print(f"[{entry['dir']}] reusing the search results in {result_file}", flush=True)
+        result = json.loads(result_file.read_text())
+    else:
+        from ..search import run_search
+        data, _ = stage.importance_configs(recipe)
+        print(f"[{entry['dir']}] searching architectures on {entry['parent']}", flush=True)
+        result = run_search(parent, str(search_dir), stage.search_config(), scores=str(run_dir / entry["scores"]),
+                            teacher=teacher, data=data, overwrite=True, device=device)
+    winner = result.get("winner")
+    if not winner or not winner.get("target"):
+        raise MinitronError(f"stage {stage.name!r}: the search found no architecture within its budget; "
+                            f"see {search_dir} for the candidates and loosen the budget")
+    return dict(winner["target"])
+
+
+def distill_into(student: str, teacher: str | None, recipe: Recipe, model_dir: Path, config: DistillConfig,
+                 device: str | None) -> None:
+    """Train into `model_dir`: resume its checkpoint if there is one; skip if it already holds the result."""
+    from ..distill.job import run_distill
+    resume = (checkpoint_path(model_dir) / "state.pt").is_file()
+    if not resume and _is_model(model_dir):
+        print(f"  {model_dir} already holds the trained model", flush=True)
+        return
+    if resume:
+        print(f"  resuming the interrupted training in {model_dir}", flush=True)
+    run_distill(student, teacher, recipe.data.train, str(model_dir), config, text_field=recipe.data.text_field,
+                resume=resume, overwrite=not resume, device=device)
+
+
+def heldout_blocks(recipe: Recipe, tokenizer):
+    spec = recipe.eval
+    return token_blocks(recipe.data.eval_spec, tokenizer, spec.seq_len or recipe.data.seq_len, spec.samples,
+                        split="heldout", text_field=recipe.data.text_field, allow_fewer=True)
+
+
+def evaluate_member(name: str, model_spec: str, shown: str, recipe: Recipe, heldout, *,
+                    device: str | None) -> tuple[dict, object]:
+    """Held-out loss, parameters, architecture and throughput of one family member.
+
+    `heldout` may be None: the blocks are then made with this member's tokenizer and returned.
+    """
+    model, tokenizer = load_model(model_spec, device=device)
+    if heldout is None:
+        heldout = heldout_blocks(recipe, tokenizer)
+    metrics = evaluate_loss(model, heldout, recipe.eval.batch_size, progress=True)
+    member = {"name": name, "model": shown, "params": count_parameters(model).as_dict(),
+              "heldout_loss": metrics["loss"], "perplexity": metrics["perplexity"],
+              "heldout_tokens": metrics["tokens"], "tokens_per_s": None, "latency_ms": None,
+              "architecture": {key: getattr(model.config, key) for key in ARCHITECTURE_KEYS}}
+    member |= _throughput(model, recipe)
+    return member, heldout
+
+
+def _throughput(model, recipe: Recipe) -> dict:
+    settings = recipe.eval.throughput
+    if settings is None:
+        return {}
+    try:
+        from ..speed import measure_throughput
+    except ImportError:
+        # TODO(recipe): minitron.speed comes with the search work; until then throughput is left out.
+        print("  throughput skipped: minitron.speed is not available", flush=True)
+        return {}
+    result = measure_throughput(model, settings.batch_size, settings.seq_len, new_tokens=settings.new_tokens,
+                                repeats=settings.repeats)
+    return {"tokens_per_s": {"prefill": result["prefill_tokens_per_s"], "decode": result["decode_tokens_per_s"]},
+            "latency_ms": result.get("latency_ms")}
+
+
+def _has_scores(folder: Path) -> bool:
+    try:
+        ImportanceScores.load(folder)
+    except ScoresError:
+        return False
+    return True
+
+
+def _is_model(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "minitron.json").is_file() and any(
+        folder.glob("*.safetensors"))

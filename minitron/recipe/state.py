@@ -1,0 +1,113 @@
+"""The run folder's state: `run.json`, written atomically, and the fingerprints that make runs resumable.
+
+A stage's fingerprint hashes its resolved settings together with its parent's fingerprint, so a
+change anywhere up the chain (teacher, data, an earlier stage's target) changes every later one.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from ..errors import MinitronError
+from ..io import atomic_write_text
+
+RUN_FILE = "run.json"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+_PLANNED_KEYS = ("name", "kind", "dir", "fingerprint", "parent")
+
+
+def fingerprint(settings: dict, parent: str = "") -> str:
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(f"{parent}|{text}".encode()).hexdigest()[:16]
+
+
+def model_stamp(spec: str) -> dict:
+    """What identifies a teacher: its spec, and for local files their sizes and modification times.
+
+    Cheap (no load): a teacher folder that was replaced by other weights gets a new fingerprint.
+    """
+    path = Path(spec).expanduser()
+    if not path.exists():
+        return {"spec": spec}
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.name == "config.json"
+                                                 or p.suffix in _WEIGHT_SUFFIXES)
+    return {"spec": spec, "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def new_stage_entry(planned: dict) -> dict:
+    """A stage not started yet, with every field of the run.json schema."""
+    return {"name": planned["name"], "kind": planned["kind"], "status": "pending",
+            "fingerprint": planned["fingerprint"], "dir": planned["dir"], "parent": planned["parent"],
+            "target": planned.get("target"), "search": None, "scores": None, "pruned": None,
+            "model": f"{planned['dir']}/model", "seconds": 0.0, "started": None, "finished": None}
+
+
+class RunState:
+    """run.json in memory; `save()` after every change a resumed run must see."""
+
+    def __init__(self, run_dir: Path, data: dict) -> None:
+        self.run_dir = run_dir
+        self.data = data
+
+    @classmethod
+    def open(cls, run_dir: Path, overwrite: bool) -> RunState:
+        path = run_dir / RUN_FILE
+        if overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        if path.is_file():
+            try:
+                return cls(run_dir, json.loads(path.read_text()))
+            except json.JSONDecodeError as error:
+                raise MinitronError(f"{path} is corrupt ({error}); start again with --overwrite") from error
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise MinitronError(f"{run_dir} is not empty and holds no {RUN_FILE}: it is not a recipe run. "
+                                "Choose another --out or pass --overwrite")
+        return cls(run_dir, {"stages": [], "members": []})
+
+    @property
+    def stages(self) -> list[dict]:
+        return self.data.setdefault("stages", [])
+
+    @property
+    def members(self) -> list[dict]:
+        return self.data.setdefault("members", [])
+
+    def save(self) -> None:
+        atomic_write_text(self.run_dir / RUN_FILE, json.dumps(self.data, indent=2, default=str) + "\n")
+
+    def reconcile(self, planned: list[dict]) -> None:
+        """Keep the recorded stages that still match the recipe; drop the first changed one and all later.
+
+        A recorded stage survives when its folder and fingerprint are those of the planned stage at the
+        same position. Every other stage starts afresh: its folder is removed, so nothing stale is reused.
+        """
+        old, kept = self.stages, []
+        for index, stage in enumerate(planned):
+            previous = old[index] if index < len(old) else None
+            if previous and previous["dir"] == stage["dir"] and previous["fingerprint"] == stage["fingerprint"]:
+                kept.append({**previous, **{key: stage[key] for key in _PLANNED_KEYS}})
+                continue
+            if previous:
+                print(f"the recipe changed at {previous['dir']}: redoing it and every later stage", flush=True)
+            break
+        planned_dirs = {stage["dir"] for stage in planned}
+        for previous in old[len(kept):]:
+            if previous["dir"] not in planned_dirs:
+                print(f"{previous['dir']} is no longer in the recipe: removing it", flush=True)
+            self.remove_stage_folder(previous["dir"])
+        for stage in planned[len(kept):]:
+            self.remove_stage_folder(stage["dir"])  # also leftovers of an attempt run.json never recorded
+            kept.append(new_stage_entry(stage))
+        self.data["stages"] = kept
+
+    def remove_stage_folder(self, name: str) -> None:
+        folder = self.run_dir / name
+        if folder.exists():
+            shutil.rmtree(folder)

@@ -1,0 +1,274 @@
+"""Recipes: validation of every key, the shipped recipes, and real family runs on a tiny model.
+
+The must-hold: a recipe interrupted (SIGINT, as Ctrl-C) in the middle of a stage's distillation and
+run again finishes with the same models and metrics as an uninterrupted run, redoing no finished stage.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from minitron.cli import main
+from minitron.errors import MinitronError
+from minitron.loading import save_checkpoint
+from minitron.recipe import load_recipe, parse_recipe, plan_recipe, run_recipe
+from tests.tiny import tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+WORDS = ["teacher", "student", "prune", "distill", "layer", "head", "neuron", "channel", "loss", "token", "block", "recipe", "stage", "family"]
+STAGE_STEPS = 12  # the second stage's distillation: long enough to be interrupted in the middle
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The interrupted run is a subprocess with one thread; in-process runs match it (and a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("family")
+    torch.manual_seed(0)
+    save_checkpoint(tiny_model("llama"), tiny_tokenizer(), root / "teacher", {"stage": "test"})
+    data = root / "data"
+    data.mkdir()
+    for i in range(40):
+        text = " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(60))
+        (data / f"doc{i:02d}.txt").write_text(f"Document {i}. {text}.\n")
+    return root
+
+
+def tiny_recipe(root: Path, **changes) -> dict:
+    recipe = {
+        "teacher": str(root / "teacher"),
+        "data": {"train": str(root / "data"), "seq_len": 16},
+        "importance": {"samples": 8, "batch_size": 4, "layer_loss_samples": 0},
+        "correction": {"steps": 2, "lr": "1e-3", "warmup_steps": 0, "eval_every": 0, "eval_samples": 4,
+                       "save_every": 0},
+        "distill": {"steps": 3, "micro_batch_size": 2, "lr": "1e-3", "warmup_steps": 1, "eval_every": 0,
+                    "eval_samples": 4, "save_every": 0, "clip_grad": 0},
+        "stages": [{"name": "75pct", "target": {"hidden_size": 36, "intermediate_size": 48}},
+                   {"name": "50pct", "target": {"intermediate_size": 32, "drop_layers": [1]},
+                    "distill": {"steps": STAGE_STEPS}}],
+        "eval": {"samples": 4, "batch_size": 4,
+                 "throughput": {"batch_size": 1, "seq_len": 8, "new_tokens": 4, "repeats": 1}},
+    }
+    return {**recipe, **changes}
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(inputs, tmp_path_factory):
+    """The reference: the tiny family run in one go (with its report and model cards)."""
+    recipe_path = write_recipe(inputs / "family.yaml", tiny_recipe(inputs))
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    state = run_recipe(recipe_path, run_dir, device="cpu")
+    return recipe_path, run_dir, state
+
+
+# --- the recipe format ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where, bad", [
+    ((), "teachr"),
+    (("data",), "sequence_length"),
+    (("distill",), "learning_rate"),
+    (("stages", 0), "targett"),
+    (("stages", 0, "target"), "hidden"),
+    (("stages", 1, "distill"), "stepz"),
+    (("eval", "throughput"), "batch"),
+    (("importance",), "calibration"),
+])
+def test_an_unknown_key_is_named_with_the_allowed_keys(tmp_path, where, bad):
+    recipe = tiny_recipe(tmp_path)
+    section = recipe
+    for step in where:
+        section = section[step]
+    section[bad] = 1
+    with pytest.raises(MinitronError, match=rf"unknown key '{bad}'.*allowed keys: ") as error:
+        parse_recipe(recipe)
+    allowed = str(error.value).split("allowed keys: ")[1]
+    assert bad not in allowed.split(", ") and len(allowed.split(", ")) > 1
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"distill": {"steps": 3, "lr": "fast"}}, "distill.lr must be a number"),
+    ({"distill": {"steps": 0}}, "budget of zero"),
+    ({"distill": {}}, "give a training budget"),
+    ({"stages": []}, "non-empty list"),
+    ({"stages": [{"name": "a", "target": {"hidden_size": 36}}, {"name": "a", "target": {"hidden_size": 24}}]},
+     "two stages are named 'a'"),
+    ({"stages": [{"name": "a"}]}, "exactly one of 'target'"),
+    ({"stages": [{"name": "a", "target": {"hidden_size": 36.5}}]}, "must be a whole number"),
+    ({"stages": [{"name": "teacher", "target": {"hidden_size": 36}}]}, "'name' must be"),
+    ({"correction": {"steps": 2, "loss": "forward_kl"}}, "loss must be ce"),
+    ({"distill_from": "grandparent"}, "must be teacher or parent"),
+    ({"eval": {"samples": 0}}, "eval.samples must be positive"),
+    ({"importance": {"criterion": "vibes"}}, "criterion must be"),
+])
+def test_bad_values_are_refused_before_any_work(tmp_path, change, message):
+    with pytest.raises(MinitronError, match=message):
+        parse_recipe(tiny_recipe(tmp_path, **change))
+
+
+def test_numbers_written_the_yaml_way_are_numbers(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"teacher: {tmp_path}\nstages: [{{name: a, target: {{hidden_size: 36}}}}]\n"
+                    "distill: {tokens: 94e9, lr: 5e-5, min_lr: 4.5e-7}\n")
+    config = load_recipe(path).stages[0].distill_config(load_recipe(path))
+    assert (config.tokens, config.lr, config.min_lr) == (94_000_000_000, 5e-5, 4.5e-7)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_parses(path):
+    recipe = load_recipe(path)
+    assert recipe.stages and recipe.description
+    for stage in recipe.stages:
+        assert stage.distill_config(recipe).total_steps(1) > 0
+        stage.importance_configs(recipe)
+
+
+def test_the_cpu_recipe_fits_the_builtin_teacher():
+    """Its targets resolve against SmolLM2-135M's config (the cached one when present) and the search
+    budget leaves candidates."""
+    from transformers import AutoConfig, LlamaConfig
+
+    from minitron.loading import cache_dir
+    cached = cache_dir() / "builtin" / "smollm2-135m"
+    config = AutoConfig.from_pretrained(cached) if (cached / "config.json").is_file() else LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, head_dim=64, tie_word_embeddings=True)
+    rows = plan_recipe(load_recipe(ROOT / "recipes" / "smollm2-cpu.yaml"), config)
+    assert [r["name"] for r in rows] == ["70pct", "50pct"]
+    assert rows[0]["architecture"]["hidden_size"] == 504 and rows[0]["params"].total == 100_282_392
+    assert rows[1]["candidates"] > 0
+
+
+def test_a_dry_run_prints_the_chain(inputs, capsys):
+    path = write_recipe(inputs / "dry.yaml", tiny_recipe(inputs))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "01-75pct: hidden size 36, intermediate size 48" in printed
+    assert "02-50pct: hidden size 36, intermediate size 32" in printed and "hidden layers 3" in printed
+    impossible = tiny_recipe(inputs, stages=[{"name": "big", "target": {"hidden_size": 96}}])
+    assert main(["run", str(write_recipe(inputs / "big.yaml", impossible)), "--dry-run"]) == 2
+    assert "stage 'big'" in capsys.readouterr().err
+
+
+# --- real runs ------------------------------------------------------------------------------------
+
+def test_a_run_writes_the_family(uninterrupted):
+    _, run_dir, state = uninterrupted
+    assert [s["dir"] for s in state["stages"]] == ["00-correction", "01-75pct", "02-50pct"]
+    assert all(s["status"] == "done" for s in state["stages"])
+    for name in ("scores", "pruned", "model"):
+        assert (run_dir / "02-50pct" / name).is_dir()
+    assert [m["name"] for m in state["members"]] == ["teacher", "correction", "75pct", "50pct"]
+    sizes = [m["params"]["total"] for m in state["members"]]
+    assert sizes[0] == sizes[1] > sizes[2] > sizes[3]
+    assert state["members"][3]["architecture"]["num_hidden_layers"] == 3
+    assert (run_dir / "report.html").is_file() and (run_dir / "02-50pct/model/README.md").is_file()
+    assert json.loads((run_dir / "run.json").read_text()) == json.loads(json.dumps(state))
+
+
+def test_an_interrupted_run_finishes_like_an_uninterrupted_one(uninterrupted, tmp_path, capsys):
+    recipe_path, reference, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    error = _interrupt_in_second_stage(recipe_path, run_dir)
+    assert "interrupted in 02-50pct" in error and "Run the same command again to resume" in error
+    state = json.loads((run_dir / "run.json").read_text())
+    assert [s["status"] for s in state["stages"]] == ["done", "done", "running"]
+    finished = [(s["started"], s["finished"], s["seconds"]) for s in state["stages"][:2]]
+    first_weights = (run_dir / "01-75pct/model/model.safetensors").stat().st_mtime_ns
+    steps_before = len(_losses(run_dir))
+    assert 1 <= steps_before < STAGE_STEPS
+
+    capsys.readouterr()
+    resumed = run_recipe(recipe_path, run_dir, device="cpu", report=False)
+    printed = capsys.readouterr().out
+    assert "skipping 00-correction (done)" in printed and "skipping 01-75pct (done)" in printed
+    assert "reusing the importance scores" in printed and "reusing the pruned model" in printed
+    assert "resuming the interrupted training" in printed
+    assert [(s["started"], s["finished"], s["seconds"]) for s in resumed["stages"][:2]] == finished
+    assert (run_dir / "01-75pct/model/model.safetensors").stat().st_mtime_ns == first_weights
+
+    for stage in ("01-75pct", "02-50pct"):
+        expected = load_file(str(reference / stage / "model/model.safetensors"))
+        for name, tensor in load_file(str(run_dir / stage / "model/model.safetensors")).items():
+            torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6, msg=f"{stage}: {name}")
+    torch.testing.assert_close(torch.tensor(_losses(run_dir)), torch.tensor(_losses(reference)), rtol=0, atol=1e-6)
+    reference_losses = [m["heldout_loss"] for m in json.loads((reference / "run.json").read_text())["members"]]
+    assert [m["heldout_loss"] for m in resumed["members"]] == pytest.approx(reference_losses, abs=1e-6)
+
+    again = run_recipe(recipe_path, run_dir, device="cpu", report=False)
+    printed = capsys.readouterr().out
+    assert printed.count("(done)") == 3 and "[evaluation]" not in printed
+    assert again["members"] == resumed["members"]
+
+
+def test_a_changed_stage_is_redone_with_every_later_one(uninterrupted, inputs, tmp_path, capsys):
+    _, reference, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    changed = tiny_recipe(inputs)
+    changed["stages"][1]["distill"] = {"steps": 2}
+    path = write_recipe(tmp_path / "changed.yaml", changed)
+    capsys.readouterr()
+    state = run_recipe(path, run_dir, device="cpu", report=False)
+    printed = capsys.readouterr().out
+    assert "skipping 01-75pct (done)" in printed and "the recipe changed at 02-50pct" in printed
+    assert "[evaluation] 50pct" in printed and "[evaluation] 75pct" not in printed
+    assert len(_losses(run_dir)) == 2 and state["stages"][2]["status"] == "done"
+
+
+def test_a_folder_that_is_not_a_run_is_refused(inputs, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(MinitronError, match="not a recipe run"):
+        run_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe(inputs)), tmp_path, device="cpu")
+    assert (tmp_path / "notes.txt").is_file()
+
+
+def _losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "02-50pct/model/metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines if line.strip()]
+
+
+def _interrupt_in_second_stage(recipe_path: Path, run_dir: Path) -> str:
+    """Run the recipe with the CLI in a subprocess and press Ctrl-C (SIGINT) once the second stage has
+    trained a step; returns what the command printed on stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "minitron.cli", "run", str(recipe_path), "--out", str(run_dir), "--device", "cpu"]
+    log = run_dir.with_name("stderr.txt")
+    metrics = run_dir / "02-50pct/model/metrics.jsonl"
+    deadline = time.monotonic() + 240
+    with open(log, "w") as stderr:  # a file, not a pipe: progress bars would fill a pipe nobody reads yet
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            while not (metrics.is_file() and metrics.read_text().strip()):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the run ended or stalled before its second stage trained:\n{log.read_text()[-3000:]}")
+                time.sleep(0.005)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=240)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    error = log.read_text()
+    assert process.returncode == 130, error[-3000:]
+    return error
