@@ -310,3 +310,19 @@ def test_model_cards_for_every_finished_stage(run_dir):
     first = written[0].read_text()
     assert "Architecture search:** 2 candidates" in first
     assert "base_model" not in _front_matter(first)  # a local teacher folder is no hub id
+
+
+def test_plots_count_only_what_they_draw():
+    from minitron.report import plots
+    assert plots.params_vs_loss([("teacher", 1e6, 2.0, "#333"), ("a", 5e5, 2.4, "#07b")]).points == 2
+    assert plots.throughput_bars(["t", "a"], [100.0, 180.0], [10.0, None], ["#333", "#07b"]).points == 3
+    assert plots.layer_importance({"block_influence": [0.1, 0.3, 0.2], "lm_loss": [1.0, 0.5, 2.0]}, [1],
+                                  "#07b").points == 6
+    heatmaps = plots.neuron_head_heatmaps([[3.0, 1.0, 2.0, 0.5]] * 2, [[1.0, 0.2]] * 2, 2, {0: [0]}, [1])
+    assert heatmaps.points == 2 * 4 + 2 * 2
+    candidates = [{"loss_pruned": 3.0, "loss_distilled": 2.5, "chosen": True},
+                  {"loss_pruned": 2.9, "loss_distilled": 2.6}, {"loss_pruned": 3.5, "loss_distilled": None}]
+    assert plots.search_losses(candidates, "#07b").points == 4  # the undistilled candidate is on neither panel
+    records = [{"step": 1, "tokens": 64, "loss": 1.0}, {"step": 2, "tokens": 128, "loss": 0.8,
+               "val_student_loss": 3.0, "val_teacher_loss": 2.0}]
+    assert plots.distillation_curves(records, "#07b").points == 2 + 1 + 1

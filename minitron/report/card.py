@@ -27,6 +27,7 @@ from .runfolder import (
     read_metrics,
     throughput,
 )
+from .stages import budget_description
 
 CARD_FILE = "README.md"
 # Built-in teachers are GGUF files of hub models; the card links the hub model they came from.
@@ -126,7 +127,7 @@ def _search_lines(result) -> list[str]:
     changed = result.get("ranking_changed")
     flip = {True: "; short distillation changed the ranking", False: "; short distillation kept the ranking"}
     chosen = arch_label(winner.get("architecture") or winner.get("target"))
-    budget = _pairs(result.get("budget") or {})
+    budget = budget_description(result.get("budget"))
     line = (f"- **Architecture search:** {len(candidates)} candidates met the budget ({budget}); "
             f"chose {chosen}{flip.get(changed, '')}")
     return [line]
@@ -145,7 +146,8 @@ def _distill_lines(history: list, metrics: list[dict]) -> list[str]:
              f"{metrics[-1]['step']} steps" if metrics else None, f"loss: {loss}" if loss else None,
              f"peak LR {config['lr']}" if config.get("lr") is not None else None,
              f"data `{record['data']}`" if record.get("data") else None]
-    return ["- **Distillation:** " + ", ".join(f for f in facts if f)]
+    label = "Fine-tuning" if record.get("stage") == "finetune" else "Distillation"
+    return [f"- **{label}:** " + ", ".join(f for f in facts if f)]
 
 
 def _history_line(record: dict) -> str:
@@ -163,7 +165,7 @@ def _history_line(record: dict) -> str:
         return (f"**{kind}** from `{record.get('teacher') or record.get('student')}` on `{record.get('data', '?')}`: "
                 f"{budget}, loss {config.get('loss', '?')}" + (f", final held-out loss {val:.4f}" if val else ""))
     scalars = {k: v for k, v in record.items() if k != "stage" and isinstance(v, (str, int, float, bool))}
-    return f"**{kind}** " + _pairs(scalars)
+    return f"**{kind}** {_pairs(scalars)}".rstrip()
 
 
 def _pairs(mapping) -> str:

@@ -73,8 +73,8 @@ def size_vs_loss(run: Run) -> str:
     points = [p for p in points if p[1] is not None and p[2] is not None]
     if not points:
         return note(f"No member has both a parameter count and a held-out loss: this plot is {NOT_PART}.")
-    caption = ("Each point is one member; lower is better at any size. The grey line joins the members by "
-               "size: its slope is what each step of compression costs in held-out loss.")
+    caption = ("Each point is one member; lower is better at any size. The grey line follows the chain from the "
+               "teacher through each stage: its slope is what each step of compression cost in held-out loss.")
     return figure(plots.params_vs_loss(points), "held-out loss against parameters", caption)
 
 

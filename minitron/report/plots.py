@@ -51,12 +51,12 @@ def _render(figure: Figure, points: int) -> Plot:
 
 
 def params_vs_loss(members: Sequence[tuple[str, float, float, str]]) -> Plot:
-    """Held-out loss against total parameters, one labelled point per member (name, params, loss, colour)."""
+    """Held-out loss against total parameters, one labelled point per member (name, params, loss, colour);
+    a grey line joins the members in the order given (the chain: teacher, correction, stage after stage)."""
     with rc_context(STYLE):
         figure, (axis,) = _figure(3.6)
-        ordered = sorted(members, key=lambda m: m[1])
-        axis.plot([m[1] for m in ordered], [m[2] for m in ordered], color="#bbbbbb", lw=1, zorder=1)
-        for name, params, loss, color in ordered:
+        axis.plot([m[1] for m in members], [m[2] for m in members], color="#bbbbbb", lw=1, zorder=1)
+        for name, params, loss, color in members:
             axis.scatter(params, loss, s=70 if name == "teacher" else 55, color=color, zorder=3,
                          marker="D" if name == "teacher" else "o", edgecolor="white", linewidth=0.8)
             axis.annotate(name, (params, loss), textcoords="offset points", xytext=(7, 5), fontsize=8.5,
@@ -230,7 +230,7 @@ def distillation_curves(records: Sequence[dict], color: str) -> Plot:
         train.plot([_x(r) for r in train_records], [r["loss"] for r in train_records], color=color, lw=1.1,
                    alpha=0.9)
         points += len(train_records)
-        train.set_title("training loss (the distillation objective)")
+        train.set_title("training loss")
         for axis in (validation, train):
             axis.set_xlabel("training tokens" if by_tokens else "step")
             axis.xaxis.set_major_formatter(EngFormatter())

@@ -167,14 +167,25 @@ def _search_block(result: dict, color: str) -> str:
 
 
 def _search_summary(result: dict, candidates: list[dict]) -> str:
-    budget = result.get("budget")
-    budget_text = ", ".join(f"{k}={v}" for k, v in budget.items()) if isinstance(budget, dict) else str(budget)
+    budget_text = budget_description(result.get("budget"))
     distilled = sum(1 for c in candidates if c.get("loss_distilled") is not None)
     changed = result.get("ranking_changed")
     flip = ("Short distillation changed the ranking." if changed else
             "Short distillation kept the ranking." if changed is False else "")
     return (f"Budget: {budget_text or 'not recorded'}. {len(candidates)} candidates met it; {distilled} were "
             f"distilled briefly. {flip}")
+
+
+def budget_description(budget) -> str:
+    """'total parameters ≤ 68.0K (50% of the source)' from search.json's budget, or its raw fields."""
+    if not isinstance(budget, dict):
+        return str(budget) if budget else ""
+    metric, limit, share = budget.get("metric"), number(budget.get("limit")), number(budget.get("fraction_of_source"))
+    if metric is None or limit is None:
+        return ", ".join(f"{k}={v}" for k, v in budget.items())
+    what = {"total": "total parameters", "non_embedding": "non-embedding parameters"}.get(metric, metric)
+    amount = f"{limit:.1f} ms" if metric == "latency_ms" else human(limit)
+    return f"{what} ≤ {amount}" + (f" ({share:.0%} of the source)" if share is not None else "")
 
 
 def _with_rank(loss, rank) -> str:
