@@ -8,6 +8,8 @@ Usage:
     python bench/distill_quality.py --methods kd,ce,scratch --scratch-lrs 5e-4 --results distill_quality_a
     python bench/distill_quality.py --methods scratch --scratch-lrs 2e-3 --skip-baselines --results distill_quality_b
     python bench/distill_quality.py --merge distill_quality_a,distill_quality_b
+    # KD from a corrected teacher (the seeds' teacher correction: CE fine-tuning on the training text first):
+    python bench/distill_quality.py --steps 40 --methods kd-corrected --results distill_quality_corrected
 
 Setup:
   - teacher: builtin:smollm2-135m (SmolLM2-135M-Instruct), fp32 on CPU.
@@ -24,6 +26,9 @@ Setup:
       scratch  the same architecture randomly initialised (AutoModelForCausalLM.from_config(
                student.config), seeded), cross entropy; run at lr 5e-4 and at 2e-3, the better of
                the two (lower mean held-out loss) is the "scratch" row, both are reported.
+      kd-corrected  KD as above, from a corrected teacher: a copy of the teacher first fine-tuned with
+               cross entropy on the same training blocks (--correction-steps, --correction-lr), as the
+               seeds do before distilling; the corrected teacher's own held-out loss is reported too.
   - evaluation: mean next-token loss (`minitron.evaluate_loss`) on held-out 256-token blocks of
     builtin:python-topics (language reference text, never trained on by any method) and of the
     held-out split of builtin:python-docstrings (the training distribution); also the teacher's
@@ -50,7 +55,7 @@ TARGET = {"hidden_size": 432, "intermediate_size": 864}
 CALIB = "builtin:python-docs"
 TRAIN = "builtin:python-docstrings"
 EVALS = {"python-topics": "builtin:python-topics", "python-docstrings": "builtin:python-docstrings"}
-METHODS = ("kd", "ce", "scratch")
+METHODS = ("kd", "ce", "scratch", "kd-corrected")
 
 
 def evaluate(model, eval_sets: dict, batch_size: int) -> dict:
@@ -70,13 +75,26 @@ def train(method: str, lr: float, seed: int, pruned, teacher, train_blocks, held
         student = copy.deepcopy(pruned)
     config = DistillConfig(seq_len=args.seq_len, micro_batch_size=args.micro_batch, steps=args.steps, lr=lr,
                            warmup_steps=max(1, args.steps // 10), eval_every=0, eval_samples=len(heldout_blocks),
-                           save_every=0, loss="forward_kl" if method == "kd" else "ce", ce_weight=0.0,
+                           save_every=0, loss="forward_kl" if method.startswith("kd") else "ce", ce_weight=0.0,
                            precision="fp32", seed=seed)
     curve = []
     started = time.perf_counter()
-    distill(student, teacher if method == "kd" else None, train_blocks, heldout_blocks, config,
+    distill(student, teacher if method.startswith("kd") else None, train_blocks, heldout_blocks, config,
             on_step=lambda step, record: curve.append(record))
     return student, curve, time.perf_counter() - started
+
+
+def correct_teacher(teacher, train_blocks, heldout_blocks, args):
+    """A copy of the teacher fine-tuned with cross entropy on the training blocks (teacher correction)."""
+    from minitron.config import DistillConfig
+    from minitron.distill.loop import distill
+    steps = args.correction_steps or args.steps
+    corrected = copy.deepcopy(teacher)
+    config = DistillConfig(seq_len=args.seq_len, micro_batch_size=args.micro_batch, steps=steps,
+                           lr=args.correction_lr, warmup_steps=max(1, steps // 10), eval_every=0,
+                           eval_samples=len(heldout_blocks), save_every=0, loss="ce", precision="fp32", seed=0)
+    distill(corrected, None, train_blocks[: steps * args.micro_batch], heldout_blocks, config)
+    return corrected.eval()
 
 
 def mean_loss(result: dict) -> float:
@@ -95,6 +113,9 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=4)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--correction-steps", type=int, default=None, help="kd-corrected: teacher fine-tuning "
+                        "steps on the training blocks (default: --steps)")
+    parser.add_argument("--correction-lr", type=float, default=5e-5, help="kd-corrected: teacher fine-tuning lr")
     parser.add_argument("--results", default="distill_quality", help="bench/results/NAME.json to write")
     parser.add_argument("--skip-baselines", action="store_true", help="do not evaluate teacher / pruned")
     parser.add_argument("--merge", help="NAME,NAME,...: no training; combine the runs of these result files "
@@ -158,8 +179,16 @@ def main() -> None:
         for method in methods:
             for lr in (scratch_lrs if method == "scratch" else [args.lr]):
                 plan.append((method, lr, seed))
+    corrected = None
+    if "kd-corrected" in methods:
+        corrected = correct_teacher(teacher, train_blocks, val_blocks, args)
+        payload["baselines"]["corrected teacher"] = evaluate(corrected, eval_sets, args.eval_batch)
+        print("corrected teacher: " + ", ".join(f"{k} {v['loss']:.4f}" for k, v in
+                                                  payload["baselines"]["corrected teacher"].items()), flush=True)
+        save()
     for method, lr, seed in plan:
-        student, curve, seconds = train(method, lr, seed, pruned, teacher, train_blocks, val_blocks, args)
+        source = corrected if method == "kd-corrected" else teacher
+        student, curve, seconds = train(method, lr, seed, pruned, source, train_blocks, val_blocks, args)
         result = evaluate(student, eval_sets, args.eval_batch)
         run = {"method": method, "lr": lr, "seed": seed, "tokens": tokens, "train_seconds": seconds,
                "eval": result, "train_loss_first": curve[0]["loss"], "train_loss_last": curve[-1]["loss"],
@@ -190,8 +219,7 @@ def merge(args) -> None:
                                                                     for r in p["runs"]]}
                               for n, p in zip(names, parts)}
     for part in parts[1:]:
-        if not payload["baselines"]:
-            payload["baselines"] = part["baselines"]
+        payload["baselines"] = {**part["baselines"], **payload["baselines"]}
         have = {(r["method"], r["lr"], r["seed"]) for r in payload["runs"]}
         payload["runs"] += [r for r in part["runs"] if (r["method"], r["lr"], r["seed"]) not in have]
     order = {m: i for i, m in enumerate(METHODS)}
@@ -219,8 +247,12 @@ def report(payload: dict, results: str) -> None:
     if payload["baselines"]:
         rows = [row("teacher (SmolLM2-135M)", "-", "-", 0, payload["baselines"]["teacher"]),
                 row("pruned, no training", "-", "-", 0, payload["baselines"]["pruned"])]
+    if "corrected teacher" in payload["baselines"]:
+        rows.append(row("teacher after correction (CE fine-tuning)", "-", "-", 0,
+                        payload["baselines"]["corrected teacher"]))
     labels = {"kd": "KD (forward KL, logits only)", "ce": "CE retraining (no teacher)",
-              "scratch": "same architecture from scratch (CE)"}
+              "scratch": "same architecture from scratch (CE)",
+              "kd-corrected": "KD from the corrected teacher"}
     best_scratch = {}
     for seed in seeds:
         scratch_runs = [r for r in payload["runs"] if r["method"] == "scratch" and r["seed"] == seed]
@@ -240,10 +272,13 @@ def report(payload: dict, results: str) -> None:
         if seed in best_scratch:
             by["scratch"] = best_scratch[seed]
         summary[seed] = {m: {n: r["eval"][n]["loss"] for n in names} for m, r in by.items()}
-        if all(m in by for m in METHODS):
+        if all(m in by for m in ("kd", "ce", "scratch")):
             summary[seed]["kd_lt_ce_lt_scratch"] = {
                 n: by["kd"]["eval"][n]["loss"] < by["ce"]["eval"][n]["loss"] < by["scratch"]["eval"][n]["loss"]
                 for n in names}
+        if "kd-corrected" in by and "ce" in by:
+            summary[seed]["kd_corrected_lt_ce"] = {
+                n: by["kd-corrected"]["eval"][n]["loss"] < by["ce"]["eval"][n]["loss"] for n in names}
     payload["summary"] = summary
     path = write_json(results, payload)
     print()
@@ -255,6 +290,8 @@ def report(payload: dict, results: str) -> None:
     for seed, s in summary.items():
         if "kd_lt_ce_lt_scratch" in s:
             print(f"seed {seed}: KD < CE < scratch held-out loss: {s['kd_lt_ce_lt_scratch']}")
+        if "kd_corrected_lt_ce" in s:
+            print(f"seed {seed}: KD from the corrected teacher < CE held-out loss: {s['kd_corrected_lt_ce']}")
     if "total_seconds" in payload:
         print(f"total {payload['total_seconds'] / 60:.1f} min")
     print(f"wrote {path}")
