@@ -146,14 +146,14 @@ def _search_block(result: dict, color: str) -> str:
     for candidate in candidates:
         candidate["label"] = arch_label(candidate.get("architecture") or candidate.get("target"), short=True)
     ordered = sorted(candidates, key=lambda c: (c.get("rank_pruned") is None, c.get("rank_pruned") or 0))
-    rows = [[c["label"], human(number((c.get("params") or {}).get("total"))), _latency(c),
+    rows = [[c["label"], c.get("cut") or "—", human(number((c.get("params") or {}).get("total"))), _latency(c),
              _with_rank(c.get("loss_pruned"), c.get("rank_pruned")),
              _with_rank(c.get("loss_distilled"), c.get("rank_distilled")), "★ chosen" if c.get("chosen") else ""]
             for c in ordered]
     classes = ["chosen" if c.get("chosen") else "" for c in ordered]
     parts = [paragraph(_search_summary(result, candidates)),
-             table(["candidate (H F A L)", "params", "latency", "loss after pruning (rank)",
-                    "after short distillation (rank)", ""], rows, row_classes=classes)]
+             table(["candidate (H F A L)", "cut", "params", "latency", "loss after pruning (rank)",
+                    "after short distillation (rank)", ""], rows, numeric_from=2, row_classes=classes)]
     if any(c.get("loss_distilled") is not None for c in candidates):
         caption = ("Left: each briefly distilled candidate's held-out loss right after pruning against after "
                    "short distillation; the star is the one chosen. Right: the two rankings, one line per "
