@@ -9,6 +9,7 @@
     minitron finetune --model builtin:smollm2-135m --data my.jsonl --steps 100 --out corrected/
     minitron inspect pruned/
     minitron eval --model pruned/ --data builtin:python-docs
+    minitron search --model builtin:smollm2-135m --scores scores/ --target-params 0.5 --out nas/
     minitron run recipes/smollm2-cpu.yaml          # a family from a recipe; re-run to resume
     minitron report runs/family/          # report.html + model cards of a `minitron run` folder
 """
@@ -23,6 +24,8 @@ import typing
 
 from .config import DataConfig, DistillConfig, ImportanceConfig, TargetConfig
 from .errors import MinitronError
+from .search.config import GUIDE as SEARCH_GUIDE
+from .search.config import SearchConfig
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) -> None:
@@ -114,6 +117,19 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=None, help="Examples per lm-eval task (for quick checks).")
     add_dataclass_arguments(evaluate, DataConfig, samples=64)
 
+    search = commands.add_parser("search", help="Architecture search under a parameter or latency budget.",
+                                 description=SEARCH_GUIDE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_options(search)
+    search.add_argument("--scores", help="Scores folder from `minitron importance` on --model (default: computed "
+                        "on --data with --samples blocks and saved in OUT/scores).")
+    search.add_argument("--teacher", default=None, help="Model the candidates are distilled from (default: --model).")
+    search.add_argument("--out", help="Folder for search.json, candidates.csv and candidates.md.")
+    search.add_argument("--dry-run", "--list", dest="dry_run", action="store_true",
+                        help="Only list the candidates that meet the budget, with their sizes (from the config).")
+    search.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
+    add_dataclass_arguments(search, SearchConfig)
+    add_dataclass_arguments(search, DataConfig, samples=256, seq_len=256)
+
     run = commands.add_parser("run", help="A model family from a YAML recipe: every stage, resumable, with a report.")
     run.add_argument("recipe", help="Recipe file, e.g. recipes/smollm2-cpu.yaml.")
     run.add_argument("--out", default=None, help="Run folder (default: runs/<recipe name>).")
@@ -139,6 +155,22 @@ def _print_dry_run(summary: dict) -> None:
     rows += [("params total", f"{after.total:,} ({after.total / before.total:.1%} of {before.total:,})"),
              ("params non-embedding", f"{after.non_embedding:,} ({after.non_embedding / before.non_embedding:.1%})")]
     _print_table(rows)
+
+
+def _search(args: argparse.Namespace) -> None:
+    from .search import list_candidates, run_search
+    from .search.tables import candidates_markdown, listing_markdown
+    config = from_args(SearchConfig, args)
+    if args.dry_run:
+        print(listing_markdown(list_candidates(args.model, config, device=args.device, dtype=args.dtype)))
+        return
+    if args.out is None:
+        raise MinitronError("--out is required (or pass --dry-run to list the candidates)")
+    result = run_search(args.model, args.out, config, scores=args.scores, teacher=args.teacher,
+                        data=from_args(DataConfig, args), overwrite=args.overwrite, device=args.device,
+                        dtype=args.dtype)
+    print(candidates_markdown(result))
+    print(f"search written to {args.out}; prune to the winner with target {json.dumps(result['winner']['target'])}")
 
 
 def _dispatch(args: argparse.Namespace) -> None:
@@ -188,6 +220,8 @@ def _dispatch(args: argparse.Namespace) -> None:
             result["lm_eval"] = jobs.run_lm_eval(args.model, args.tasks, batch_size=args.batch_size,
                                                  limit=args.limit, device=args.device)["tasks"]
         print(json.dumps(result, indent=2))
+    elif args.command == "search":
+        _search(args)
     elif args.command == "run":
         from .recipe import runner
         if args.dry_run:

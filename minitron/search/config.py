@@ -1,0 +1,112 @@
+"""Settings of the architecture search: the budget, the grid of candidates, and how they are ranked."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import MinitronError
+
+BUDGET_ON = ("total", "non_embedding")
+
+GUIDE = """Lightweight architecture search (the Minitron papers' NAS), from one set of importance scores:
+
+  1. enumerate homogeneous architectures (hidden size, attention and KV heads, MLP size, layers) on a grid
+     (--hidden-step, --mlp-step, --kv-head-step, --heads-per-group-step, --layer-step) down to the largest
+     cuts allowed (--max-width-cut, --max-depth-cut); keep those that meet the budget, preferring those
+     within --slack of it, spread over width-only, depth-only and mixed cuts (--max-candidates);
+  2. prune each one and score it by held-out loss (--heldout-samples blocks of --data);
+  3. distill the best --top-k for --candidate-tokens tokens each from the teacher and choose the winner by
+     the loss after that retraining (rankings change after retraining; 0 tokens: choose by pruned loss).
+
+Budget: --target-params N (a count like 4.5e9, or a fraction like 0.5 of the source; --budget-on total or
+non_embedding), or --target-latency MS measured on this device (--latency-batch, --latency-seq-len,
+--latency-new-tokens). No candidate over budget is ever returned.
+
+Writes OUT/search.json, OUT/candidates.csv and OUT/candidates.md. Then prune to the winner's target with
+`minitron prune` (the target is printed) and distill it fully.
+
+examples:
+  minitron search --model builtin:smollm2-135m --scores scores/ --target-params 0.5 --budget-on non_embedding \\
+      --data builtin:python-docs --seq-len 256 --out nas/
+  minitron search --model meta-llama/Llama-3.1-8B --target-params 4.5e9 --dry-run     # config only
+  minitron search --model M --scores scores/ --target-latency 40 --latency-seq-len 512 --out nas/
+"""
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class SearchConfig:
+    """A budget (parameters or latency), the candidate grid, and the ranking (prune, then short distillation).
+
+    Give exactly one of target_params / target_latency.
+    """
+
+    target_params: float | None = _help(
+        "Parameter budget: a count such as 4e9, or a fraction of the source model such as 0.5 (any value "
+        "up to 1 is a fraction).", default=None)
+    budget_on: str = _help("What --target-params counts: total or non_embedding parameters.", default="total")
+    target_latency: float | None = _help(
+        "Latency budget in milliseconds for one request (prefill of --latency-seq-len tokens, then "
+        "--latency-new-tokens decoded tokens), measured on this device with random-weight models.", default=None)
+    latency_batch: int = _help("Batch size of the latency measurement.", default=1)
+    latency_seq_len: int = _help("Prompt tokens of the latency measurement.", default=128)
+    latency_new_tokens: int = _help("Tokens generated (with the KV cache) in the latency measurement.", default=16)
+    slack: float = _help("Keep candidates within this fraction under the budget (0.1: from 0.9 to 1 times it), so "
+                         "that architectures of similar size are compared rather than tiny ones.", default=0.1)
+    max_width_cut: float = _help("Largest cut of hidden size, MLP size and attention heads, as a fraction.",
+                                 default=0.5)
+    max_depth_cut: float = _help("Largest cut of the layer count, as a fraction.", default=0.5)
+    hidden_step: int | None = _help("Step of hidden sizes tried (default: an eighth of the source's).",
+                                    default=None)
+    mlp_step: int | None = _help("Step of MLP (intermediate) sizes tried (default: an eighth of the source's).",
+                                 default=None)
+    kv_head_step: int | None = _help("Step of KV head counts tried (default: a quarter of the source's, at "
+                                     "least 1).", default=None)
+    heads_per_group_step: int = _help("Step of query heads per KV group tried (query heads are always a "
+                                      "multiple of KV heads).", default=1)
+    layer_step: int | None = _help("Step of layer counts tried (default: an eighth of the source's, at least 1).",
+                                   default=None)
+    max_candidates: int = _help("Candidates pruned and scored, spread over width-only, depth-only and mixed cuts.",
+                                default=12)
+    top_k: int = _help("Best candidates after pruning that are briefly distilled.", default=3)
+    candidate_tokens: int = _help("Distillation tokens per top candidate (0: choose by the loss after pruning).",
+                                  default=16384)
+    candidate_lr: float = _help("Peak learning rate of the short candidate distillation.", default=5e-4)
+    candidate_batch_size: int = _help("Blocks per step of the short candidate distillation.", default=4)
+    heldout_samples: int = _help("Held-out blocks every candidate is scored on.", default=32)
+    depth_metric: str | None = _help("Layer score that picks the layers kept when depth shrinks (default: lm_loss "
+                                     "when the scores have it, else block_influence).", default=None)
+    seed: int = _help("Seed of the candidate distillations (the same for every candidate).", default=0)
+
+    def __post_init__(self) -> None:
+        if (self.target_params is None) == (self.target_latency is None):
+            raise MinitronError("give one budget: --target-params N (a count, or a fraction of the source like "
+                                "0.5) or --target-latency MS")
+        if self.budget_on not in BUDGET_ON:
+            raise MinitronError(f"--budget-on must be total or non_embedding, got {self.budget_on!r}")
+        for name in ("target_params", "target_latency"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise MinitronError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("max_width_cut", "max_depth_cut"):
+            if not 0 <= getattr(self, name) < 1:
+                raise MinitronError(f"--{name.replace('_', '-')} is a fraction in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.slack < 1:
+            raise MinitronError(f"--slack is a fraction in [0, 1), got {self.slack}")
+        for name in ("hidden_step", "mlp_step", "kv_head_step", "heads_per_group_step", "layer_step",
+                     "max_candidates", "top_k", "candidate_batch_size", "heldout_samples", "latency_batch",
+                     "latency_seq_len", "candidate_lr"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise MinitronError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.latency_new_tokens < 2:
+            raise MinitronError("--latency-new-tokens must be at least 2 (one decoding step)")
+        if self.candidate_tokens < 0:
+            raise MinitronError("--candidate-tokens must be >= 0 (0: rank by the loss right after pruning)")
+
+    @property
+    def distills(self) -> bool:
+        """Whether the best candidates are retrained before the winner is chosen."""
+        return self.candidate_tokens > 0

@@ -1,0 +1,83 @@
+"""File-level search: `minitron search` loads the model, scores and data, searches, and writes the tables.
+
+    minitron search --model builtin:smollm2-135m --scores scores/ --target-params 0.5 --budget-on non_embedding \
+        --data builtin:python-docs --out nas/
+    minitron search --model meta-llama/Llama-3.1-8B --target-params 4.5e9 --dry-run   # config only
+
+    from minitron.search import SearchConfig, run_search
+    run_search("builtin:smollm2-135m", "nas/", SearchConfig(target_params=0.5), scores="scores/",
+               teacher=None, data=DataConfig(seq_len=256))
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..config import DataConfig, ImportanceConfig
+from ..data import token_blocks
+from ..errors import MinitronError
+from ..importance.scores import ImportanceScores
+from ..loading import check_output_folder, load_model, resolve_device, resolve_dtype
+from .candidates import Architecture
+from .config import SearchConfig
+from .rank import plan, search
+from .tables import write_outputs
+
+SCORES_SUBDIR = "scores"
+
+
+def list_candidates(model: str, config: SearchConfig, *, device: str | None = None,
+                    dtype: str | None = None) -> dict:
+    """The budget and the candidates that would be scored, from the model's config alone (no weights).
+
+    A latency budget builds random-weight models of the candidates on `device` to measure them.
+    """
+    from ..jobs import load_config
+    model_config = load_config(model)
+    budget, candidates, counts = plan(model_config, config, device=resolve_device(device),
+                                      dtype=resolve_dtype(dtype))
+    source = Architecture.of(model_config)
+    rows = [{"architecture": c.architecture.as_dict(), "target": c.architecture.target(source),
+             "cut": c.architecture.cut_kind(source), "params": c.params.as_dict(), "latency_ms": c.latency_ms}
+            for c in candidates]
+    return {"model": model, "source": source.as_dict(), "budget": budget.as_dict(), "counts": counts,
+            "candidates": rows}
+
+
+def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None, teacher: str | None,
+               data: DataConfig, overwrite: bool = False, device: str | None = None, dtype: str | None = None,
+               progress: bool = True) -> dict:
+    """Search architectures of `model` under `config`'s budget; write search.json, candidates.csv and
+    candidates.md into `out`, and return search.json's content.
+
+    scores: a scores folder from `minitron importance` (None: computed on `data` and saved in out/scores).
+    teacher: the model candidates are distilled from (None: `model` itself). data: the text for held-out
+    scoring and candidate distillation (data.seq_len tokens per block; data.batch_size for evaluation).
+    """
+    check_output_folder(out, overwrite)
+    loaded_scores = ImportanceScores.load(scores) if scores else None
+    if config.target_params is not None:
+        list_candidates(model, config)  # an impossible budget fails here, before any weights or data
+    loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    teacher_model = load_model(teacher, dtype=dtype, device=device)[0] if teacher else None
+    if teacher_model is not None and teacher_model.config.vocab_size != loaded.config.vocab_size:
+        raise MinitronError(f"teacher and model vocabularies differ ({teacher_model.config.vocab_size} vs "
+                            f"{loaded.config.vocab_size}): logit distillation needs the same tokenizer")
+    heldout = token_blocks(data.data, tokenizer, data.seq_len, config.heldout_samples, split="heldout",
+                           text_field=data.text_field, allow_fewer=True)
+    train = None
+    if config.distills:
+        blocks = max(math.ceil(config.candidate_tokens / data.seq_len), config.candidate_batch_size)
+        train = token_blocks(data.data, tokenizer, data.seq_len, blocks,
+                             split="train", text_field=data.text_field, allow_fewer=True)
+    if loaded_scores is None:
+        from ..jobs import compute_scores
+        loaded_scores = compute_scores(loaded, tokenizer, data, ImportanceConfig(), progress=progress)
+        loaded_scores.save(Path(out) / SCORES_SUBDIR)
+    result = search(loaded, tokenizer, loaded_scores, config, heldout=heldout, train=train, teacher=teacher_model,
+                    progress=progress, batch_size=data.batch_size)
+    payload = {"model": model, "teacher": teacher or model, "scores": scores or str(Path(out) / SCORES_SUBDIR),
+               "data": data.data, "seq_len": data.seq_len, **result.to_dict()}
+    write_outputs(out, payload)
+    return payload
+

@@ -1,0 +1,164 @@
+"""`minitron.search(model, tokenizer, scores, config, heldout=...)`: lightweight architecture search in memory.
+
+    result = minitron.search(model, tokenizer, scores, SearchConfig(target_params=0.5), heldout=heldout,
+                             train=train)
+    small = minitron.prune(model, scores, result.winner["target"])
+
+1. Enumerate homogeneous candidates that meet the budget (see candidates.py, budget.py).
+2. Prune each one from the same importance scores and score it by held-out loss.
+3. Briefly distill the best `top_k` from the teacher (each from a fresh prune, same data and seed), score
+   them again, and choose the winner by the loss after that retraining: rankings change after retraining.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from torch import nn
+
+from ..config import DistillConfig
+from ..distill.dist import init_distributed
+from ..distill.loop import distill
+from ..errors import MinitronError
+from ..eval import evaluate_loss
+from ..fingerprint import model_fingerprint
+from ..importance.scores import ImportanceScores
+from ..params import count_parameters
+from ..prune import prune
+from .budget import (
+    Budget,
+    LatencyMeter,
+    latency_budget,
+    params_budget,
+    shortlist,
+    with_predicted_latency,
+)
+from .candidates import Architecture, Candidate, ParamCounter, enumerate_candidates
+from .config import SearchConfig
+
+
+@dataclass
+class SearchResult:
+    """Every scored candidate (rows as in search.json), the winner and whether retraining reordered them."""
+
+    config: SearchConfig
+    budget: Budget
+    source: dict  # architecture, params, heldout loss (and latency) of the model searched from
+    candidates: list[dict]
+    winner: dict
+    ranking_changed: bool
+    winner_changed: bool
+    counts: dict  # how many architectures the grid held, were valid, met the budget
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"config": asdict(self.config), "budget": self.budget.as_dict(), "source": self.source,
+                "counts": self.counts, "candidates": self.candidates, "winner": self.winner,
+                "ranking_changed": self.ranking_changed, "winner_changed": self.winner_changed,
+                "seconds": self.seconds}
+
+
+def plan(model_config, search: SearchConfig, *, device="cpu", dtype=None, log=None) -> tuple[Budget, list[Candidate], dict]:
+    """The budget and the shortlisted candidates, from the config alone (latency: random-weight models)."""
+    source = Architecture.of(model_config)
+    counter = ParamCounter(model_config)
+    candidates, counts = enumerate_candidates(model_config, search, counter)
+    if search.target_latency is None:
+        budget = params_budget(counter.exact(source), search)
+        confirm = lambda c: replace(c, params=counter.exact(c.architecture), exact=True)
+    else:
+        import torch
+        meter = LatencyMeter(model_config, search, device, dtype or torch.float32)
+        if log:
+            log(f"measuring latency on {meter.device}: {len({c.architecture.widths() for c in candidates})} widths "
+                "at two depths each, then the shortlisted candidates")
+        budget = latency_budget(source, search, meter)
+        candidates = with_predicted_latency(candidates, meter)
+        confirm = lambda c: replace(c, params=counter.exact(c.architecture),
+                                    latency_ms=meter(c.architecture), exact=True)
+    kept, selection = shortlist(candidates, budget, search, source, confirm)
+    return budget, kept, {**counts, **selection, "scored": len(kept)}
+
+
+def _row(candidate: Candidate, source: Architecture, loss: float) -> dict:
+    arch = candidate.architecture
+    return {"target": arch.target(source), "architecture": arch.as_dict(), "cut": arch.cut_kind(source),
+            "cut_axes": list(arch.cut_axes(source)), "params": candidate.params.as_dict(),
+            "latency_ms": candidate.latency_ms, "loss_pruned": loss, "loss_distilled": None,
+            "rank_pruned": None, "rank_distilled": None, "chosen": False}
+
+
+def _candidate_distill_config(search: SearchConfig, seq_len: int, eval_blocks: int) -> DistillConfig:
+    return DistillConfig(seq_len=seq_len, micro_batch_size=search.candidate_batch_size, tokens=search.candidate_tokens,
+                         lr=search.candidate_lr, min_lr=search.candidate_lr / 100, eval_every=0,
+                         eval_samples=eval_blocks, save_every=0, seed=search.seed)
+
+
+def search(model: nn.Module, tokenizer, scores: ImportanceScores, config: SearchConfig, *, heldout,
+           train=None, teacher: nn.Module | None = None, out: str | Path | None = None, progress: bool = True,
+           batch_size: int = 8) -> SearchResult:
+    """Search architectures of `model` that meet `config`'s budget; see the module docstring.
+
+    heldout / train: token blocks (num_blocks, seq_len); train is needed when config.candidate_tokens > 0.
+    teacher: the model distilled from (default: `model` itself). out: also write search.json,
+    candidates.csv and candidates.md there. tokenizer is unused today (kept for a data-spec API).
+    """
+    started = time.perf_counter()
+    log = (lambda text: print(f"[search] {text}", file=sys.stderr, flush=True)) if progress else (lambda text: None)
+    if config.distills and train is None:
+        raise MinitronError("candidate distillation needs training blocks (train=...), or candidate_tokens=0")
+    scores.check_matches(model_fingerprint(model))
+    device = next(model.parameters()).device
+    budget, shortlisted, counts = plan(model.config, config, device=device, dtype=model.dtype, log=log)
+    source = Architecture.of(model.config)
+    log(f"{counts['grid']} architectures in the grid, {counts['valid']} valid, {counts['under_budget']} within "
+        f"{budget.describe(budget.limit)}; scoring {len(shortlisted)}")
+    source_info = {"architecture": source.as_dict(), "params": count_parameters(model).as_dict(),
+                   "loss": evaluate_loss(model, heldout, batch_size)["loss"],
+                   "latency_ms": budget.source if budget.metric == "latency_ms" else None}
+    rows = []
+    for index, candidate in enumerate(shortlisted):
+        pruned = prune(model, scores, candidate.architecture.target(source), depth_metric=config.depth_metric)
+        rows.append(_row(candidate, source, evaluate_loss(pruned, heldout, batch_size)["loss"]))
+        rows[-1]["kept_layers"] = list(pruned.minitron_kept_layers)
+        del pruned
+        log(f"pruned {index + 1}/{len(shortlisted)}: {candidate.architecture.label()}: loss {rows[-1]['loss_pruned']:.4f}")
+    by_pruned = sorted(range(len(rows)), key=lambda i: rows[i]["loss_pruned"])
+    for rank, index in enumerate(by_pruned, 1):
+        rows[index]["rank_pruned"] = rank
+    top = by_pruned[:config.top_k] if config.distills else []
+    for position, index in enumerate(top, 1):
+        log(f"distilling {position}/{len(top)}: {shortlisted[index].architecture.label()} "
+            f"({config.candidate_tokens:,} tokens)")
+        rows[index]["loss_distilled"] = _distill_and_score(model, teacher or model, scores, rows[index], train,
+                                                           heldout, config, batch_size, device)
+        log(f"  loss {rows[index]['loss_pruned']:.4f} -> {rows[index]['loss_distilled']:.4f}")
+    by_distilled = sorted(top, key=lambda i: rows[i]["loss_distilled"])
+    for rank, index in enumerate(by_distilled, 1):
+        rows[index]["rank_distilled"] = rank
+    winner_index = by_distilled[0] if by_distilled else by_pruned[0]
+    rows[winner_index]["chosen"] = True
+    result = SearchResult(config=config, budget=budget, source=source_info, candidates=rows,
+                          winner=rows[winner_index], ranking_changed=by_distilled != top,
+                          winner_changed=winner_index != by_pruned[0], counts=counts,
+                          seconds=round(time.perf_counter() - started, 2))
+    log(f"winner: {Architecture(**rows[winner_index]['architecture']).label()}"
+        + (f"; retraining {'changed' if result.ranking_changed else 'kept'} the ranking" if top else ""))
+    if out is not None:
+        from .tables import write_outputs
+        write_outputs(out, result.to_dict())
+    return result
+
+
+def _distill_and_score(model, teacher, scores, row, train, heldout, config: SearchConfig, batch_size, device) -> float:
+    """Held-out loss of a fresh prune of this candidate after the short distillation."""
+    student = prune(model, scores, row["target"], depth_metric=config.depth_metric).requires_grad_(True)
+    # Validation inside the loop is only its last step's; one block keeps it cheap (scored below instead).
+    settings = _candidate_distill_config(config, train.shape[1], 1)
+    env = init_distributed(str(device))
+    student = distill(student, teacher, train, heldout[:1], settings, kept_layers=row["kept_layers"], env=env)
+    loss = evaluate_loss(student, heldout, batch_size)["loss"]
+    del student
+    return loss
