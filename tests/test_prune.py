@@ -129,3 +129,16 @@ def test_head_scores_are_the_heads_contribution_through_the_output_projection(mo
         per_sample.append(contribution.mean(dim=1))
     expected = torch.cat(per_sample).pow(2).sum(dim=0).sqrt()
     torch.testing.assert_close(scores.heads[1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_pruned_model_shares_no_storage_with_its_source(model, batches):
+    # A depth cut leaves the kept layers' tensors uncut; training the student must not touch the teacher.
+    scores = estimate_importance(model, batches, progress=False)
+    pruned = prune(model, scores, {"drop_layers": [1]})
+    source = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    assert not any(p.untyped_storage().data_ptr() in source for p in pruned.parameters())
+    before = logits(model, batches[0])
+    with torch.no_grad():
+        for param in pruned.parameters():
+            param.add_(1.0)
+    torch.testing.assert_close(logits(model, batches[0]), before, atol=0, rtol=0)

@@ -62,13 +62,16 @@ def slice_state_dict(adapter: ArchAdapter, state: dict, plan: KeepPlan, config) 
             continue
         if len(axes) != tensor.dim():
             raise ValueError(f"{adapter.model_type}: {name} has {tensor.dim()} dims but the adapter lists {axes}")
+        source = tensor
         for dim, axis in enumerate(axes):
             index = axis_index(axis, layer, plan, config)
             if index is not None and index.numel() != tensor.shape[dim]:
                 tensor = tensor.index_select(dim, index.to(tensor.device))
         if layer is not None:
             name = adapter.layer_prefix(new_index[layer]) + name[len(adapter.layer_prefix(layer)):]
-        new_state[name] = tensor.contiguous()
+        # A tensor no axis cuts must still be copied: shared with the source, training the pruned model
+        # would change the model it came from (e.g. the teacher it is distilled from).
+        new_state[name] = tensor.clone() if tensor is source else tensor.contiguous()
     return new_state
 
 
