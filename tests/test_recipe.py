@@ -237,6 +237,23 @@ def test_a_changed_stage_is_redone_with_every_later_one(uninterrupted, inputs, t
     assert len(_losses(run_dir)) == 2 and state["stages"][2]["status"] == "done"
 
 
+def test_a_search_stage_prunes_to_the_winner(inputs, tmp_path):
+    search = {"target_params": 0.7, "max_candidates": 3, "top_k": 2, "candidate_tokens": 64,
+              "candidate_batch_size": 2, "heldout_samples": 2}
+    recipe = tiny_recipe(inputs, correction=None, stages=[{"name": "searched", "search": search,
+                                                           "distill": {"steps": 1}}],
+                         eval={"samples": 2, "throughput": False})
+    state = run_recipe(write_recipe(tmp_path / "search.yaml", recipe), tmp_path / "run", device="cpu", report=False)
+    stage = state["stages"][0]
+    result = json.loads((tmp_path / "run" / stage["search"]).read_text())
+    assert stage["search"] == "01-searched/search/search.json" and stage["target"] == result["winner"]["target"]
+    pruned = json.loads((tmp_path / "run/01-searched/pruned/config.json").read_text())
+    assert all(pruned[key] == value for key, value in stage["target"].items() if key != "drop_layers")
+    member = state["members"][1]
+    assert member["params"]["total"] <= 0.7 * state["members"][0]["params"]["total"]
+    assert member["tokens_per_s"] is None
+
+
 def test_a_folder_that_is_not_a_run_is_refused(inputs, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(MinitronError, match="not a recipe run"):
