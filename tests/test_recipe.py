@@ -20,8 +20,14 @@ from safetensors.torch import load_file
 from minitron.cli import main
 from minitron.errors import MinitronError
 from minitron.loading import save_checkpoint
-from minitron.recipe import load_recipe, parse_recipe, plan_recipe, run_recipe
-from tests.tiny import tiny_model, tiny_tokenizer
+from minitron.recipe import (
+    load_recipe,
+    parse_recipe,
+    plan_recipe,
+    recipe_path,
+    run_recipe,
+)
+from tests.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -158,6 +164,23 @@ def test_the_cpu_recipe_fits_the_builtin_teacher():
     assert [r["name"] for r in rows] == ["70pct", "50pct"]
     assert rows[0]["architecture"]["hidden_size"] == 504 and rows[0]["params"].total == 100_282_392
     assert rows[1]["candidates"] > 0
+
+
+def test_shipped_recipes_are_found_by_name(tmp_path):
+    assert recipe_path("smollm2-cpu") == ROOT / "recipes" / "smollm2-cpu.yaml"
+    with pytest.raises(MinitronError, match="shipped recipes: .*smollm2-cpu"):
+        recipe_path("no-such-recipe")
+
+
+def test_hidden_losses_need_a_teacher_of_the_parents_depth(tmp_path):
+    """Layer pairs come from the parent's layer numbers: after a depth cut, the original teacher's differ."""
+    stages = [{"name": "shallow", "target": {"drop_layers": [1]}},
+              {"name": "narrow", "target": {"intermediate_size": 32}, "distill": {"steps": 1, "hidden_loss": "cosine"}}]
+    recipe = parse_recipe(tiny_recipe(tmp_path, stages=stages))
+    with pytest.raises(MinitronError, match="stage 'narrow'.*distill_from: parent"):
+        plan_recipe(recipe, tiny_config("llama"))
+    stages[1]["distill_from"] = "parent"
+    assert len(plan_recipe(parse_recipe(tiny_recipe(tmp_path, stages=stages)), tiny_config("llama"))) == 2
 
 
 def test_a_dry_run_prints_the_chain(inputs, capsys):

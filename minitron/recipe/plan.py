@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import MinitronError
 from ..prune import describe_pruning
 from .schema import Recipe, load_recipe
-from .stages import ARCHITECTURE_KEYS
+from .stages import ARCHITECTURE_KEYS, check_layer_mapping
 
 
 def plan_recipe(recipe: Recipe, teacher_config) -> list[dict]:
@@ -23,6 +23,9 @@ def plan_recipe(recipe: Recipe, teacher_config) -> list[dict]:
     config, rows = teacher_config, []
     for stage in recipe.stages:
         row = {"name": stage.name, "search": stage.search, "target": stage.target, "config": None, "params": None}
+        if config is not None and stage.distill_config(recipe).hidden_loss != "none" \
+                and stage.teacher_source(recipe) == "teacher":
+            check_layer_mapping(stage.name, config.num_hidden_layers, teacher_config.num_hidden_layers)
         try:
             if stage.search is not None:
                 row["candidates"] = _search_candidates(config, stage)

@@ -2,6 +2,7 @@
 
     minitron run recipes/smollm2-cpu.yaml                 # writes runs/smollm2-cpu/
     minitron run recipes/smollm2-cpu.yaml --dry-run       # every stage's architecture and size, no work
+    minitron run smollm2-cpu                              # a shipped recipe, by name
     from minitron.recipe import run_recipe
     run_recipe("recipes/smollm2-cpu.yaml", "runs/family")
 
@@ -22,7 +23,7 @@ from ..errors import MinitronError
 from ..io import atomic_write_text
 from ..jobs import load_config
 from .plan import describe_plan, format_members, plan_recipe
-from .schema import Recipe, load_recipe
+from .schema import Recipe, load_recipe, recipe_path
 from .stages import evaluate_member, run_correction, run_prune_distill
 from .state import RunState, fingerprint, model_stamp, new_stage_entry, now
 
@@ -40,7 +41,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, ov
     Returns the content of run.json. Ctrl-C stops cleanly (distillation checkpoints first) and raises
     RecipeInterrupted; running the same recipe into the same folder again continues from there.
     """
-    source = Path(recipe) if isinstance(recipe, (str, Path)) else None
+    source = recipe_path(recipe) if isinstance(recipe, (str, Path)) else None
     recipe = load_recipe(recipe) if source else recipe
     if out is None:
         if source is None:

@@ -33,6 +33,9 @@ IMPORTANCE_DATA_KEYS = ("samples", "batch_size")  # the rest of DataConfig comes
 DISTILL_FROM = ("teacher", "parent")
 RESERVED_NAMES = ("teacher", "correction")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The one copy of the shipped recipes: recipes/ beside the package (a source checkout or an editable
+# install, as `make` sets up), found by name as well as by path.
+SHIPPED_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 @dataclass
@@ -112,11 +115,21 @@ class Recipe:
         return _distill_config({"loss": "ce", **self.correction}, self.data, "correction")
 
 
+def recipe_path(spec: str | Path) -> Path:
+    """A recipe file, or the name of a shipped one (`smollm2-cpu` is recipes/smollm2-cpu.yaml)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = SHIPPED_RECIPES / f"{spec}.yaml"
+    if not path.suffix and shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_RECIPES.glob("*.yaml"))
+    raise MinitronError(f"recipe {spec} does not exist" + (f"; shipped recipes: {', '.join(names)}" if names else ""))
+
+
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; every problem is a MinitronError naming where it is."""
-    path = Path(path)
-    if not path.is_file():
-        raise MinitronError(f"recipe {path} does not exist")
+    path = recipe_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

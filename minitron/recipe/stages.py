@@ -59,8 +59,21 @@ def run_prune_distill(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, 
     entry["pruned"] = f"{entry['dir']}/pruned"
     save()
     config = stage.distill_config(recipe)
+    if config.hidden_loss != "none" and teacher != parent:
+        from ..jobs import load_config
+        check_layer_mapping(stage.name, load_config(parent).num_hidden_layers, load_config(teacher).num_hidden_layers)
     print(f"[{entry['dir']}] distilling from {entry['teacher']}", flush=True)
     distill_into(str(pruned_dir), teacher, recipe, run_dir / entry["model"], config, device)
+
+
+def check_layer_mapping(stage_name: str, parent_layers: int, teacher_layers: int) -> None:
+    """Hidden-state losses pair student and teacher layers through the stage's pruning record, whose layer
+    indices are the parent's: with a teacher of another depth that pairing would be wrong, so refuse it."""
+    if parent_layers != teacher_layers:
+        raise MinitronError(
+            f"stage {stage_name!r}: a hidden-state loss pairs its layers with the teacher's through its parent's "
+            f"layer numbers, but the parent has {parent_layers} layers and the teacher {teacher_layers}. "
+            "Use distill_from: parent for this stage, or hidden_loss: none")
 
 
 def search_target(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, *, parent: str, teacher: str,
