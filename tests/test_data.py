@@ -244,3 +244,15 @@ def test_allow_fewer_returns_every_whole_block(tmp_path, tokenizer):
     path.write_text("a small corpus " * 20)
     blocks = token_blocks(str(path), tokenizer, seq_len=8, num_blocks=10_000, split="all", allow_fewer=True)
     assert 1 <= blocks.shape[0] < 10_000 and blocks.shape[1] == 8
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+
+    from minitron.io import DIR_MODE, FILE_MODE, atomic_directory, atomic_write_text
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic_directory(tmp_path / "folder") as staging:
+        (staging / "f").write_text("y")
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == FILE_MODE
+    assert os.stat(tmp_path / "folder").st_mode & 0o777 == DIR_MODE
+    assert FILE_MODE & 0o044  # readable by others under the usual umask 022
