@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, machine_line, markdown_table, quiet_transformers, write_json
 
-ARCH_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+ARCH_LABELS = {"hidden_size": "hidden", "intermediate_size": "MLP", "num_attention_heads": "heads",
+               "num_key_value_heads": "KV heads", "num_hidden_layers": "layers"}
 
 
 def oneshot_recipe(iterative_raw: dict, iterative_run: Path, final: dict, teacher_arch: dict, steps: int) -> dict:
@@ -73,8 +74,7 @@ def main() -> None:
     for label, run in (("iterative 100% -> 70% -> 50%", iterative), ("one-shot 100% -> 50%", oneshot)):
         member = run["members"][-1]
         results[label] = member
-        rows.append([label, ", ".join(f"{k.split('_')[-1] if k != 'num_hidden_layers' else 'layers'} "
-                                      f"{member['architecture'][k]}" for k in ARCH_KEYS),
+        rows.append([label, ", ".join(f"{name} {member['architecture'][key]}" for key, name in ARCH_LABELS.items()),
                      f"{member['params']['total']:,}", f"{member['params']['non_embedding']:,}", tokens,
                      round(member["heldout_loss"], 4), round(member["perplexity"], 2)])
     corrected = iterative["members"][1]
