@@ -71,7 +71,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="The recipe end to end on the built-in teacher (CPU-sized).")
+    demo = commands.add_parser("demo", help="The whole chain on the built-in teacher (recipes/smollm2-cpu.yaml): "
+                               "correction, importance, pruning, a search, distillation, evaluation, report.")
     demo.add_argument("--out", default="runs/demo", help="Folder for scores, pruned models and the table.")
     demo.add_argument("--quick", action="store_true", help="Fewer samples: a smoke run of a few minutes.")
 
