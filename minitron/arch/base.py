@@ -10,9 +10,9 @@ An adapter is a table, in the spirit of peft's per-architecture tables:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
 
 import torch
 from torch import nn
@@ -79,6 +79,10 @@ class ArchAdapter:
         if self.logit_transform is not None:
             logits = self.logit_transform(logits, model.config)
         return logits
+
+    def lm_head_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters `logits_from_hidden` reads (the LM head's; the embedding weight when tied)."""
+        return list(model.get_submodule(self.lm_head_path).parameters())
 
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers_path}.{index}."

@@ -9,19 +9,18 @@ so gradient magnitudes do not shrink as T grows. Teacher logits are constants (n
 Memory: each loss computes its gradient w.r.t. the student logits analytically in the forward pass
 and saves only that one (N, V) tensor for backward (in the logits' dtype), instead of the several
 (N, V) log-softmaxes / probabilities / masks that autograd would keep; working buffers are reused
-in place. Double backward is not supported. ``chunked_logit_loss`` applies a logit loss to hidden
-states and LM heads chunk by chunk, so (tokens x vocab) logits only exist for one chunk at a time.
+in place. Double backward is not supported. ``chunked.chunked_logit_loss`` applies a logit loss to
+hidden states and LM heads chunk by chunk, so (tokens x vocab) logits only exist for one chunk at a time.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 Kernel = Callable[[Tensor, bool], tuple[Tensor, Tensor | None]]
@@ -229,89 +228,6 @@ class NextTokenCE(nn.Module):
         return _Fused.apply(student_logits, kernel), int(valid.sum())
 
 
-@dataclass
-class LogitLossOutput:
-    """Sums and counts from `chunked_logit_loss`; divide by (globally reduced) counts yourself.
-
-    kd_sum: fp32 scalar, distillation loss summed over the `count` masked-in tokens.
-    ce_sum: fp32 scalar, cross entropy summed over the `ce_count` labelled tokens, or None.
-    """
-
-    kd_sum: Tensor
-    ce_sum: Tensor | None
-    count: int
-    ce_count: int = 0
-
-    def mean(self, ce_weight: float = 0.0) -> Tensor:
-        """Local mean: kd_sum / count + ce_weight * ce_sum / ce_count (empty parts count as 0)."""
-        loss = self.kd_sum / max(self.count, 1)
-        if ce_weight and self.ce_sum is not None:
-            loss = loss + ce_weight * self.ce_sum / max(self.ce_count, 1)
-        return loss
-
-
-def chunked_logit_loss(loss: LogitLoss | nn.Module, student_hidden: Tensor, teacher_hidden: Tensor,
-                       student_head: Callable[[Tensor], Tensor], teacher_head: Callable[[Tensor], Tensor],
-                       mask: Tensor | None = None, chunk_size: int = 1024, labels: Tensor | None = None,
-                       ce_weight: float = 0.0) -> LogitLossOutput:
-    """Apply a logit loss to (N, Hs) student / (N, Ht) teacher final hidden states, chunk by chunk.
-
-    `loss` is a LogitLoss (or any module with its forward signature). The heads map (n, H)
-    hidden states to fresh (n, V) logits (lm_head plus any soft-capping).
-    mask: (N,) bool (True = distil this token); labels: (N,) int64 with -100 = ignore, needed
-    when ce_weight > 0 (then ce_sum is filled; ce_weight only switches CE on, weighting is left to
-    `LogitLossOutput.mean` or the caller, so the sums stay exact).
-
-    Each chunk runs inside `checkpoint(use_reentrant=False)`, which saves only the chunk's hidden
-    states: backward recomputes that chunk's student *and* teacher logits. Recomputing the
-    teacher costs one extra (chunk x Ht x V) matmul per chunk, but passing teacher logits in as a
-    checkpoint input would keep all N x V of them alive until backward, defeating the purpose.
-    Peak memory is O(chunk_size x V) instead of O(N x V): in backward only one chunk at a time
-    holds its logits plus the loss's saved gradient. Rows that neither loss uses are dropped up
-    front, so padding costs no head matmuls. Gradients reach `student_hidden` and the
-    parameters used by `student_head`; the teacher head always runs under no_grad.
-    """
-    if student_hidden.dim() != 2 or teacher_hidden.dim() != 2 or len(student_hidden) != len(teacher_hidden):
-        raise ValueError(f"expected (N, Hs) and (N, Ht) hidden states, got {tuple(student_hidden.shape)} "
-                         f"and {tuple(teacher_hidden.shape)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    use_ce = ce_weight > 0
-    if use_ce and labels is None:
-        raise ValueError("ce_weight > 0 needs labels")
-    n = len(student_hidden)
-    kd_mask = torch.ones(n, dtype=torch.bool, device=student_hidden.device) if mask is None else mask.to(torch.bool)
-    keep = kd_mask | (labels != IGNORE_INDEX) if use_ce else kd_mask
-    if not bool(keep.all()):
-        student_hidden, teacher_hidden, kd_mask = student_hidden[keep], teacher_hidden[keep], kd_mask[keep]
-        labels = labels[keep] if use_ce else labels
-    count = int(kd_mask.sum())
-    chunk_mask = None if count == len(kd_mask) else kd_mask  # all kept: skip per-chunk masking
-    ce_loss = NextTokenCE()
-
-    def chunk_loss(s_h: Tensor, t_h: Tensor, m: Tensor | None, lbl: Tensor | None) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            t_logits = teacher_head(t_h)
-        s_logits = student_head(s_h)
-        # The teacher chunk is ours (unless the head returned its input): let the loss overwrite it.
-        own = t_logits.untyped_storage().data_ptr() != t_h.untyped_storage().data_ptr()
-        kd = (loss(s_logits, t_logits, m, consume_teacher=own) if isinstance(loss, LogitLoss)
-              else loss(s_logits, t_logits, m))[0]
-        ce = ce_loss(s_logits, lbl)[0] if lbl is not None else kd.new_zeros(())
-        return kd, ce
-
-    # Start from a zero tied to student_hidden so backward works even when every token is masked.
-    kd_sum = ce_sum = (student_hidden.sum() * 0.0).float()
-    for start in range(0, len(student_hidden), chunk_size):
-        sl = slice(start, start + chunk_size)
-        kd, ce = checkpoint(chunk_loss, student_hidden[sl], teacher_hidden[sl],
-                            None if chunk_mask is None else chunk_mask[sl],
-                            labels[sl] if use_ce else None, use_reentrant=False)
-        kd_sum, ce_sum = kd_sum + kd, ce_sum + ce
-    return LogitLossOutput(kd_sum=kd_sum, ce_sum=ce_sum if use_ce else None, count=count,
-                           ce_count=int((labels != IGNORE_INDEX).sum()) if use_ce else 0)
-
-
 class HiddenStateLoss(nn.Module):
     """Intermediate-state loss between mapped student / teacher hidden states.
 
@@ -381,7 +297,7 @@ def map_layers(num_student_layers: int, num_teacher_layers: int, kept_layers: Se
     if kept_layers is not None:
         kept = list(kept_layers)
         if len(kept) != num_student_layers or any(not 0 <= k < num_teacher_layers for k in kept) \
-                or any(a >= b for a, b in zip(kept, kept[1:])):
+                or any(a >= b for a, b in itertools.pairwise(kept)):
             raise ValueError(f"kept_layers must be {num_student_layers} increasing teacher layer indices "
                              f"in [0, {num_teacher_layers}), got {kept}")
         pairs = [(j + 1, k + 1) for j, k in enumerate(kept)]

@@ -8,12 +8,17 @@ from torch import nn
 
 from ..arch import get_adapter
 from ..config import DistillConfig
-from torch.utils.checkpoint import checkpoint
-
-from .losses import (IGNORE_INDEX, ForwardKL, GeneralizedJSD, HiddenStateLoss, NextTokenCE, ReverseKL, TopKForwardKL,
-                     balance_weight, chunked_logit_loss, map_layers)
-
-
+from .chunked import chunked_cross_entropy, chunked_logit_loss
+from .losses import (
+    IGNORE_INDEX,
+    ForwardKL,
+    GeneralizedJSD,
+    HiddenStateLoss,
+    ReverseKL,
+    TopKForwardKL,
+    balance_weight,
+    map_layers,
+)
 
 
 def make_logit_loss(config: DistillConfig) -> nn.Module | None:
@@ -77,10 +82,12 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
     student_out = train_module(input_ids, output_hidden_states=want_states)
     labels = labels_for(input_ids).reshape(-1)
     s_adapter = get_adapter(student)
-    student_head = lambda h: s_adapter.logits_from_hidden(student, h)  # noqa: E731
+    student_head = lambda h: s_adapter.logits_from_hidden(student, h)
+    head_params = fused_head_params(student)
     s_hidden = student_out.last_hidden_state.reshape(-1, student_out.last_hidden_state.shape[-1])
     if logit_loss is None:  # plain next-token training (teacher correction / CE baseline)
-        ce_sum, count = chunked_cross_entropy(s_hidden, student_head, labels, config.chunk_size)
+        ce_sum, count = chunked_cross_entropy(s_hidden, student_head, labels, config.chunk_size,
+                                              head_params=head_params)
         ce = ce_sum / max(count, 1)
         return StepLosses(total=ce, logit=0.0, ce=float(ce.detach()), hidden=0.0)
     t_adapter = get_adapter(teacher)
@@ -90,7 +97,8 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
     t_hidden = teacher_out.last_hidden_state.reshape(-1, teacher_out.last_hidden_state.shape[-1])
     out = chunked_logit_loss(logit_loss, s_hidden, t_hidden, student_head,
                              lambda h: t_adapter.logits_from_hidden(teacher, h), chunk_size=config.chunk_size,
-                             labels=labels if config.ce_weight > 0 else None, ce_weight=config.ce_weight)
+                             labels=labels if config.ce_weight > 0 else None, ce_weight=config.ce_weight,
+                             head_params=head_params, backward_through_mean=True)  # total weighs the sums as mean()
     kd = out.kd_sum / max(out.count, 1)
     total, ce_value, hidden_value = kd, 0.0, 0.0
     if config.ce_weight > 0:
@@ -106,15 +114,18 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
     return StepLosses(total=total, logit=float(kd.detach()), ce=ce_value, hidden=hidden_value)
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, head, labels: torch.Tensor, chunk_size: int) -> tuple[torch.Tensor, int]:
-    """(sum of next-token CE, labelled tokens) for (N, H) hidden states, chunk by chunk.
+def fused_head_params(student: nn.Module) -> list[nn.Parameter] | None:
+    """The student's LM-head parameters, which switch the chunked losses to their fused path (no head
+    recompute in backward), or None for the checkpoint path when any part of the student is FSDP2-sharded.
 
-    As in `chunked_logit_loss`, each chunk's logits are recomputed in backward instead of stored.
+    Why not under FSDP2: it gathers the head's weight in a forward pre-hook and reduce-scatters the
+    gradient from hooks on the head's autograd graph into a sharded DTensor `.grad`. The fused loss
+    differentiates the head inside the forward pass with `torch.autograd.grad`, which fills no `.grad`
+    for those hooks to reduce, and it would hand backward a gradient of the gathered weight rather than
+    of the shard. DDP is fine: its hooks fire when backward accumulates the returned gradient into `.grad`.
     """
-    loss = NextTokenCE()
-    total = (hidden.sum() * 0.0).float()
-    for start in range(0, len(hidden), chunk_size):
-        chunk = slice(start, start + chunk_size)
-        total = total + checkpoint(lambda h, y: loss(head(h), y)[0], hidden[chunk], labels[chunk],
-                                   use_reentrant=False)
-    return total, int((labels != IGNORE_INDEX).sum())
+    if torch.distributed.is_available():
+        from torch.distributed.fsdp import FSDPModule
+        if any(isinstance(module, FSDPModule) for module in student.modules()):
+            return None
+    return get_adapter(student).lm_head_parameters(student)
