@@ -38,7 +38,7 @@ import minitron
 from minitron.fingerprint import model_fingerprint
 from minitron.loading import cache_dir
 from minitron.search import SearchConfig, search
-from minitron.search.tables import candidates_markdown, ranking_sentence
+from minitron.search.tables import candidates_markdown
 
 
 def load_or_compute_scores(model, tokenizer, args, log) -> tuple[minitron.ImportanceScores, str, bool]:
@@ -68,8 +68,9 @@ def report(payload: dict) -> None:
         return
     winner = result["winner"]
     best_pruned = min(result["candidates"], key=lambda r: r["loss_pruned"])
-    print(f"{ranking_sentence(result)} Winner: {winner['target']} (loss {winner['loss_distilled']:.4f} after "
-          f"{payload['settings']['candidate_tokens']:,} tokens); best right after pruning: {best_pruned['target']}.")
+    print(f"Winner: {winner['target']} (loss {winner['loss_distilled']:.4f} after "
+          f"{payload['settings']['candidate_tokens']:,} tokens); best right after pruning: {best_pruned['target']}"
+          f"{'' if result['winner_changed'] else ' (the same)'}.")
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,7 +80,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--calib-samples", type=int, default=64)
     parser.add_argument("--calib-batch-size", type=int, default=8)
-    parser.add_argument("--layer-loss-samples", type=int, default=16)
+    parser.add_argument("--layer-loss-samples", type=int, default=8)
     parser.add_argument("--fraction", type=float, default=0.51, help="budget: fraction of non-embedding params")
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--top-k", type=int, default=3)

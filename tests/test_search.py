@@ -21,7 +21,7 @@ from tests.tiny import VOCAB_SIZE, tiny_config, tiny_model, tiny_tokenizer
 
 FAMILIES = ["llama", "qwen2", "phi3", "gemma3_text"]  # GQA everywhere (6 heads, 2 KV); tied; fused QKV; gemma
 # A coarse grid keeps every test fast: hidden {48, 36, 24}, MLP {64, 48, 32}, layers {4, 3, 2}.
-GRID = dict(hidden_step=12, mlp_step=16)
+GRID = {"hidden_step": 12, "mlp_step": 16}
 
 
 def exact_params(config, architecture: Architecture):
@@ -93,10 +93,10 @@ def test_impossible_budget_names_the_smallest_candidate():
 
 
 @pytest.mark.parametrize("bad,message", [
-    (dict(), "give one budget"), (dict(target_params=0.5, target_latency=10.0), "give one budget"),
-    (dict(target_params=0.5, budget_on="embedding"), "--budget-on"),
-    (dict(target_params=0.5, max_width_cut=1.0), "--max-width-cut"),
-    (dict(target_params=-1.0), "must be positive"),
+    ({}, "give one budget"), ({"target_params": 0.5, "target_latency": 10.0}, "give one budget"),
+    ({"target_params": 0.5, "budget_on": "embedding"}, "--budget-on"),
+    ({"target_params": 0.5, "max_width_cut": 1.0}, "--max-width-cut"),
+    ({"target_params": -1.0}, "must be positive"),
 ])
 def test_config_refuses_bad_settings(bad, message):
     with pytest.raises(MinitronError, match=message):
@@ -138,10 +138,11 @@ def test_measure_throughput_decodes_with_the_cache(family, one_thread):
 
 def test_latency_budget_is_measured_and_met(one_thread):
     config = tiny_config("llama")
-    grid = dict(hidden_step=24, mlp_step=32, kv_head_step=2, heads_per_group_step=3, layer_step=2,
-                latency_seq_len=16, latency_new_tokens=4)
-    source_ms = measure_throughput(random_model(config), 1, 16, new_tokens=4)["latency_ms"]
-    settings = SearchConfig(target_latency=0.8 * source_ms, max_candidates=3, **grid)
+    grid = {"hidden_step": 24, "mlp_step": 32, "kv_head_step": 2, "heads_per_group_step": 3, "layer_step": 2,
+            "latency_seq_len": 16, "latency_new_tokens": 4}
+    # The slowest of three readings: on a shared CPU a lucky fast reading would make the budget too tight.
+    source_ms = max(measure_throughput(random_model(config), 1, 16, new_tokens=4)["latency_ms"] for _ in range(3))
+    settings = SearchConfig(target_latency=0.85 * source_ms, max_candidates=3, **grid)
     budget, kept, _ = plan(config, settings)
     assert budget.metric == "latency_ms" and budget.source > 0
     assert kept and all(c.exact and c.latency_ms <= budget.limit for c in kept)
@@ -183,22 +184,22 @@ def test_cli_help_and_dry_run(teacher_folder, capsys):
 def test_cli_search_with_candidate_distillation_writes_the_tables(teacher_folder, capsys):
     out = teacher_folder / "nas"
     argv = ["search", "--model", str(teacher_folder / "teacher"), "--target-params", "0.6", "--data",
-            str(teacher_folder / "corpus.txt"), "--seq-len", "16", "--samples", "8", "--batch-size", "4",
-            "--heldout-samples", "4", "--top-k", "2", "--candidate-tokens", "64", "--candidate-batch-size", "2",
-            "--out", str(out), *SMALL]
+            str(teacher_folder / "corpus.txt"), "--seq-len", "16", "--samples", "8", "--batch-size", "8",
+            "--heldout-samples", "4", "--top-k", "2", "--candidate-tokens", "32", "--candidate-batch-size", "2",
+            "--out", str(out), "--hidden-step", "12", "--mlp-step", "16", "--max-candidates", "3"]
     assert main(argv) == 0
     assert "prune to the winner with target" in capsys.readouterr().out
     result = json.loads((out / "search.json").read_text())
     assert {"config", "budget", "candidates", "winner", "ranking_changed"} <= set(result)
     rows = result["candidates"]
-    assert len(rows) == 4 and [r["chosen"] for r in rows].count(True) == 1
+    assert len(rows) == 3 and [r["chosen"] for r in rows].count(True) == 1
     distilled = [r for r in rows if r["loss_distilled"] is not None]
     assert len(distilled) == 2 and {r["rank_pruned"] for r in distilled} == {1, 2}
     assert result["winner"]["rank_distilled"] == 1 and result["winner"]["chosen"]
     assert result["winner"]["loss_distilled"] == min(r["loss_distilled"] for r in distilled)
     assert all(r["params"]["total"] <= result["budget"]["limit"] for r in rows)
     table = list(csv.DictReader((out / "candidates.csv").open()))
-    assert len(table) == 4 and [r["chosen"] for r in table].count("True") == 1
+    assert len(table) == 3 and [r["chosen"] for r in table].count("True") == 1
     assert table[0]["chosen"] == "True"  # the winner leads the table
     markdown = (out / "candidates.md").read_text()
     assert markdown.count("**yes**") == 1 and "Short retraining" in markdown

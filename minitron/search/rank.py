@@ -118,23 +118,13 @@ def search(model: nn.Module, tokenizer, scores: ImportanceScores, config: Search
     source_info = {"architecture": source.as_dict(), "params": count_parameters(model).as_dict(),
                    "loss": evaluate_loss(model, heldout, batch_size)["loss"],
                    "latency_ms": budget.source if budget.metric == "latency_ms" else None}
-    rows = []
-    for index, candidate in enumerate(shortlisted):
-        pruned = prune(model, scores, candidate.architecture.target(source), depth_metric=config.depth_metric)
-        rows.append(_row(candidate, source, evaluate_loss(pruned, heldout, batch_size)["loss"]))
-        rows[-1]["kept_layers"] = list(pruned.minitron_kept_layers)
-        del pruned
-        log(f"pruned {index + 1}/{len(shortlisted)}: {candidate.architecture.label()}: loss {rows[-1]['loss_pruned']:.4f}")
+    rows = _score_pruned(model, scores, shortlisted, source, heldout, config, batch_size, log)
     by_pruned = sorted(range(len(rows)), key=lambda i: rows[i]["loss_pruned"])
     for rank, index in enumerate(by_pruned, 1):
         rows[index]["rank_pruned"] = rank
     top = by_pruned[:config.top_k] if config.distills else []
-    for position, index in enumerate(top, 1):
-        log(f"distilling {position}/{len(top)}: {shortlisted[index].architecture.label()} "
-            f"({config.candidate_tokens:,} tokens)")
-        rows[index]["loss_distilled"] = _distill_and_score(model, teacher or model, scores, rows[index], train,
-                                                           heldout, config, batch_size, device)
-        log(f"  loss {rows[index]['loss_pruned']:.4f} -> {rows[index]['loss_distilled']:.4f}")
+    _distill_top(model, teacher if teacher is not None else model, scores, rows, top, train, heldout, config,
+                 batch_size, log)
     by_distilled = sorted(top, key=lambda i: rows[i]["loss_distilled"])
     for rank, index in enumerate(by_distilled, 1):
         rows[index]["rank_distilled"] = rank
@@ -150,6 +140,36 @@ def search(model: nn.Module, tokenizer, scores: ImportanceScores, config: Search
         from .tables import write_outputs
         write_outputs(out, result.to_dict())
     return result
+
+
+def _score_pruned(model, scores, shortlisted, source, heldout, config: SearchConfig, batch_size, log) -> list[dict]:
+    """One table row per candidate: pruned from the same scores, scored on the same held-out blocks."""
+    rows = []
+    for index, candidate in enumerate(shortlisted):
+        pruned = prune(model, scores, candidate.architecture.target(source), depth_metric=config.depth_metric)
+        rows.append(_row(candidate, source, evaluate_loss(pruned, heldout, batch_size)["loss"]))
+        rows[-1]["kept_layers"] = list(pruned.minitron_kept_layers)
+        del pruned
+        log(f"pruned {index + 1}/{len(shortlisted)}: {candidate.architecture.label()}: "
+            f"loss {rows[-1]['loss_pruned']:.4f}")
+    return rows
+
+
+def _distill_top(model, teacher, scores, rows, top, train, heldout, config: SearchConfig, batch_size, log) -> None:
+    """Fill loss_distilled of the rows in `top`: each a fresh prune, the same data, seed and steps."""
+    device = next(model.parameters()).device
+    # distill() freezes the teacher; give it back to the caller as it came.
+    trainable = {name: p.requires_grad for name, p in teacher.named_parameters()}
+    try:
+        for position, index in enumerate(top, 1):
+            log(f"distilling {position}/{len(top)}: {Architecture(**rows[index]['architecture']).label()} "
+                f"({config.candidate_tokens:,} tokens)")
+            rows[index]["loss_distilled"] = _distill_and_score(model, teacher, scores, rows[index], train, heldout,
+                                                               config, batch_size, device)
+            log(f"  loss {rows[index]['loss_pruned']:.4f} -> {rows[index]['loss_distilled']:.4f}")
+    finally:
+        for name, param in teacher.named_parameters():
+            param.requires_grad_(trainable[name])
 
 
 def _distill_and_score(model, teacher, scores, row, train, heldout, config: SearchConfig, batch_size, device) -> float:
