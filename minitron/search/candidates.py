@@ -7,7 +7,6 @@ layers gives the count at any depth (checked against a direct count for every ca
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 from dataclasses import asdict, dataclass
@@ -17,11 +16,6 @@ from ..params import ParamCount, count_parameters_from_config
 from ..prune.surgery import pruned_config, validate_pruned_config
 from ..prune.target import SIZE_KEYS, resolve_target, source_sizes
 from .config import SearchConfig
-
-try:  # skips random initialisation, which is slow even on the meta device (5x for counts)
-    from transformers.initialization import no_init_weights
-except ImportError:  # older transformers: initialise, just slower
-    no_init_weights = contextlib.nullcontext
 
 WIDTH_KEYS = SIZE_KEYS[:4]  # hidden_size, intermediate_size, num_attention_heads, num_key_value_heads
 
@@ -132,8 +126,7 @@ class ParamCounter:
 
     def exact(self, architecture: Architecture) -> ParamCount:
         resolved = resolve_target(self.config, architecture.as_dict())
-        with no_init_weights():
-            return count_parameters_from_config(pruned_config(self.config, resolved))
+        return count_parameters_from_config(pruned_config(self.config, resolved))
 
     def __call__(self, architecture: Architecture) -> ParamCount:
         if self.config.num_hidden_layers < 2:
