@@ -6,11 +6,14 @@ Usage:
     python bench/distill_throughput.py --rounds 5 --steps 4 --warmup 2
     python bench/distill_throughput.py --no-memory          # skip the per-method peak-RSS children
     python bench/distill_throughput.py --methods minitron,plain-hf   # without ModelOpt
+    python bench/distill_throughput.py --precision bf16     # bf16 autocast for every method (CPUs with AMX /
+                                                            # AVX512-BF16, GPUs); writes distill_throughput_bf16.json
 
 Setup (all methods): teacher = builtin:smollm2-135m (fp32), student = the same teacher pruned to
 hidden 432 / MLP 864 (half the non-embedding parameters) from activation importance, one deep copy
 of that student per method (each copy trains in place across its rounds). Same data (blocks of
-builtin:python-docs, train split), micro batch, sequence length, fp32, AdamW (lr 1e-4, betas
+builtin:python-docs, train split), micro batch, sequence length, precision (--precision: fp32, or bf16
+autocast around forward and loss with fp32 weights, gradients and optimizer state), AdamW (lr 1e-4, betas
 (0.9, 0.95), weight decay 0), gradient clipping at 1.0, no gradient accumulation, no evaluation, no
 checkpointing, forward KL at temperature 1 on the logits only.
 
@@ -100,7 +103,8 @@ def run_minitron(student, teacher, blocks, args, steps: int) -> list[float]:
     from minitron.distill.loop import distill
     config = DistillConfig(seq_len=args.seq_len, micro_batch_size=args.micro_batch, steps=steps, lr=args.lr,
                            warmup_steps=0, eval_every=0, eval_samples=1, save_every=0, loss="forward_kl",
-                           temperature=1.0, ce_weight=0.0, precision="fp32", clip_grad=1.0, weight_decay=0.0)
+                           temperature=1.0, ce_weight=0.0, precision=args.precision, clip_grad=1.0,
+                           weight_decay=0.0)
     tokens_per_step = args.micro_batch * args.seq_len
     seconds: list[float] = []
     # eval_every=0 still validates after the last step: give it a single held-out block (outside the timing).
@@ -140,7 +144,7 @@ def run_modelopt(student, teacher, blocks, args, steps: int, out_dir: str) -> li
         output_dir=out_dir, max_steps=steps, per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0,
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, optim="adamw_torch",
-        use_cpu=True, bf16=False, fp16=False, eval_strategy="no", save_strategy="no", logging_strategy="no",
+        use_cpu=True, bf16=args.precision == "bf16", fp16=False, eval_strategy="no", save_strategy="no", logging_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
         remove_unused_columns=False, seed=0)
     timer = StepTimer()
@@ -162,12 +166,13 @@ def run_plain_hf(student, teacher, blocks, args, steps: int) -> list[float]:
         index = torch.arange(step * args.micro_batch, (step + 1) * args.micro_batch) % len(blocks)
         ids = blocks[index]
         started = time.perf_counter()
-        s_logits = student(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        with torch.no_grad():
-            t_logits = teacher(input_ids=ids, use_cache=False).logits[:, :-1].float()
-        vocab = s_logits.shape[-1]
-        loss = F.kl_div(F.log_softmax(s_logits, -1).reshape(-1, vocab), F.log_softmax(t_logits, -1).reshape(-1, vocab),
-                        log_target=True, reduction="batchmean")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            s_logits = student(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            with torch.no_grad():
+                t_logits = teacher(input_ids=ids, use_cache=False).logits[:, :-1].float()
+            vocab = s_logits.shape[-1]
+            loss = F.kl_div(F.log_softmax(s_logits, -1).reshape(-1, vocab),
+                            F.log_softmax(t_logits, -1).reshape(-1, vocab), log_target=True, reduction="batchmean")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         optimizer.step()
@@ -234,7 +239,7 @@ def child(method: str, student_dir: str, args) -> None:
 def measure_memory(method: str, student_dir: str, args) -> dict:
     command = [sys.executable, __file__, "--child", method, "--student-dir", student_dir,
                "--micro-batch", str(args.micro_batch), "--seq-len", str(args.seq_len), "--lr", str(args.lr),
-               "--warmup", str(args.warmup), "--steps", str(args.steps)]
+               "--warmup", str(args.warmup), "--steps", str(args.steps), "--precision", args.precision]
     proc = subprocess.run(command, check=False, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(CHILD_MARK):
@@ -254,6 +259,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--calib-blocks", type=int, default=64, help="256-token blocks for importance")
     parser.add_argument("--methods", default=",".join(ALL_METHODS))
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fp32, or bf16 autocast (fp32 master weights) for every method")
+    parser.add_argument("--name", help="result name (default distill_throughput, _bf16 appended for bf16)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--child", choices=ALL_METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--student-dir", help=argparse.SUPPRESS)
@@ -332,7 +340,7 @@ def main() -> None:
     print()
     print(f"Teacher {params['teacher']['total']:,} params ({params['teacher']['non_embedding']:,} non-embedding), "
           f"student {params['student']['total']:,} ({params['student']['non_embedding']:,} non-embedding) "
-          f"({TARGET}); micro batch {args.micro_batch} x {args.seq_len} tokens, fp32, "
+          f"({TARGET}); micro batch {args.micro_batch} x {args.seq_len} tokens, {args.precision}, "
           f"{args.rounds} rounds x ({args.warmup} warm-up + {args.steps} timed) steps per method")
     print(table)
     for name, value in ratios.items():
@@ -344,7 +352,8 @@ def main() -> None:
                "parameters": params, "tokens_per_step": tokens_per_step,
                "step_seconds": timed, "tokens_per_s": tps, "median_tokens_per_s": med, "ratios": ratios,
                "memory": memory, "errors": errors, "table": table}
-    print(f"wrote {write_json('distill_throughput', payload)}")
+    name = args.name or ("distill_throughput" + ("_bf16" if args.precision == "bf16" else ""))
+    print(f"wrote {write_json(name, payload)}")
 
 
 if __name__ == "__main__":

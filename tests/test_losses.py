@@ -151,6 +151,27 @@ def test_bf16_inputs_are_computed_in_fp32(name):
     torch.testing.assert_close(s_bf16.grad, s_32.grad.bfloat16())
 
 
+@pytest.mark.parametrize("name", ["fkl", "rkl", "jsd", "topk", "ce"])
+def test_losses_under_bf16_autocast_stay_fp32_and_exact(name):
+    """Under a caller's bf16 autocast (the training loop's), the loss arithmetic must not drop to bf16."""
+    s, t = logits(8, v=512), logits(9, v=512)
+    labels = torch.randint(0, 512, (N,), generator=torch.Generator().manual_seed(1))
+    loss = NextTokenCE() if name == "ce" else make_losses(1.0)[name]
+
+    def value_and_grad():
+        x = s.clone().requires_grad_()
+        total, _ = loss(x, labels) if name == "ce" else loss(x, t)
+        total.backward()
+        return total.detach(), x.grad
+
+    plain_value, plain_grad = value_and_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast_value, cast_grad = value_and_grad()
+    assert cast_value.dtype == torch.float32
+    torch.testing.assert_close(cast_value, plain_value, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cast_grad, plain_grad, rtol=0, atol=0)
+
+
 # ---- chunked computation -------------------------------------------------------------------
 
 HS, HT = 8, 12

@@ -31,7 +31,11 @@ class _Fused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_logits: Tensor, kernel: Kernel) -> Tensor:
-        total, grad = kernel(student_logits, ctx.needs_input_grad[0])
+        # The kernels do explicit fp32 arithmetic. A caller's bf16 autocast would otherwise turn their
+        # row dot products (batched matmuls) into bf16 ones: a KL value off by ~1e-2 and, on CPU, a
+        # slow bf16 bmm over (N, V).
+        with torch.autocast(student_logits.device.type, enabled=False):
+            total, grad = kernel(student_logits, ctx.needs_input_grad[0])
         ctx.save_for_backward(grad)
         return total
 
