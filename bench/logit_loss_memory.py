@@ -12,7 +12,10 @@ Linear(teacher_hidden, vocab) applied to random (tokens, hidden) states, then ru
   - naive-plain: full (tokens x vocab) logits, hand-written autograd loss
                F.kl_div(log_softmax(s), log_softmax(t), log_target=True), backward.
   - naive:   full logits, minitron's ForwardKL (fused: saves only its (tokens x vocab) gradient).
-  - chunked: minitron.distill.chunked_logit_loss(ForwardKL(), ..., chunk_size=chunk), backward.
+  - chunked: minitron.distill.chunked_logit_loss(ForwardKL(), ..., chunk_size=chunk), backward
+             (activation-checkpoint path: backward recomputes each chunk's logits; what FSDP2 uses).
+  - fused:   the same with head_params=[student head weight] (the path `distill` takes by default:
+             each chunk's head gradients are taken in forward; one head-sized gradient buffer more).
 
 Each variant runs in a fresh child process (this script with --child VARIANT) so one cannot
 inherit the other's allocator state. The child builds the heads and inputs, runs a tiny warm-up
@@ -43,7 +46,7 @@ from common import Timer, machine, machine_line, markdown_table, write_json  # n
 
 CHILD_MARK = "CHILD_RESULT "
 MIB = 1024 * 1024
-VARIANTS = ("naive-plain", "naive", "chunked")
+VARIANTS = ("naive-plain", "naive", "chunked", "fused")
 
 
 def rss_kib(field: str = "VmRSS") -> int:
@@ -80,8 +83,9 @@ def run_variant(variant: str, student_head: nn.Module, teacher_head: nn.Module, 
         total, count = ForwardKL()(student_logits, teacher_logits)
         loss = total / count
     else:
+        head_params = [student_head.weight] if variant == "fused" else None
         loss = chunked_logit_loss(ForwardKL(), student_hidden, teacher_hidden, student_head, teacher_head,
-                                  chunk_size=chunk).mean()
+                                  chunk_size=chunk, head_params=head_params).mean()
     loss.backward()
     return float(loss.detach())
 
@@ -143,7 +147,8 @@ def estimate_mib(variant: str, args) -> float:
     weight_grad = args.hidden * unit
     per_variant = {"naive-plain": 7.5 * args.tokens * unit + weight_grad,
                    "naive": 4.5 * args.tokens * unit + weight_grad,
-                   "chunked": 3.5 * min(args.chunk, args.tokens) * unit + 2 * weight_grad}
+                   "chunked": 3.5 * min(args.chunk, args.tokens) * unit + 2 * weight_grad,
+                   "fused": 3.5 * min(args.chunk, args.tokens) * unit + 3 * weight_grad}
     return per_variant[variant]
 
 
@@ -208,11 +213,11 @@ def main() -> None:
     rows += [[name, why, "-", "-", "-"] for name, why in skipped.items()]
     print(markdown_table(["variant", "peak MiB", "ratio to naive-plain", "ratio to naive", "seconds"], rows))
     print(f"\nLosses agree to {rel:.1e} (relative).")
-    if "chunked" in results:
+    for variant in ("chunked", "fused"):
         for name in ("naive-plain", "naive"):
-            if name in results:
-                met = results["chunked"][f"ratio_to_{name}"] <= 0.25
-                print(f"Target chunked <= 1/4 of {name}: {'met' if met else 'NOT met'}")
+            if variant in results and name in results:
+                met = results[variant][f"ratio_to_{name}"] <= 0.25
+                print(f"Target {variant} <= 1/4 of {name}: {'met' if met else 'NOT met'}")
     bits = torch.finfo(getattr(torch, args.dtype)).bits
     print(f"One {args.tokens} x {args.vocab} fp32 logits tensor = {args.tokens * args.vocab * 4 / MIB:,.0f} MiB; "
           f"one {args.chunk}-token chunk = {args.chunk * args.vocab * 4 / MIB:,.0f} MiB; "
