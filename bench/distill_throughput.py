@@ -144,7 +144,8 @@ def run_modelopt(student, teacher, blocks, args, steps: int, out_dir: str) -> li
         output_dir=out_dir, max_steps=steps, per_device_train_batch_size=args.micro_batch,
         gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0,
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, optim="adamw_torch",
-        use_cpu=True, bf16=args.precision == "bf16", fp16=False, eval_strategy="no", save_strategy="no", logging_strategy="no",
+        use_cpu=True, bf16=args.precision == "bf16", fp16=False, eval_strategy="no", save_strategy="no",
+        logging_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
         remove_unused_columns=False, seed=0)
     timer = StepTimer()
