@@ -1,6 +1,6 @@
 """`minitron demo`: the whole recipe on the built-in teacher, sized for a laptop CPU.
 
-    minitron demo                 # about 12 minutes on 2 free cores; writes runs/demo/ and runs/demo/report.html
+    minitron demo                 # 6-12 minutes on 2 free cores (6 min measured); writes runs/demo/ and runs/demo/report.html
     minitron demo --quick         # a smoke run of the same chain (a few minutes)
 
 It runs the shipped recipe `recipes/smollm2-cpu.yaml` (read it: every number is explained there):
