@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from statistics import fmean
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,10 +35,6 @@ def load(name: str) -> dict | None:
         print(f"skip: {path} is missing")
         return None
     return json.loads(path.read_text())
-
-
-def mean(values: list[float]) -> float:
-    return sum(values) / len(values)
 
 
 def save(figure: Figure, name: str) -> None:
@@ -63,7 +60,7 @@ def width_vs_depth() -> None:
                 entry = next(e for e in payload["summary"] if e["label"].startswith(row))
                 ys = ys or [entry["pruned"][text][0]]
                 xs.append(steps * tokens_per_step)
-                ys.append(mean(entry["retrained"][text]))
+                ys.append(fmean(entry["retrained"][text]))
             ax.plot(xs, ys, marker="o", color=color, label=entry["label"])
         ax.axhline(short["teacher"][text]["loss"], color="grey", linestyle="--", label="teacher")
         ax.set_title(TEXT_LABELS[text], fontsize=10)
@@ -86,7 +83,7 @@ def bars(name: str, title: str, with_pruned: bool) -> None:
     labels = [e["label"] for e in rows]
     for ax, text in zip(axes, TEXTS):
         positions = range(len(rows))
-        retrained = [mean(e["retrained"][text]) for e in rows]
+        retrained = [fmean(e["retrained"][text]) for e in rows]
         ax.barh(positions, retrained, color="tab:blue", label="after retraining")
         if with_pruned:
             ax.scatter([e["pruned"][text][0] for e in rows], positions, color="tab:red", marker="|", s=120,
