@@ -7,6 +7,7 @@
     minitron distill --student pruned/ --teacher builtin:smollm2-135m --data builtin:python-docs --steps 100 --out student/
     torchrun --nproc-per-node 2 -m minitron.cli distill ...   # the same command, data parallel
     minitron finetune --model builtin:smollm2-135m --data my.jsonl --steps 100 --out corrected/
+    minitron tokenize --data corpus.jsonl --tokenizer builtin:smollm2-135m --out tokens/ --num-proc 8
     minitron inspect pruned/
     minitron eval --model pruned/ --data builtin:python-docs
     minitron search --model builtin:smollm2-135m --scores scores/ --target-params 0.5 --out nas/
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -57,8 +59,9 @@ def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="builtin:python-docs", help="Training text (same specs as calibration); "
-                        "a deterministic held-out part of it is used for validation.")
+    parser.add_argument("--data", default="builtin:python-docs", help="Training text (same specs as calibration, "
+                        "or a folder from `minitron tokenize`); a deterministic held-out part of it is used for "
+                        "validation. A spec is tokenized once into the cache (--cache-dir).")
     parser.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
     parser.add_argument("--out", required=True, help="Run folder: checkpoints, metrics.jsonl, then the final model.")
     parser.add_argument("--resume", action="store_true", help="Continue the interrupted run in --out exactly.")
@@ -107,6 +110,16 @@ def _build_parser() -> argparse.ArgumentParser:
     _run_options(finetune)
     add_dataclass_arguments(finetune, DistillConfig, loss="ce")
 
+    tokenize = commands.add_parser("tokenize", help="Tokenize --data once into memory-mapped token shards that "
+                                   "every --data option accepts (train / held-out split, manifest.json).")
+    tokenize.add_argument("--data", required=True, help=DataConfig.__dataclass_fields__["data"].metadata["help"])
+    tokenize.add_argument("--tokenizer", required=True, help="Model whose tokenizer to use: hub id, folder, .gguf "
+                          "or builtin:NAME (only its tokenizer is loaded).")
+    tokenize.add_argument("--out", required=True, help="Folder for train.bin, heldout.bin, their .idx and manifest.json.")
+    tokenize.add_argument("--num-proc", type=int, default=1, help="Tokenizer processes (default: 1).")
+    tokenize.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
+    tokenize.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
+
     inspect = commands.add_parser("inspect", help="Parameter counts and the size of every axis.")
     inspect.add_argument("model", help="Hub id, local folder, config.json, .gguf file or builtin:NAME.")
     inspect.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
@@ -137,6 +150,10 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="Start again: remove what the run folder holds.")
     run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size only.")
     run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
+
+    for command in (importance, distill, finetune, evaluate, search, run):
+        command.add_argument("--cache-dir", default=None, help="Where data specs are tokenized once and reused "
+                             "(default: $MINITRON_DATA_CACHE, else ~/.cache/minitron/tokens).")
 
     report = commands.add_parser("report", help="Write RUN/report.html and the model cards of a `minitron run` folder.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="Run folder (holds run.json).")
@@ -174,8 +191,23 @@ def _search(args: argparse.Namespace) -> None:
     print(f"search written to {args.out}; prune to the winner with target {json.dumps(result['winner']['target'])}")
 
 
+def _tokenize(args: argparse.Namespace) -> None:
+    from .data.shards import write_shards
+    from .loading import check_output_folder, load_tokenizer
+    check_output_folder(args.out, args.overwrite)
+    shards = write_shards(args.data, load_tokenizer(args.tokenizer), args.out, text_field=args.text_field,
+                          num_proc=args.num_proc)
+    splits = shards.manifest["splits"]
+    print(f"prepared data written to {args.out}: " + ", ".join(
+        f"{name} {split['tokens']:,} tokens in {split['documents']:,} documents" for name, split in splits.items())
+        + f" ({shards.manifest['seconds']} s); pass it as --data {args.out}")
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     from . import jobs
+    if getattr(args, "cache_dir", None):
+        from .data.cache import CACHE_ENV
+        os.environ[CACHE_ENV] = args.cache_dir  # read by every data path, in this process and its children
     if args.command == "demo":
         from .demo import run_demo
         run_demo(args.out, quick=args.quick)
@@ -207,6 +239,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         final = record["final"]
         print(f"{args.command}: model written to {args.out}; final validation: "
               + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
+    elif args.command == "tokenize":
+        _tokenize(args)
     elif args.command == "inspect":
         info = jobs.inspect_model(args.model)
         if args.json:

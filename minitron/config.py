@@ -25,7 +25,8 @@ def _require_positive(obj, *names: str) -> None:
 @dataclass
 class DataConfig:
     data: str = _help("Text to read: a .txt file or folder, .jsonl/.json, .parquet, hf:NAME[:CONFIG][:SPLIT], "
-                      "or builtin:python-docs (CPython's own documentation).", default="builtin:python-docs")
+                      "builtin:python-docs (CPython's own documentation), or a folder from `minitron tokenize`.",
+                      default="builtin:python-docs")
     text_field: str = _help("Field holding the text in JSON/Parquet/HF records.", default="text")
     samples: int = _help("Number of blocks (sequences) to use.", default=1024)
     seq_len: int = _help("Tokens per block.", default=512)
@@ -113,6 +114,8 @@ class DistillConfig:
                                default="auto")
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", default=False)
     fsdp: bool = _help("Shard student and teacher with FSDP2 (under torchrun).", default=False)
+    data_workers: int = _help("DataLoader processes reading training blocks ahead of the step (0: the training "
+                              "process reads them).", default=1)
 
     def __post_init__(self) -> None:
         _require_positive(self, "seq_len", "micro_batch_size", "grad_accum", "lr", "temperature", "top_k",
@@ -123,6 +126,8 @@ class DistillConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise MinitronError(f"--{name} must be positive, got {value}: a budget of zero trains nothing")
+        if self.data_workers < 0:
+            raise MinitronError(f"--data-workers must be >= 0, got {self.data_workers}")
         if self.loss not in LOSSES:
             raise MinitronError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.hidden_loss not in ("none", "cosine", "mse"):

@@ -13,7 +13,8 @@ from transformers import AutoConfig
 
 from .arch import get_adapter
 from .config import DataConfig, ImportanceConfig
-from .data import iter_batches, token_blocks
+from .data import iter_batches
+from .data.cache import load_blocks
 from .errors import MinitronError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
@@ -29,8 +30,8 @@ def compute_scores(model, tokenizer, data: DataConfig, settings: ImportanceConfi
         return magnitude_scores(model)
     if settings.criterion == "random":
         return random_scores(model, settings.seed)
-    blocks = token_blocks(data.data, tokenizer, data.seq_len, data.samples, split="train",
-                          text_field=data.text_field)
+    blocks = load_blocks(data.data, tokenizer, data.seq_len, data.samples, split="train",
+                         text_field=data.text_field)
     layer_loss_batches = -(-settings.layer_loss_samples // data.batch_size)
     return estimate_importance(
         model, list(iter_batches(blocks, data.batch_size)), seq_reduction=settings.seq_reduction,
@@ -116,8 +117,8 @@ def run_eval(model: str, data: DataConfig | None = None, split: str = "heldout",
     """Held-out loss, perplexity and token count of `model` on `data`."""
     data = data or DataConfig(samples=64, seq_len=512)
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
-    blocks = token_blocks(data.data, tokenizer, data.seq_len, data.samples, split=split,
-                          text_field=data.text_field)
+    blocks = load_blocks(data.data, tokenizer, data.seq_len, data.samples, split=split,
+                         text_field=data.text_field)
     return {"model": model, "data": data.data, "split": split,
             **evaluate_loss(loaded, blocks, data.batch_size, progress=True)}
 

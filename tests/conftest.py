@@ -15,6 +15,19 @@ import torch  # noqa: E402
 from tests.tiny import FAMILIES, VOCAB_SIZE, tiny_model, tiny_tokenizer  # noqa: E402,F401
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    """Tokenized data goes to a folder of this session (torchrun children inherit the variable)."""
+    folder = tmp_path_factory.mktemp("data-cache")
+    previous = os.environ.get("MINITRON_DATA_CACHE")
+    os.environ["MINITRON_DATA_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("MINITRON_DATA_CACHE", None)
+    else:
+        os.environ["MINITRON_DATA_CACHE"] = previous
+
+
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param

@@ -56,13 +56,13 @@ def token_blocks(
     ids: list[int] = []
     used = 0
     for batch in _document_batches(spec, text_field, split, heldout_fraction):
-        ids.extend(_tokenize(tokenizer, batch))
+        ids.extend(encode_documents(tokenizer, batch))
         used += len(batch)
         if len(ids) >= needed:
             break
     if len(ids) < needed:
         if not allow_fewer or len(ids) < seq_len:
-            raise DataError(_too_few_message(spec, split, len(ids), used, seq_len, num_blocks))
+            raise DataError(too_few_message(spec, split, len(ids), used, seq_len, num_blocks))
         num_blocks, needed = len(ids) // seq_len, len(ids) // seq_len * seq_len
     return torch.tensor(ids[:needed], dtype=torch.long).view(num_blocks, seq_len)
 
@@ -103,20 +103,24 @@ def _document_batches(spec: str, text_field: str, split: str, heldout_fraction: 
         yield batch
 
 
-def _tokenize(tokenizer, documents: list[str]) -> list[int]:
+def encode_documents(tokenizer, documents: list[str]) -> list[int]:
+    """Token ids of `documents`, end to end (see `encode_each`)."""
+    return [token for tokens in encode_each(tokenizer, documents) for token in tokens]
+
+
+def encode_each(tokenizer, documents: list[str]) -> list[list[int]]:
+    """Each document's token ids, without special tokens and followed by EOS (when the tokenizer has one).
+
+    The one definition of how text becomes tokens: `token_blocks` and the token shards both use it.
+    """
     # verbose=False: documents longer than the model's context are expected here (they are cut
     # into blocks), so the "sequence length is longer than" warning would only be noise.
     encoded = tokenizer(documents, add_special_tokens=False, verbose=False)["input_ids"]
     eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for tokens in encoded:
-        ids.extend(tokens)
-        if eos is not None:
-            ids.append(eos)
-    return ids
+    return [[*tokens, eos] if eos is not None else list(tokens) for tokens in encoded]
 
 
-def _too_few_message(spec: str, split: str, tokens: int, documents: int, seq_len: int, num_blocks: int) -> str:
+def too_few_message(spec: str, split: str, tokens: int, documents: int, seq_len: int, num_blocks: int) -> str:
     return (
         f"data {spec!r} ({split} split) holds {tokens} tokens in {documents} documents: "
         f"{tokens // seq_len} blocks of {seq_len} tokens, but {num_blocks} were asked; "

@@ -1,12 +1,15 @@
 """Training checkpoints: written atomically, complete enough that a resumed run continues exactly.
 
 `out/checkpoint/` holds the student's and the loss module's weights, the optimizer and scheduler
-states, the step, the RNG states and the run settings. The same code serves plain, DDP and FSDP2
+states, the step, the data position (samples consumed, and the global batch that consumed them), the RNG
+states and the run settings. The position is counted in samples, so a run may resume on another number
+of processes as long as the global batch (hence the learning-rate schedule) stays the same. The same code serves plain, DDP and FSDP2
 models: torch.distributed.checkpoint's state-dict helpers gather full tensors where needed.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,22 +29,56 @@ def checkpoint_path(out: str | Path) -> Path:
     return Path(out) / CHECKPOINT_DIR
 
 
+@dataclass(frozen=True)
+class TrainingPosition:
+    """Where a checkpointed run stands: optimizer steps taken and the samples they consumed."""
+    step: int
+    samples_consumed: int
+    global_batch: int
+    settings: dict
+
+    def resume_step(self, config, world_size: int) -> int:
+        """The step to continue from with `config` on `world_size` processes; refuses another global batch."""
+        global_batch = config.global_batch(world_size)
+        if global_batch != self.global_batch:
+            raise MinitronError(_batch_change_message(self, config, world_size))
+        return self.samples_consumed // global_batch
+
+
+def _batch_change_message(position: TrainingPosition, config, world_size: int) -> str:
+    saved = position.global_batch
+    was = (f" ({position.settings.get('micro_batch_size')} per micro-batch x {position.settings.get('grad_accum')} "
+           f"accumulated x {position.settings.get('world_size', '?')} processes)" if position.settings else "")
+    now = (f"{config.micro_batch_size} x {config.grad_accum} x {world_size} processes = "
+           f"{config.global_batch(world_size)}")
+    if saved % world_size:
+        advice = f"resume on a number of processes that divides {saved}"
+    else:
+        per_rank = saved // world_size
+        micro = config.micro_batch_size if per_rank % config.micro_batch_size == 0 else per_rank
+        advice = f"pass --micro-batch-size {micro} --grad-accum {per_rank // micro}"
+    return (f"the checkpoint was trained with a global batch of {saved} blocks{was}, but this run's is {now}: "
+            f"resuming with another global batch would change the data order and the learning-rate schedule; "
+            f"{advice} (micro-batch x accumulation x processes = {saved})")
+
+
 def save_training_state(out: str | Path, *, trainable: nn.Module, optimizer, scheduler, step: int,
-                        settings: dict, is_main: bool) -> None:
+                        global_batch: int, settings: dict, is_main: bool) -> None:
     """Every rank takes part in gathering the state; only the main rank writes."""
     model_state = get_model_state_dict(trainable, options=_FULL)
     optimizer_state = get_optimizer_state_dict(trainable, optimizer, options=_FULL)
     if not is_main:
         return
     state = {"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-             "step": step, "rng": torch.get_rng_state()}
+             "step": step, "samples_consumed": step * global_batch, "global_batch": global_batch,
+             "rng": torch.get_rng_state()}
     with atomic_directory(checkpoint_path(out)) as staging:
         torch.save(state, staging / "state.pt")
         (staging / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
 
 
-def load_training_state(out: str | Path, *, trainable: nn.Module, optimizer, scheduler) -> int:
-    """Restore everything saved by `save_training_state`; returns the step to continue from."""
+def load_training_state(out: str | Path, *, trainable: nn.Module, optimizer, scheduler) -> TrainingPosition:
+    """Restore everything saved by `save_training_state`; returns the position to continue from."""
     path = checkpoint_path(out) / "state.pt"
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -53,7 +90,12 @@ def load_training_state(out: str | Path, *, trainable: nn.Module, optimizer, sch
     set_optimizer_state_dict(trainable, optimizer, state["optimizer"], options=_FULL)
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
-    return int(state["step"])
+    settings = saved_settings(out) or {}
+    # Checkpoints from before the position was recorded: their global batch is the one in their settings.
+    global_batch = state.get("global_batch") or (settings.get("micro_batch_size", 0) * settings.get("grad_accum", 0)
+                                                 * settings.get("world_size", 1))
+    return TrainingPosition(step=int(state["step"]), global_batch=int(global_batch), settings=settings,
+                            samples_consumed=int(state.get("samples_consumed", int(state["step"]) * global_batch)))
 
 
 def saved_settings(out: str | Path) -> dict | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from ..data import token_blocks
+from ..data.cache import prepare_data
 from ..errors import MinitronError
 from ..loading import load_model, publish_into, resolve_dtype
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path
@@ -59,17 +59,18 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
                 config.teacher_dtype == "auto" and env.device.type == "cuda") else None
             teacher_model, _ = load_model(teacher, device=str(env.device), dtype=resolve_dtype(teacher_dtype))
         needed = config.total_steps(env.world_size) * config.global_batch(env.world_size)
-        train = token_blocks(data, tokenizer, config.seq_len, needed, split="train", text_field=text_field,
-                             allow_fewer=True)
-        heldout = token_blocks(data, tokenizer, config.seq_len, config.eval_samples, split="heldout",
-                               text_field=text_field, allow_fewer=True)
+        # Tokenized once into the cache (rank 0 builds, the others wait), or a folder from `minitron tokenize`.
+        shards = prepare_data(data, tokenizer, text_field=text_field)
+        train = shards.dataset("train", config.seq_len)
+        heldout = shards.blocks("heldout", config.seq_len, config.eval_samples, allow_fewer=True)
         kept_layers = _kept_layers(student, teacher_model)
         trained = distill(student_model, teacher_model, train, heldout, config, out=out, resume=resume,
                           kept_layers=kept_layers, env=env)
         final = _final_metrics(out)
         record = {"stage": "distill" if teacher_model is not None else "finetune", "student": student,
                   "teacher": teacher, "data": data, "config": asdict(config), "final": final,
-                  "train_blocks": len(train), "epochs": round(needed / max(len(train), 1), 3)}
+                  "prepared_data": str(shards.folder), "train_blocks": len(train),
+                  "epochs": round(needed / max(len(train), 1), 3)}
         # Under FSDP the student's parameters are shards: every rank helps gather the full tensors.
         full_state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if env.is_main:

@@ -78,14 +78,15 @@ def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig, teache
     return train_module
 
 
-def _micro_batches(blocks: torch.Tensor, step: int, env: DistEnv, config: DistillConfig):
-    """This rank's micro-batches of global step `step`; the order depends only on the step (resumable)."""
-    global_batch = config.global_batch(env.world_size)
-    start = step * global_batch + env.rank * config.micro_batch_size * config.grad_accum
-    for micro in range(config.grad_accum):
-        first = start + micro * config.micro_batch_size
-        index = torch.arange(first, first + config.micro_batch_size) % len(blocks)
-        yield blocks[index]
+def _train_dataset(train_blocks, seq_len: int):
+    """A map-style dataset of training blocks from a tensor, prepared shards, or a dataset as is."""
+    from ..data.loader import TensorBlocks
+    from ..data.shards import TokenShards
+    if isinstance(train_blocks, torch.Tensor):
+        return TensorBlocks(train_blocks)
+    if isinstance(train_blocks, TokenShards):
+        return train_blocks.dataset("train", seq_len)
+    return train_blocks
 
 
 def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout_blocks=None,
@@ -94,16 +95,16 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
             on_step: Callable[[int, dict], None] | None = None) -> nn.Module:
     """Train `student` to match `teacher` (or, with config.loss == "ce", on next-token loss alone).
 
-    train_blocks: (num_blocks, seq_len) token ids, or a data spec (then `tokenizer` is needed and the
-        held-out blocks default to the spec's held-out split). out: where checkpoints and metrics.jsonl
+    train_blocks: (num_blocks, seq_len) token ids, a map-style dataset of blocks, prepared `TokenShards`, or a
+        data spec or prepared folder (then `tokenizer` is needed and the held-out blocks default to the data's
+        held-out split). Blocks are visited in a seeded order, epoch after epoch (see minitron.data.loader). out: where checkpoints and metrics.jsonl
         go (None: no checkpoints). Returns the trained student (unwrapped, on env.device).
     """
     if config is None:
         raise MinitronError("distill needs a DistillConfig with a budget (steps or tokens)")
     env = env or init_distributed()
     if isinstance(train_blocks, str):
-        train_blocks, heldout_blocks = _blocks_from_spec(train_blocks, heldout_blocks, tokenizer, config,
-                                                         env.world_size)
+        train_blocks, heldout_blocks = _blocks_from_spec(train_blocks, heldout_blocks, tokenizer, config)
     torch.manual_seed(config.seed)
     if teacher is None and config.loss != "ce":
         raise MinitronError("a teacher is required for a distillation loss (or use --loss ce)")
@@ -127,36 +128,55 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total_steps, min_lr=config.min_lr)
     start_step = 0
     if resume:
-        start_step = load_training_state(out, trainable=train_module, optimizer=optimizer, scheduler=scheduler)
+        position = load_training_state(out, trainable=train_module, optimizer=optimizer, scheduler=scheduler)
+        start_step = position.resume_step(config, env.world_size)
     log = MetricsLog(out, env.is_main, resume_step=start_step if resume else None)
-    _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,
-           scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step)
+    with _batches(_train_dataset(train_blocks, config.seq_len), config, env, start_step) as batches:
+        _train(wrapped, train_module, student, teacher, batches, heldout_blocks, config, env, optimizer, scheduler,
+               logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step)
     return student
 
 
-def _blocks_from_spec(spec: str, heldout_blocks, tokenizer, config: DistillConfig, world_size: int):
-    from ..data import token_blocks
+def _blocks_from_spec(spec: str, heldout_blocks, tokenizer, config: DistillConfig):
+    """Prepared shards for a spec (tokenized once into the cache) or a prepared folder, and held-out blocks."""
+    from ..data.cache import prepare_data
     if tokenizer is None:
         raise MinitronError("a data spec needs the student's tokenizer: distill(..., tokenizer=tokenizer)")
-    needed = config.total_steps(world_size) * config.global_batch(world_size)
-    train = token_blocks(spec, tokenizer, config.seq_len, needed, split="train", allow_fewer=True)
+    shards = prepare_data(spec, tokenizer)
     if heldout_blocks is None:
-        heldout_blocks = token_blocks(spec, tokenizer, config.seq_len, config.eval_samples, split="heldout",
-                                      allow_fewer=True)
-    return train, heldout_blocks
+        heldout_blocks = shards.blocks("heldout", config.seq_len, config.eval_samples, allow_fewer=True)
+    return shards, heldout_blocks
 
 
-def _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,
+@contextlib.contextmanager
+def _batches(dataset, config: DistillConfig, env: DistEnv, start_step: int):
+    """This rank's micro-batches from the step `start_step` on: the position is the samples consumed."""
+    from ..data.loader import train_loader
+    loader = train_loader(dataset, micro_batch_size=config.micro_batch_size, grad_accum=config.grad_accum,
+                          rank=env.rank, world_size=env.world_size, seed=config.seed,
+                          start_sample=start_step * config.global_batch(env.world_size),
+                          workers=config.data_workers, pin_memory=env.device.type == "cuda")
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        # The sampler is endless: stop the reader processes now rather than whenever the iterator is collected.
+        getattr(batches, "_shutdown_workers", lambda: None)()
+
+
+def _train(wrapped, train_module, student, teacher, batches, heldout_blocks, config, env, optimizer,
            scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step) -> None:
     tokens_per_step = config.global_batch(env.world_size) * config.seq_len
     bar = ProgressBar(total_steps, start_step, env.is_main)
     checkpoint = lambda step: out is not None and save_training_state(  # noqa: E731
         out, trainable=train_module, optimizer=optimizer, scheduler=scheduler, step=step,
-        settings=vars(config), is_main=env.is_main)
+        global_batch=config.global_batch(env.world_size), settings={**vars(config), "world_size": env.world_size},
+        is_main=env.is_main)
     with _StopFlag() as stop:
         for step in range(start_step, total_steps):
             started = time.perf_counter()
-            losses = _optimizer_step(wrapped, train_module, student, teacher, train_blocks, step, config, env,
+            micro_batches = [next(batches) for _ in range(config.grad_accum)]
+            losses = _optimizer_step(wrapped, train_module, student, teacher, micro_batches, config, env,
                                      optimizer, scheduler, logit_loss, hidden_loss, layer_pairs)
             seconds = time.perf_counter() - started
             record = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "lr": scheduler.get_last_lr()[0],
@@ -182,15 +202,15 @@ def _agreed(flag: bool, env: DistEnv) -> bool:
     return bool(all_reduce_sum(torch.tensor([float(flag)]), env).item() > 0)
 
 
-def _optimizer_step(wrapped, train_module, student, teacher, train_blocks, step, config, env, optimizer,
+def _optimizer_step(wrapped, train_module, student, teacher, micro_batches, config, env, optimizer,
                     scheduler, logit_loss, hidden_loss, layer_pairs) -> dict:
     sums = torch.zeros(3, dtype=torch.float64)
-    micro_batches = list(_micro_batches(train_blocks, step, env, config))
     for index, input_ids in enumerate(micro_batches):
         sync = index == len(micro_batches) - 1 or not hasattr(wrapped, "no_sync")
         with (contextlib.nullcontext() if sync else wrapped.no_sync()), _autocast(env, config):
-            losses = compute_step_losses(wrapped, student, teacher, input_ids.to(env.device), config, logit_loss,
-                                         layer_pairs, hidden_loss)
+            input_ids = input_ids.to(env.device, non_blocking=True)
+            losses = compute_step_losses(wrapped, student, teacher, input_ids, config, logit_loss, layer_pairs,
+                                         hidden_loss)
         (losses.total / config.grad_accum).backward()
         sums += torch.tensor([losses.logit or losses.ce, losses.ce, losses.hidden], dtype=torch.float64)
     if config.clip_grad > 0:

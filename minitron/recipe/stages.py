@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import DistillConfig
-from ..data import token_blocks
+from ..data.cache import load_blocks
 from ..distill.checkpoint import checkpoint_path
 from ..errors import MinitronError, ScoresError
 from ..eval import evaluate_loss
@@ -113,8 +113,8 @@ def distill_into(student: str, teacher: str | None, recipe: Recipe, model_dir: P
 
 def heldout_blocks(recipe: Recipe, tokenizer):
     spec = recipe.eval
-    return token_blocks(recipe.data.eval_spec, tokenizer, spec.seq_len or recipe.data.seq_len, spec.samples,
-                        split="heldout", text_field=recipe.data.text_field, allow_fewer=True)
+    return load_blocks(recipe.data.eval_spec, tokenizer, spec.seq_len or recipe.data.seq_len, spec.samples,
+                       split="heldout", text_field=recipe.data.text_field, allow_fewer=True)
 
 
 def evaluate_member(name: str, model_spec: str, shown: str, recipe: Recipe, heldout, *,

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from ..config import DataConfig, ImportanceConfig
-from ..data import token_blocks
+from ..data.cache import load_blocks
 from ..errors import MinitronError
 from ..importance.scores import ImportanceScores
 from ..loading import check_output_folder, load_model, resolve_device, resolve_dtype
@@ -63,13 +63,13 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
     if teacher_model is not None and teacher_model.config.vocab_size != loaded.config.vocab_size:
         raise MinitronError(f"teacher and model vocabularies differ ({teacher_model.config.vocab_size} vs "
                             f"{loaded.config.vocab_size}): logit distillation needs the same tokenizer")
-    heldout = token_blocks(data.data, tokenizer, data.seq_len, config.heldout_samples, split="heldout",
-                           text_field=data.text_field, allow_fewer=True)
+    heldout = load_blocks(data.data, tokenizer, data.seq_len, config.heldout_samples, split="heldout",
+                          text_field=data.text_field, allow_fewer=True)
     train = None
     if config.distills:
         blocks = max(math.ceil(config.candidate_tokens / data.seq_len), config.candidate_batch_size)
-        train = token_blocks(data.data, tokenizer, data.seq_len, blocks,
-                             split="train", text_field=data.text_field, allow_fewer=True)
+        train = load_blocks(data.data, tokenizer, data.seq_len, blocks,
+                            split="train", text_field=data.text_field, allow_fewer=True)
     if loaded_scores is None:
         from ..jobs import compute_scores
         loaded_scores = compute_scores(loaded, tokenizer, data, ImportanceConfig(), progress=progress)
