@@ -12,6 +12,7 @@ which is why a stateful loader (torchdata's StatefulDataLoader) is not needed he
 """
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -102,10 +103,17 @@ class GlobalBatchSampler(Sampler[list[int]]):
             step_start += self.global_batch
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the training process finishes its step and checkpoints
+    # (see distill.loop), so its readers must live on until it stops them.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train_loader(dataset: Dataset, *, micro_batch_size: int, grad_accum: int, rank: int, world_size: int,
                  seed: int, start_sample: int = 0, workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """An endless DataLoader of this rank's (micro_batch_size, seq_len) micro-batches, from `start_sample`."""
     sampler = GlobalBatchSampler(len(dataset), micro_batch_size=micro_batch_size, grad_accum=grad_accum, rank=rank,
                                  world_size=world_size, seed=seed, start_sample=start_sample)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                      prefetch_factor=2 * grad_accum if workers else None)
+                      prefetch_factor=2 * grad_accum if workers else None,
+                      worker_init_fn=_ignore_interrupts if workers else None)

@@ -16,6 +16,11 @@ uses), the nanoGPT / Megatron layout: one flat array of token ids read through `
 The folder is written in a staging folder renamed into place (`minitron.io.atomic_directory`), manifest
 last, so an interrupted tokenization leaves nothing a later run would read. The tokens are exactly those
 of `token_blocks` for the same spec and split: both go through `iter_documents` and `encode_each`.
+
+Why memmaps rather than Arrow (`datasets.map(batched=True, num_proc=N)`): training reads fixed-length
+blocks at arbitrary offsets, which a flat array serves with no copy and no per-row overhead; and a
+`multiprocessing` pool over windows of document batches streams any source, where `datasets.map` would
+first need the whole corpus as an Arrow table on disk.
 """
 from __future__ import annotations
 
