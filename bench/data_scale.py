@@ -149,8 +149,8 @@ def distill_study(scratch: Path, rounds: int, steps: int) -> dict:
             distill(copy.deepcopy(student), teacher, data, heldout, distill_config(steps, workers),
                     on_step=lambda step, record: records.append(record["tokens_per_s"]))
             speeds[name] += records[1:]
-    rows = [{"data": name, "median_tokens_per_s": round(median(values)), "steps_timed": len(values)}
-            for name, values in speeds.items()]
+    rows = [{"data": name, "median_tokens_per_s": round(median(values), 1), "steps_timed": len(values),
+             "tokens_per_s": [round(v, 1) for v in values]} for name, values in speeds.items()]
     base = rows[0]["median_tokens_per_s"]
     for row in rows:
         row["vs_tensor"] = round(row["median_tokens_per_s"] / base, 3)
