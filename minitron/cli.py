@@ -115,7 +115,8 @@ def _build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--data", required=True, help=DataConfig.__dataclass_fields__["data"].metadata["help"])
     tokenize.add_argument("--tokenizer", required=True, help="Model whose tokenizer to use: hub id, folder, .gguf "
                           "or builtin:NAME (only its tokenizer is loaded).")
-    tokenize.add_argument("--out", required=True, help="Folder for train.bin, heldout.bin, their .idx and manifest.json.")
+    tokenize.add_argument("--out", required=True,
+                          help="Folder for train.bin, heldout.bin, their .idx and manifest.json.")
     tokenize.add_argument("--num-proc", type=int, default=1, help="Tokenizer processes (default: 1).")
     tokenize.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
     tokenize.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")

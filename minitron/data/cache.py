@@ -9,7 +9,8 @@ so any change to one of them makes a new entry. Entries live under `--cache-dir`
 else $MINITRON_CACHE/tokens (default ~/.cache/minitron/tokens). Distillation stages, resumes, search
 candidates, recipes and every rank share them. Under torch.distributed, rank 0 builds while the others
 wait for it (bounded by the process group's timeout: tokenize a very large corpus beforehand with
-`minitron tokenize`; the cache folder must be one every rank sees). Entries are written atomically (see `shards.write_shards`).
+`minitron tokenize`; the cache folder must be one every rank sees). Entries are written atomically
+(see `shards.write_shards`).
 """
 from __future__ import annotations
 

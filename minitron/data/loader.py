@@ -52,7 +52,8 @@ class TensorBlocks(Dataset):
 
     def __init__(self, blocks: torch.Tensor) -> None:
         if blocks.dim() != 2 or len(blocks) == 0:
-            raise DataError(f"training blocks must be a non-empty (num_blocks, seq_len) tensor, got {tuple(blocks.shape)}")
+            raise DataError(f"training blocks must be a non-empty (num_blocks, seq_len) tensor, "
+                            f"got shape {tuple(blocks.shape)}")
         self.blocks = blocks
 
     def __len__(self) -> int:

@@ -3,8 +3,8 @@
 `out/checkpoint/` holds the student's and the loss module's weights, the optimizer and scheduler
 states, the step, the data position (samples consumed, and the global batch that consumed them), the RNG
 states and the run settings. The position is counted in samples, so a run may resume on another number
-of processes as long as the global batch (hence the learning-rate schedule) stays the same. The same code serves plain, DDP and FSDP2
-models: torch.distributed.checkpoint's state-dict helpers gather full tensors where needed.
+of processes as long as the global batch (hence the learning-rate schedule) stays the same.
+The same code serves plain, DDP and FSDP2 models: torch.distributed.checkpoint's state-dict helpers gather full tensors where needed.
 """
 from __future__ import annotations
 

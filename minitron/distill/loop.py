@@ -97,8 +97,8 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
 
     train_blocks: (num_blocks, seq_len) token ids, a map-style dataset of blocks, prepared `TokenShards`, or a
         data spec or prepared folder (then `tokenizer` is needed and the held-out blocks default to the data's
-        held-out split). Blocks are visited in a seeded order, epoch after epoch (see minitron.data.loader). out: where checkpoints and metrics.jsonl
-        go (None: no checkpoints). Returns the trained student (unwrapped, on env.device).
+        held-out split). Blocks are visited in a seeded order, epoch after epoch (see minitron.data.loader).
+        out: where checkpoints and metrics.jsonl go (None: no checkpoints). Returns the trained student (unwrapped, on env.device).
     """
     if config is None:
         raise MinitronError("distill needs a DistillConfig with a budget (steps or tokens)")
