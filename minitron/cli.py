@@ -26,6 +26,7 @@ from .config import DataConfig, DistillConfig, ImportanceConfig, TargetConfig
 from .errors import MinitronError
 from .search.config import GUIDE as SEARCH_GUIDE
 from .search.config import SearchConfig
+from .verbosity import verbosity
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) -> None:
@@ -52,7 +53,8 @@ def from_args(cls, args: argparse.Namespace):
 def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--model", required=required, default=None if required else "builtin:smollm2-135m",
                         help="Hub id, local folder, .gguf file, or builtin:smollm2-135m.")
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16.")
+    parser.add_argument("--dtype", default="auto", help="Weights to load and compute in: auto (default: the "
+                        "checkpoint's dtype; GGUF: float32), float32, bfloat16 or float16.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 
 
@@ -64,11 +66,30 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="Continue the interrupted run in --out exactly.")
     parser.add_argument("--overwrite", action="store_true", help="Replace whatever --out holds.")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
+    _save_dtype_option(parser)
+
+
+def _save_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="dtype of the written model: auto (default: the source checkpoint's dtype, whatever "
+                             "the computation used), float32, bfloat16 or float16.")
+
+
+def _verbosity_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """-q/-v before or after the command: the subcommands' copies leave the value alone unless given."""
+    default = argparse.SUPPRESS if suppress else "normal"
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const="quiet", default=default,
+                       help="No progress bars (minitron's, transformers', datasets', the Hub's) and only "
+                       "warnings from the libraries; results are still printed.")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const="verbose", default=default,
+                       help="Also transformers' info logs. TQDM_DISABLE and TRANSFORMERS_VERBOSITY are honoured.")
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minitron", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    _verbosity_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="The whole chain on the built-in teacher (recipes/smollm2-cpu.yaml): "
@@ -94,6 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", help="Folder for the pruned model.")
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
+    _save_dtype_option(prune)
     add_dataclass_arguments(prune, TargetConfig)
 
     distill = commands.add_parser("distill", help="Retrain a pruned student by knowledge distillation.")
@@ -140,6 +162,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="Write RUN/report.html and the model cards of a `minitron run` folder.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="Run folder (holds run.json).")
+    for command in commands.choices.values():
+        _verbosity_options(command, suppress=True)
     return parser
 
 
@@ -190,7 +214,7 @@ def _dispatch(args: argparse.Namespace) -> None:
                                 "--num-attention-heads, --num-key-value-heads, --num-hidden-layers or --drop-layers")
         result = jobs.run_prune(args.model, args.out, target, scores=args.scores, criterion=args.criterion,
                                 depth_metric=args.depth_metric, dry_run=args.dry_run, dtype=args.dtype,
-                                device=args.device, overwrite=args.overwrite)
+                                device=args.device, overwrite=args.overwrite, save_dtype=args.save_dtype)
         if args.dry_run:
             _print_dry_run(result)
         else:
@@ -203,7 +227,8 @@ def _dispatch(args: argparse.Namespace) -> None:
             raise MinitronError("finetune trains on next-token loss only; use `minitron distill` for KD losses")
         student, teacher = (args.student, args.teacher) if args.command == "distill" else (args.model, None)
         record = run_distill(student, teacher, args.data, args.out, config, text_field=args.text_field,
-                             resume=args.resume, overwrite=args.overwrite, device=args.device)
+                             resume=args.resume, overwrite=args.overwrite, device=args.device,
+                             save_dtype=args.save_dtype)
         final = record["final"]
         print(f"{args.command}: model written to {args.out}; final validation: "
               + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
@@ -240,7 +265,8 @@ def _dispatch(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        _dispatch(args)
+        with verbosity(args.verbosity):
+            _dispatch(args)
     except MinitronError as error:
         print(f"minitron {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -5,10 +5,15 @@ line never drift apart.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
 
 from .errors import MinitronError
 from .importance.aggregate import REDUCTIONS
+from .verbosity import check_report_to
 
 
 def _help(text: str, **kwargs):
@@ -75,6 +80,17 @@ class TargetConfig:
         return target
 
 
+@functools.cache
+def cpu_has_amx_bf16() -> bool:
+    """AMX bf16 tiles (Sapphire Rapids and later), where bf16 distillation measured 1.55x faster than fp32;
+    without them (AVX2, AVX-512) bf16 matmuls are emulated and slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: ask torch
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return "amx_bf16" in flags.split()
+
+
 LOSSES = ("forward_kl", "reverse_kl", "jsd", "topk_kl", "ce")
 
 
@@ -108,11 +124,14 @@ class DistillConfig:
     save_every: int = _help("Write a resumable checkpoint every N steps (0: only on Ctrl-C and at the end).",
                             default=100)
     seed: int = _help("Seed for initialisation of projections and any sampling.", default=0)
-    precision: str = _help("auto (bf16 autocast where the hardware has it), bf16 or fp32.", default="auto")
-    teacher_dtype: str = _help("Teacher weights: auto (bf16 on GPU, else the student's dtype), bf16 or fp32.",
-                               default="auto")
+    precision: str = _help("auto (bf16 autocast on CUDA and on CPUs with AMX bf16 units, else fp32), bf16 or fp32.",
+                           default="auto")
+    teacher_dtype: str = _help("Teacher weights: auto (bf16 where training autocasts to bf16, else fp32), bf16 "
+                               "or fp32.", default="auto")
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", default=False)
     fsdp: bool = _help("Shard student and teacher with FSDP2 (under torchrun).", default=False)
+    report_to: str = _help("Also send metrics to none, tensorboard (OUT/tensorboard) or wandb, as transformers' "
+                           "Trainer; metrics.jsonl is always written.", default="none")
 
     def __post_init__(self) -> None:
         _require_positive(self, "seq_len", "micro_batch_size", "grad_accum", "lr", "temperature", "top_k",
@@ -129,10 +148,19 @@ class DistillConfig:
             raise MinitronError("--hidden-loss must be none, cosine or mse")
         if self.precision not in ("auto", "bf16", "fp32") or self.teacher_dtype not in ("auto", "bf16", "fp32"):
             raise MinitronError("--precision and --teacher-dtype take auto, bf16 or fp32")
+        check_report_to(self.report_to)
         if not 0 < self.jsd_beta < 1:
             raise MinitronError("--jsd-beta must be strictly between 0 and 1")
         if self.min_lr > self.lr or self.min_lr < 0:
             raise MinitronError("--min-lr must be between 0 and --lr")
+
+    def uses_bf16(self, device: torch.device) -> bool:
+        """Whether training autocasts to bf16 on `device` (precision auto: where bf16 matmuls are native)."""
+        if self.precision != "auto":
+            return self.precision == "bf16"
+        if device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return device.type == "cpu" and cpu_has_amx_bf16()
 
     def global_batch(self, world_size: int) -> int:
         return self.micro_batch_size * self.grad_accum * world_size

@@ -18,7 +18,7 @@ from .errors import MinitronError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
 from .importance import ImportanceScores, estimate_importance, magnitude_scores, random_scores
-from .loading import check_output_folder, load_model, save_checkpoint
+from .loading import check_output_folder, load_model, locate_model, save_checkpoint
 from .params import count_parameters, count_parameters_from_config
 from .prune import describe_pruning, prune, resolve_target
 
@@ -45,6 +45,7 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
     data, settings = data or DataConfig(), settings or ImportanceConfig()
     check_output_folder(out, overwrite)
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    get_adapter(loaded)  # importance reads family-specific modules: "not supported yet" before any work
     start = time.perf_counter()
     scores = compute_scores(loaded, tokenizer, data, settings)
     scores.meta["seconds"] = round(time.perf_counter() - start, 2)
@@ -54,10 +55,12 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
 
 def run_prune(model: str, out: str | None, target: dict, *, scores: str | None = None,
               criterion: str | None = None, depth_metric: str | None = None, dry_run: bool = False,
-              dtype: str | None = None, device: str | None = None, overwrite: bool = False) -> dict:
+              dtype: str | None = None, device: str | None = None, overwrite: bool = False,
+              save_dtype: str | None = None) -> dict:
     """Prune `model` to `target` with saved `scores` (or a baseline `criterion`) and save it to `out`.
 
     With dry_run, print-ready sizes and parameter counts come from the config alone; nothing is written.
+    The pruned model is saved in `save_dtype`, by default the source checkpoint's dtype.
     """
     if dry_run:
         return describe_pruning(load_config(model), target)
@@ -68,6 +71,7 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
         raise MinitronError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
     loaded_scores = ImportanceScores.load(scores) if scores else None
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    get_adapter(loaded)
     resolve_target(loaded.config, target)  # refuse impossible targets before computing anything
     if loaded_scores is None:
         loaded_scores = compute_scores(loaded, tokenizer, DataConfig(), ImportanceConfig(criterion=criterion))
@@ -77,23 +81,25 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
         "target": target, "depth_metric": depth_metric, "kept_layers": pruned.minitron_kept_layers,
         "params_before": count_parameters(loaded).as_dict(), "params_after": count_parameters(pruned).as_dict(),
     }
-    save_checkpoint(pruned, tokenizer, out, {"stage": "prune", **record})
+    save_checkpoint(pruned, tokenizer, out, {"stage": "prune", **record}, save_dtype=save_dtype)
     return record
 
 
 def load_config(spec: str):
-    """A model's config without its weights where possible (folders and hub ids); GGUF needs a load."""
+    """A model's config without its weights where possible (folders and hub ids); GGUF needs a load.
+
+    Any causal LM's config is read; callers that need a family adapter ask for it.
+    """
     path = Path(spec)
     if path.is_file() and path.name == "config.json":
         spec = str(path.parent)
     if spec.startswith("builtin:") or spec.endswith(".gguf"):
         return load_model(spec)[0].config
+    location, _ = locate_model(spec)  # a missing folder fails at once, without asking the Hub
     try:
-        config = AutoConfig.from_pretrained(spec)
+        return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as error:
         raise MinitronError(f"cannot read the config of {spec!r}: {error}") from error
-    get_adapter(config)
-    return config
 
 
 AXES = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",

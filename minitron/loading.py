@@ -8,9 +8,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.constants import is_offline_mode
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .arch import get_adapter
 from .errors import MinitronError, ModelLoadError
 from .io import atomic_directory
 
@@ -23,7 +26,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    if dtype is None:
+    """A torch dtype from its name; None and "auto" are fp32 here (`load_model` reads "auto" as the
+    checkpoint's dtype before it gets here)."""
+    if dtype in (None, "auto"):
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -61,8 +66,9 @@ def _builtin_cache(name: str) -> Path:
     return cache_dir() / "builtin" / name
 
 
-def _locate(spec: str) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None)."""
+def locate_model(spec: str) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None); a spec that can only be a local path and is missing
+    fails here at once with "no such folder", not after the Hub client's retries."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         path = builtin_gguf(name)
@@ -79,9 +85,29 @@ def _locate(spec: str) -> tuple[str, str | None]:
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{spec} exists but holds no config.json: not a Hugging Face model folder")
         return str(path), None
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ModelLoadError(f"model folder {spec} does not exist")
+    if _is_local_path(spec):
+        raise ModelLoadError(f"{spec}: no such folder (the model folder does not exist)")
+    if is_offline_mode() and _not_in_hub_cache(spec):
+        raise ModelLoadError(f"{spec}: no such folder, and HF_HUB_OFFLINE=1 while the Hub cache holds no model "
+                             "by that id; give an existing folder or unset HF_HUB_OFFLINE to download it")
     return spec, None  # a hub id such as HuggingFaceTB/SmolLM2-135M
+
+
+def _is_local_path(spec: str) -> bool:
+    """./x, ../x, /x, ~/x, a/b/c, a Windows path, or models/x while ./models is a folder: never a Hub id."""
+    if spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith("/"):
+        return True
+    if "/" in spec and Path(spec.split("/", 1)[0]).is_dir():
+        return True
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return True  # not a valid Hub id, so only a folder was meant
+    return False
+
+
+def _not_in_hub_cache(repo_id: str) -> bool:
+    return not isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def _without_quantization_config(model: nn.Module) -> None:
@@ -103,11 +129,19 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
                device: str | None = None, attn_implementation: str | None = None):
     """Load a causal LM and its tokenizer from a hub id, a local folder, a `.gguf` file or `builtin:NAME`.
 
-    GGUF weights are dequantized (to `dtype`, fp32 by default) and come with a clean config, so the model
-    saves like any other. Unsupported families are refused here, before any work.
+    dtype: None or "auto" keeps the checkpoint's dtype, as transformers does; GGUF weights are
+    dequantized to fp32 unless told otherwise, and come with a clean config, so the model saves like any
+    other. The checkpoint's own dtype is remembered (`source_dtype`): `save_checkpoint` writes it back
+    even when the weights were loaded or trained in fp32. Any causal LM loads; the stages that need a
+    family adapter (importance, pruning, hidden-state losses) ask for it themselves.
     """
-    location, gguf_file = _locate(spec)
-    kwargs = {"dtype": resolve_dtype(dtype)}
+    location, gguf_file = locate_model(spec)
+    stored = None if gguf_file else _checkpoint_dtype(spec, location)
+    if dtype in (None, "auto"):
+        load_dtype = stored or (torch.float32 if gguf_file else "auto")
+    else:
+        load_dtype = resolve_dtype(dtype)
+    kwargs = {"dtype": load_dtype}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if attn_implementation:
@@ -118,11 +152,45 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load model {spec!r}: {error}") from error
     _without_quantization_config(model)
-    get_adapter(model)
+    model.minitron_source_dtype = stored or model.dtype
     if gguf_file and spec.startswith("builtin:"):
         _cache_builtin(model, tokenizer, spec.split(":", 1)[1])
     model.config._name_or_path = spec
     return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def _checkpoint_dtype(spec: str, location: str) -> torch.dtype | None:
+    """The dtype the checkpoint's config declares (`dtype`, formerly `torch_dtype`), or None."""
+    try:
+        declared = AutoConfig.from_pretrained(location).dtype
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load model {spec!r}: {error}") from error
+    if isinstance(declared, str):
+        declared = DTYPES.get(declared)
+    return declared if isinstance(declared, torch.dtype) and declared.is_floating_point else None
+
+
+def source_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the checkpoint `model` came from (recorded by `load_model`), else its weights' dtype."""
+    return getattr(model, "minitron_source_dtype", None) or model.dtype
+
+
+def save_dtype_for(model: nn.Module, save_dtype: str | torch.dtype | None) -> torch.dtype:
+    """What a checkpoint of `model` is written in: `save_dtype`, or with None / "auto" the source's dtype."""
+    return source_dtype(model) if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
+
+
+def _write_model(model: nn.Module, folder: Path, dtype: torch.dtype, state_dict: dict | None = None) -> None:
+    """save_pretrained with the weights cast to `dtype`; the model itself is left as it is."""
+    state = model.state_dict() if state_dict is None else state_dict
+    cast: dict[int, torch.Tensor] = {}  # tied weights share one tensor: cast it once, keep them tied
+    state = {name: cast.setdefault(id(t), t.to(dtype)) if t.is_floating_point() else t for name, t in state.items()}
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state)
+    # save_pretrained writes the dtype of the model's parameters; the file holds `dtype`.
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _cache_builtin(model: nn.Module, tokenizer, name: str) -> None:
@@ -139,17 +207,22 @@ def check_output_folder(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
-def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict) -> Path:
-    """A standard HF checkpoint (safetensors, config, tokenizer) plus `minitron.json`, written atomically."""
+def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict, *,
+                    save_dtype: str | torch.dtype | None = None) -> Path:
+    """A standard HF checkpoint (safetensors, config, tokenizer) plus `minitron.json`, written atomically.
+
+    The weights are written in `save_dtype`, by default the dtype of the checkpoint the model came from.
+    """
     with atomic_directory(out) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        _write_model(model, staging, save_dtype_for(model, save_dtype))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / "minitron.json").write_text(json.dumps(record, indent=2, default=str))
     return Path(out)
 
 
-def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict, state_dict: dict | None = None) -> Path:
+def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict, state_dict: dict | None = None, *,
+                 save_dtype: str | torch.dtype | None = None) -> Path:
     """Write an HF checkpoint into an existing run folder (beside metrics and checkpoints).
 
     Files are staged first and each one is renamed into place, so a crash never leaves a half-written
@@ -158,7 +231,7 @@ def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict, sta
     out = Path(out)
     staging = out / ".final.partial"
     with atomic_directory(staging) as folder:
-        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+        _write_model(model, folder, save_dtype_for(model, save_dtype), state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         (folder / "minitron.json").write_text(json.dumps(record, indent=2, default=str))

@@ -35,7 +35,7 @@ def _student_teacher(family: str = "llama", sharpen: float = 1.0):
 
 def _config(**overrides) -> DistillConfig:
     settings = dict(seq_len=16, micro_batch_size=2, steps=12, lr=3e-3, warmup_steps=2, eval_every=0,
-                    eval_samples=4, save_every=0, chunk_size=10)
+                    eval_samples=4, save_every=0, chunk_size=10, precision="fp32")
     return DistillConfig(**{**settings, **overrides})
 
 

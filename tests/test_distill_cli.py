@@ -17,7 +17,7 @@ from tests.tiny import tiny_model, tiny_tokenizer
 TEXT = "\n\n".join(f"Line {i}: a student learns from a teacher what the pruning took away, {i * 7 % 13}."
                    for i in range(300))
 COMMON = ["--seq-len", "16", "--steps", "3", "--lr", "1e-3", "--warmup-steps", "1", "--clip-grad", "0", "--eval-every", "0",
-          "--eval-samples", "4", "--device", "cpu"]
+          "--eval-samples", "4", "--device", "cpu", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from ..data import token_blocks
 from ..errors import MinitronError
-from ..loading import load_model, publish_into, resolve_dtype
+from ..loading import load_model, locate_model, publish_into
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path
 from .dist import barrier, close_distributed, init_distributed
 from .loop import distill
@@ -44,20 +44,24 @@ def _source_history(student_spec: str) -> list:
 
 def run_distill(student: str, teacher: str | None, data: str, out: str, config: DistillConfig, *,
                 text_field: str = "text", resume: bool = False, overwrite: bool = False,
-                device: str | None = None) -> dict:
-    """Distill (or, with teacher None and loss "ce", fine-tune) and publish the student into `out`."""
-    if not Path(student).exists() and student.startswith((".", "/")):
-        raise MinitronError(f"student folder {student} does not exist")
+                device: str | None = None, save_dtype: str | None = None) -> dict:
+    """Distill (or, with teacher None and loss "ce", fine-tune) and publish the student into `out`.
+
+    The student trains in fp32 (with bf16 autocast where `config.uses_bf16`) and is saved in
+    `save_dtype`, by default the dtype of the checkpoint it came from.
+    """
+    for spec in filter(None, (student, teacher)):
+        locate_model(spec)  # a missing folder fails at once, before the run folder is touched
     env = init_distributed(device)
     try:
         prepare_run_folder(out, resume, overwrite, env.is_main)
         barrier(env)
-        student_model, tokenizer = load_model(student, device=str(env.device))
+        student_model, tokenizer = load_model(student, device=str(env.device), dtype="float32")
         teacher_model = None
         if teacher is not None and config.loss != "ce":
             teacher_dtype = "bfloat16" if config.teacher_dtype == "bf16" or (
-                config.teacher_dtype == "auto" and env.device.type == "cuda") else None
-            teacher_model, _ = load_model(teacher, device=str(env.device), dtype=resolve_dtype(teacher_dtype))
+                config.teacher_dtype == "auto" and config.uses_bf16(env.device)) else "float32"
+            teacher_model, _ = load_model(teacher, device=str(env.device), dtype=teacher_dtype)
         needed = config.total_steps(env.world_size) * config.global_batch(env.world_size)
         train = token_blocks(data, tokenizer, config.seq_len, needed, split="train", text_field=text_field,
                              allow_fewer=True)
@@ -74,7 +78,7 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         full_state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if env.is_main:
             publish_into(trained, tokenizer, out, {**record, "history": [*_source_history(student), record]},
-                         state_dict=full_state)
+                         state_dict=full_state, save_dtype=save_dtype)
             shutil.rmtree(checkpoint_path(out), ignore_errors=True)
         barrier(env)
         return record

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from ..arch import check_logits_adapter, get_adapter, logits_adapter
 from ..config import DistillConfig
 from ..errors import MinitronError
 from .checkpoint import load_training_state, save_training_state
@@ -50,17 +51,14 @@ class _StopFlag:
 
 
 def _autocast(env: DistEnv, config: DistillConfig):
-    use_bf16 = config.precision == "bf16" or (
-        config.precision == "auto" and env.device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.uses_bf16(env.device))
 
 
 def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig, teacher: nn.Module | None) -> nn.Module:
     if config.fsdp:
         from torch.distributed.fsdp import fully_shard
-        from ..arch import get_adapter
         for model in filter(None, (train_module.student, teacher)):
-            for layer in get_adapter(model).layers(model):
+            for layer in logits_adapter(model).layers(model):
                 fully_shard(layer)
             head = model.get_output_embeddings()
             if head is not None and head.weight is not model.get_input_embeddings().weight:
@@ -70,7 +68,7 @@ def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig, teache
         if teacher is not None:
             # The teacher is called through its base model (its LM head runs chunk by chunk in the
             # loss), so the base model is the FSDP root that gathers the embedding.
-            fully_shard(get_adapter(teacher).base_model(teacher))
+            fully_shard(logits_adapter(teacher).base_model(teacher))
         return fully_shard(train_module)
     if env.distributed:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -110,6 +108,7 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
         raise MinitronError(f"teacher and student vocabularies differ ({teacher.config.vocab_size} vs "
                             f"{student.config.vocab_size}): logit distillation needs the same tokenizer")
+    _check_families(student, teacher, config)
     student.to(env.device).train()
     if config.gradient_checkpointing:
         student.gradient_checkpointing_enable()
@@ -128,10 +127,22 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     start_step = 0
     if resume:
         start_step = load_training_state(out, trainable=train_module, optimizer=optimizer, scheduler=scheduler)
-    log = MetricsLog(out, env.is_main, resume_step=start_step if resume else None)
-    _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,
-           scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step)
+    log = MetricsLog(out, env.is_main, resume_step=start_step if resume else None, report_to=config.report_to,
+                     settings=vars(config))
+    try:
+        _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,
+               scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step)
+    finally:
+        log.close()
     return student
+
+
+def _check_families(student: nn.Module, teacher: nn.Module | None, config: DistillConfig) -> None:
+    """Logit losses work on any causal LM; hidden-state losses pair layers through a family adapter."""
+    for model in filter(None, (student, teacher)):
+        if config.hidden_loss != "none":
+            get_adapter(model)  # a clear "not supported yet" for families without one
+        check_logits_adapter(model)
 
 
 def _blocks_from_spec(spec: str, heldout_blocks, tokenizer, config: DistillConfig, world_size: int):

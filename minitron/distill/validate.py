@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import logits_adapter
 from ..config import DistillConfig
 from .chunked import chunked_cross_entropy, chunked_logit_loss
 from .dist import DistEnv, all_reduce_sum
@@ -40,14 +40,14 @@ def validate(train_module: nn.Module, student: nn.Module, teacher: nn.Module | N
 def _batch_sums(train_module, student, teacher, input_ids, config: DistillConfig, kl) -> torch.Tensor:
     labels = labels_for(input_ids).reshape(-1)
     mask = labels != -100
-    s_adapter = get_adapter(student)
+    s_adapter = logits_adapter(student)
     s_hidden = train_module(input_ids).last_hidden_state
     s_hidden = s_hidden.reshape(-1, s_hidden.shape[-1])
     student_head = lambda h: s_adapter.logits_from_hidden(student, h)
     if teacher is None:
         ce_sum, count = chunked_cross_entropy(s_hidden, student_head, labels, config.chunk_size)
         return torch.tensor([float(ce_sum), 0.0, 0.0, count], dtype=torch.float64)
-    t_adapter = get_adapter(teacher)
+    t_adapter = logits_adapter(teacher)
     t_hidden = t_adapter.base_model(teacher)(input_ids=input_ids, use_cache=False).last_hidden_state
     t_hidden = t_hidden.reshape(-1, t_hidden.shape[-1])
     teacher_head = lambda h: t_adapter.logits_from_hidden(teacher, h)

@@ -6,14 +6,15 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from ..verbosity import progress_bar
 
 
 @torch.inference_mode()
 def mean_lm_loss(model: nn.Module, batches: Iterable[dict], progress: bool = False) -> tuple[float, int]:
     """(token-weighted mean next-token loss, number of predicted tokens) over dict batches."""
     total, tokens = 0.0, 0
-    for batch in tqdm(batches, desc="eval", unit="batch", disable=not progress, leave=False):
+    for batch in progress_bar(batches, enabled=progress, desc="eval", unit="batch", leave=False):
         input_ids = batch["input_ids"]
         labels = input_ids.clone()
         if batch.get("attention_mask") is not None:

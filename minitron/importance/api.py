@@ -5,7 +5,6 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch import get_adapter
 from ..errors import MinitronError
@@ -14,6 +13,7 @@ from .aggregate import REDUCTIONS
 from .depth import layer_loss_increase
 from .hooks import ActivationCollector
 from .scores import ImportanceScores
+from ..verbosity import progress_bar
 
 
 def as_batch_dict(batch, device: torch.device) -> dict:
@@ -63,7 +63,7 @@ def estimate_importance(
     samples = tokens = 0
     try:
         total = len(batches) if hasattr(batches, "__len__") else None
-        for raw in tqdm(batches, total=total, desc="importance", unit="batch", disable=not progress):
+        for raw in progress_bar(batches, enabled=progress, total=total, desc="importance", unit="batch"):
             batch = as_batch_dict(raw, device)
             mask = batch["attention_mask"]
             num_tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()

@@ -8,6 +8,7 @@ from torch import nn
 from ..arch import get_adapter
 from ..fingerprint import model_fingerprint
 from ..importance.scores import ImportanceScores
+from ..loading import source_dtype
 from ..params import count_parameters, count_parameters_from_config
 from .select import plan_from_scores
 from .surgery import build_model, pruned_config, slice_state_dict, validate_pruned_config
@@ -38,6 +39,7 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
     pruned.generation_config = model.generation_config
     pruned.train(model.training)
     pruned.minitron_kept_layers = plan.layers  # recorded in minitron.json by the caller
+    pruned.minitron_source_dtype = source_dtype(model)  # saved as its source was, whatever it computed in
     return pruned
 
 

@@ -134,7 +134,31 @@ def load_recipe(path: str | Path) -> Recipe:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise MinitronError(f"recipe {path} is not valid YAML: {error}") from error
-    return parse_recipe(raw, where=str(path))
+    recipe = parse_recipe(raw, where=str(path))
+    resolve_relative_paths(recipe, path.resolve().parent)
+    return recipe
+
+
+def resolve_relative_paths(recipe: Recipe, folder: Path) -> None:
+    """Relative paths in a recipe mean the recipe file's folder, wherever `minitron run` starts from.
+
+    Data specs without `hf:` / `builtin:` are paths. The teacher is a path when it starts with ./ or
+    ../ or names something beside the recipe; otherwise it stays a Hub id (org/name).
+    """
+    teacher = recipe.teacher
+    if _is_relative(teacher) and (teacher.startswith(("./", "../")) or (folder / teacher).exists()):
+        recipe.teacher = str(folder / teacher)
+    recipe.data.train = _data_path(recipe.data.train, folder)
+    if recipe.data.eval is not None:
+        recipe.data.eval = _data_path(recipe.data.eval, folder)
+
+
+def _is_relative(spec: str) -> bool:
+    return ":" not in spec and not spec.startswith("~") and not Path(spec).is_absolute()
+
+
+def _data_path(spec: str, folder: Path) -> str:
+    return str(folder / spec) if _is_relative(spec) else spec
 
 
 def parse_recipe(raw, where: str = "recipe") -> Recipe:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..arch import get_adapter
 from ..config import DataConfig, ImportanceConfig
 from ..data import token_blocks
 from ..errors import MinitronError
@@ -34,6 +35,7 @@ def list_candidates(model: str, config: SearchConfig, *, device: str | None = No
     """
     from ..jobs import load_config
     model_config = load_config(model)
+    get_adapter(model_config)  # candidates are pruned models: the family needs an adapter
     budget, candidates, counts = plan(model_config, config, device=resolve_device(device),
                                       dtype=resolve_dtype(dtype))
     source = Architecture.of(model_config)
@@ -58,7 +60,10 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
     loaded_scores = ImportanceScores.load(scores) if scores else None
     if config.target_params is not None:
         list_candidates(model, config)  # an impossible budget fails here, before any weights or data
+    # Candidates are trained briefly: fp32 weights unless --dtype says otherwise (AdamW on bf16 weights stalls).
+    dtype = dtype if dtype not in (None, "auto") else "float32"
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    get_adapter(loaded)
     teacher_model = load_model(teacher, dtype=dtype, device=device)[0] if teacher else None
     if teacher_model is not None and teacher_model.config.vocab_size != loaded.config.vocab_size:
         raise MinitronError(f"teacher and model vocabularies differ ({teacher_model.config.vocab_size} vs "
