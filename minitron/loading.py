@@ -93,11 +93,16 @@ def locate_model(spec: str) -> tuple[str, str | None]:
     return spec, None  # a hub id such as HuggingFaceTB/SmolLM2-135M
 
 
+# URL prefixes of the Hub's own pages (huggingface.co/models, /datasets, /spaces): no user or org has them.
+_HUB_RESERVED_NAMESPACES = ("models", "datasets", "spaces")
+
+
 def _is_local_path(spec: str) -> bool:
-    """./x, ../x, /x, ~/x, a/b/c, a Windows path, or models/x while ./models is a folder: never a Hub id."""
+    """./x, ../x, /x, ~/x, a/b/c, a Windows path, models/x, or d/x while ./d is a folder: never a Hub id."""
     if spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith("/"):
         return True
-    if "/" in spec and Path(spec.split("/", 1)[0]).is_dir():
+    namespace = spec.split("/", 1)[0] if "/" in spec else None
+    if namespace is not None and (namespace in _HUB_RESERVED_NAMESPACES or Path(namespace).is_dir()):
         return True
     try:
         validate_repo_id(spec)

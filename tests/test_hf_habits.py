@@ -79,12 +79,17 @@ def test_precision_auto_is_bf16_only_where_bf16_is_native():
 
 # --- 3. paths are paths -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [
-    ["inspect", "./nope"], ["eval", "--model", "models/nope"], ["inspect", "nobody/nothing"],
-    ["prune", "--model", "/no/such/model", "--criterion", "random", "--hidden-size", "8", "--out", "x"]])
-def test_a_missing_local_model_fails_at_once(argv, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("argv, online", [
+    (["inspect", "./nope"], True), (["eval", "--model", "models/nope"], True), (["inspect", "mine/nope"], True),
+    (["prune", "--model", "/no/such/model", "--criterion", "random", "--hidden-size", "8", "--out", "x"], True),
+    (["inspect", "nobody/nothing"], False)])
+def test_a_missing_local_model_fails_at_once(argv, online, tmp_path, monkeypatch, capsys):
+    """Paths fail before any Hub request (here, with no network, a request would retry for minutes);
+    under HF_HUB_OFFLINE=1 so does an id the cache does not hold."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "models").mkdir()  # models/nope is a path here even with the Hub reachable
+    (tmp_path / "mine").mkdir()  # mine/nope is a path here: ./mine is a folder
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", not online)
     started = time.perf_counter()
     assert main(argv) == 2
     assert time.perf_counter() - started < 2
