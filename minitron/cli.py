@@ -41,6 +41,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) ->
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
                                default=default, help=f.metadata.get("help", ""))
             continue
+        # A field with its own parser (token budgets: "94B") takes text; the dataclass parses it.
+        kind = str if "parse" in f.metadata else kind
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                            help=f"{f.metadata.get('help', '')} (default: {default})")
 

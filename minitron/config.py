@@ -5,14 +5,65 @@ line never drift apart.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from .errors import MinitronError
 from .importance.aggregate import REDUCTIONS
 
+# A count as people write budgets: 94000000000, 94e9, 94B, 500M, 2.5k, 1_000_000.
+_COUNT = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d{1,2})?)\s*([kmbgt]?)", re.IGNORECASE)
+_MAX_COUNT = 10**18  # far beyond any training run; bounds what "1e99" would cost to compute with
+_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+
+
+def parse_token_count(value: int | float | str) -> int:
+    """A token budget as a whole number: an int, a whole float (94e9), or text such as "94e9", "94B",
+    "500M", "2.5k" (k, M, B or G, T: thousand, million, billion, trillion; case does not matter).
+
+    The sign is kept (the caller checks the range). Raises MinitronError for anything else.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = _decimal_count(value)
+    if number is None or number != number.to_integral_value():
+        raise MinitronError(f"{value!r} is not a whole number of tokens: write it like 5000000, 5e6, 5M, 2.5k "
+                            f"or 94B (k, M, B, T: thousand, million, billion, trillion)")
+    if abs(number) > _MAX_COUNT:
+        raise MinitronError(f"{value!r} tokens is more than 1e18, far beyond any training run; check the exponent")
+    return int(number)
+
+
+def _decimal_count(value) -> Decimal | None:
+    # Decimal, not float: "2.5k" must be exactly 2500, and 94B exactly 94 * 10**9.
+    if isinstance(value, float) and math.isfinite(value):
+        return Decimal(value)
+    if isinstance(value, str):
+        match = _COUNT.fullmatch(value.strip().replace("_", ""))
+        if match:
+            return Decimal(match.group(1)) * _SUFFIXES[match.group(2).lower()]
+    return None
+
 
 def _help(text: str, **kwargs):
     return field(metadata={"help": text}, **kwargs)
+
+
+def token_budget_field(text: str, default: int | None):
+    """A dataclass field holding a token count: the CLI and recipes take it as text ("94B", "2.5k")."""
+    return field(metadata={"help": text, "parse": parse_token_count}, default=default)
+
+
+def normalize_token_budget(obj, name: str) -> None:
+    """Turn field `name` of dataclass `obj` (as given from Python, the CLI or a recipe) into an int."""
+    value = getattr(obj, name)
+    if value is not None:
+        try:
+            setattr(obj, name, parse_token_count(value))
+        except MinitronError as error:
+            raise MinitronError(f"--{name.replace('_', '-')}: {error}") from None
 
 
 def _require_positive(obj, *names: str) -> None:
@@ -85,7 +136,8 @@ class DistillConfig:
     grad_accum: int = _help("Micro-batches per optimizer step; global batch = micro x accum x processes.",
                             default=1)
     steps: int | None = _help("Optimizer steps (or give --tokens).", default=None)
-    tokens: int | None = _help("Training tokens; converted to steps of the global batch.", default=None)
+    tokens: int | None = token_budget_field("Training tokens (94e9, 94B, 500M, 2.5k ...); converted to steps of "
+                                            "the global batch.", default=None)
     lr: float = _help("Peak learning rate (the seeds: 1e-4).", default=1e-4)
     min_lr: float = _help("Final learning rate of the cosine decay (the seeds: 4.5e-7).", default=4.5e-7)
     warmup_steps: int = _help("Linear warm-up steps (the seeds: 60; capped at a tenth of the run).", default=60)
@@ -115,6 +167,7 @@ class DistillConfig:
     fsdp: bool = _help("Shard student and teacher with FSDP2 (under torchrun).", default=False)
 
     def __post_init__(self) -> None:
+        normalize_token_budget(self, "tokens")
         _require_positive(self, "seq_len", "micro_batch_size", "grad_accum", "lr", "temperature", "top_k",
                           "chunk_size", "eval_samples")
         if self.steps is None and self.tokens is None:

@@ -11,6 +11,7 @@ as a string; numbers written that way are accepted for numeric settings).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -288,7 +289,15 @@ def _mapping(raw, where: str, allowed: tuple[str, ...]) -> dict:
 def _typed(section: dict, cls, where: str) -> dict:
     """Each value checked (and numbers converted) against the type hint of the field it sets."""
     hints = typing.get_type_hints(cls)
-    return {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in section.items()}
+    # Fields with their own parser (token budgets: 94B, 2.5k) are converted by it.
+    parsers = {f.name: f.metadata["parse"] for f in dataclasses.fields(cls) if "parse" in f.metadata}
+    typed = {}
+    for key, value in section.items():
+        if key in parsers:
+            typed[key] = _checked(functools.partial(parsers[key], value), f"{where}.{key}")
+        else:
+            typed[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return typed
 
 
 def _coerce(value, kind, where: str):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import normalize_token_budget, token_budget_field
 from ..errors import MinitronError
 
 BUDGET_ON = ("total", "non_embedding")
@@ -71,8 +72,8 @@ class SearchConfig:
     max_candidates: int = _help("Candidates pruned and scored, spread over width-only, depth-only and mixed cuts.",
                                 default=12)
     top_k: int = _help("Best candidates after pruning that are briefly distilled.", default=3)
-    candidate_tokens: int = _help("Distillation tokens per top candidate (0: choose by the loss after pruning).",
-                                  default=16384)
+    candidate_tokens: int = token_budget_field("Distillation tokens per top candidate (16384, 16k, 1M ...; 0: "
+                                               "choose by the loss after pruning).", default=16384)
     candidate_lr: float = _help("Peak learning rate of the short candidate distillation.", default=5e-4)
     candidate_batch_size: int = _help("Blocks per step of the short candidate distillation.", default=4)
     heldout_samples: int = _help("Held-out blocks every candidate is scored on.", default=32)
@@ -81,6 +82,7 @@ class SearchConfig:
     seed: int = _help("Seed of the candidate distillations (the same for every candidate).", default=0)
 
     def __post_init__(self) -> None:
+        normalize_token_budget(self, "candidate_tokens")
         if (self.target_params is None) == (self.target_latency is None):
             raise MinitronError("give one budget: --target-params N (a count, or a fraction of the source like "
                                 "0.5) or --target-latency MS")
