@@ -95,9 +95,19 @@ def _option_words(command: str, action: argparse.Action, value) -> list[str]:
     if isinstance(value, bool) or isinstance(value, (list, tuple, dict)):
         raise MinitronError(f"`minitron {command}` takes {action.dest} as one word, not {value!r}")
     text = repr(float(value)) if action.type is float else str(value)  # repr: the float that parses back
-    if action.type is not None and action.type(text) != value or action.choices and text not in action.choices:
+    if not _parses_back(action, text, value):
         raise MinitronError(f"`minitron {command}` cannot take {action.dest}={value!r}")
+    if flag and text.startswith("-"):
+        return [f"{flag[0]}={text}"]  # `--data -x` would read -x as an option
     return [*flag, text]
+
+
+def _parses_back(action: argparse.Action, text: str, value) -> bool:
+    try:
+        parsed = action.type(text) if action.type is not None else text
+    except ValueError:
+        return False
+    return parsed == value and (not action.choices or parsed in action.choices)
 
 
 @functools.cache

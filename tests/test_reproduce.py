@@ -11,19 +11,23 @@ import re
 import shlex
 import shutil
 import typing
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from minitron.cli import _build_parser, command_argv, command_line, main
+from minitron.cli import _build_parser, command_argv, command_line, from_args, main
 from minitron.config import DataConfig, DistillConfig, ImportanceConfig, TargetConfig
 from minitron.errors import MinitronError
 from minitron.importance import ImportanceScores
 from minitron.loading import save_checkpoint
-from minitron.recipe import run_recipe
+from minitron.recipe import load_recipe, run_recipe
+from minitron.recipe.runner import plan_stages
 from minitron.report import build_report, write_model_cards
+from minitron.report.commands import reproduce_commands
+from minitron.report.runfolder import Run
 from minitron.search import SearchConfig
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -47,7 +51,7 @@ def _other_value(kind, default):
         return (default or 0) + 7
     if kind is float:
         return (default or 0.0) + 1 / 3 + 1e-9  # no short decimal: only an exact rendering parses back
-    return "it's a 'path' with spaces/$HOME"
+    return "-it's a 'path' with spaces/$HOME"
 
 
 @pytest.mark.parametrize("command, settings", [(c, s) for c, classes in COMMAND_SETTINGS.items() for s in classes])
@@ -57,7 +61,8 @@ def test_every_setting_round_trips_through_the_command_line(command, settings):
         value = _other_value(hints[field.name], field.default)
         line = command_line(command, {field.name: value}, **REQUIRED[command])
         argv = shlex.split(line)
-        assert argv[0] == "minitron" and argv.count(f"--{field.name.replace('_', '-')}") == 1, line
+        flag = f"--{field.name.replace('_', '-')}"
+        assert argv[0] == "minitron" and sum(word.split("=")[0] == flag for word in argv) == 1, line
         assert getattr(parser.parse_args(argv[1:]), field.name) == value, line
 
 
@@ -71,6 +76,25 @@ def test_defaults_are_left_out_and_what_cannot_be_said_is_refused():
         command_argv("eval", {"samples": None})
     with pytest.raises(MinitronError, match="cannot take criterion"):
         command_argv("prune", criterion="activation")
+    with pytest.raises(MinitronError, match="cannot take hidden_size"):
+        command_argv("prune", {"hidden_size": 36.5})
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parent.parent.glob("recipes/*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_recipe_prints_commands_with_its_settings(path, tmp_path):
+    recipe = load_recipe(path)
+    planned, _ = plan_stages(recipe, tmp_path)
+    lines = reproduce_commands(Run(tmp_path, {"teacher": recipe.teacher, "recipe": recipe.raw, "stages": planned}))
+    parsed = [_build_parser().parse_args(shlex.split(line)[1:]) for line in lines if line.startswith("minitron ")]
+    distills = [from_args(DistillConfig, a) for a in parsed if a.command in ("distill", "finetune")]
+    expected = [recipe.correction_config()] if recipe.correction is not None else []
+    assert distills == expected + [stage.distill_config(recipe) for stage in recipe.stages]
+    importance = [(from_args(DataConfig, a), from_args(ImportanceConfig, a)) for a in parsed
+                  if a.command == "importance"]
+    assert importance == [stage.importance_configs(recipe) for stage in recipe.stages]
+    searches = [from_args(SearchConfig, a) for a in parsed if a.command == "search"]
+    assert searches == [stage.search_config() for stage in recipe.stages if stage.search is not None]
 
 
 # --- the must-hold: a tiny recipe, then its printed commands -------------------------------------
