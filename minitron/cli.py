@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import shlex
 import sys
 import types
 import typing
@@ -49,6 +51,73 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) ->
 
 def from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def command_argv(command: str, *settings, **options) -> list[str]:
+    """The argv (after `minitron`) of `command` with these settings: dataclass instances (the same ones the
+    options are generated from) or mappings of option names (`dest`s) to values. Values equal to the
+    command's own defaults are left out; the result parses back to exactly these values.
+
+        command_argv("distill", DistillConfig(steps=10), student="pruned/", teacher="t/", out="s/")
+
+    A value the command line cannot say (an unknown option, None for an option that has a default, a bool
+    option that is on by default) is a MinitronError that names it.
+    """
+    values: dict = {}
+    for section in settings:
+        values |= dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+    values |= options
+    actions = {action.dest: action for action in _command_parser(command)._actions if action.dest != "help"}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise MinitronError(f"`minitron {command}` has no option for {', '.join(unknown)}")
+    positional, flags = [], []
+    for dest, action in actions.items():
+        if dest not in values or values[dest] == action.default:
+            continue
+        words = _option_words(command, action, values[dest])
+        (flags if action.option_strings else positional).extend(words)
+    return [command, *positional, *flags]
+
+
+def command_line(command: str, *settings, **options) -> str:
+    """`minitron COMMAND ...` as one shell line (each word quoted with shlex); see command_argv."""
+    return shlex.join(["minitron", *command_argv(command, *settings, **options)])
+
+
+def _option_words(command: str, action: argparse.Action, value) -> list[str]:
+    flag = action.option_strings[:1]
+    if action.nargs == 0:  # a switch (store_true): present or absent
+        if value is not True:
+            raise MinitronError(f"`minitron {command} {flag[0]}` can only turn it on, not set it to {value!r}")
+        return flag
+    if value is None:
+        raise MinitronError(f"`minitron {command}` cannot set {action.dest} back to None "
+                            f"(its default there is {action.default!r})")
+    if isinstance(value, bool) or isinstance(value, (list, tuple, dict)):
+        raise MinitronError(f"`minitron {command}` takes {action.dest} as one word, not {value!r}")
+    text = repr(float(value)) if action.type is float else str(value)  # repr: the float that parses back
+    if not _parses_back(action, text, value):
+        raise MinitronError(f"`minitron {command}` cannot take {action.dest}={value!r}")
+    if flag and text.startswith("-"):
+        return [f"{flag[0]}={text}"]  # `--data -x` would read -x as an option
+    return [*flag, text]
+
+
+def _parses_back(action: argparse.Action, text: str, value) -> bool:
+    try:
+        parsed = action.type(text) if action.type is not None else text
+    except ValueError:
+        return False
+    return parsed == value and (not action.choices or parsed in action.choices)
+
+
+@functools.cache
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    subcommands = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if command not in subcommands.choices:
+        raise MinitronError(f"there is no `minitron {command}` command")
+    return subcommands.choices[command]
 
 
 def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -52,13 +52,6 @@ class Run:
         path = Path(relative)
         return path if path.is_absolute() else self.root / path
 
-    def spec(self, spec: str | None) -> str | None:
-        """A model spec as a command can use it: run-relative folders (\"01-x/model\") become paths."""
-        if not spec:
-            return None
-        inside = self.root / spec
-        return str(inside) if not Path(spec).is_absolute() and inside.exists() else spec
-
     def member(self, name: str) -> dict | None:
         return next((m for m in self.members if m.get("name") == name), None)
 
