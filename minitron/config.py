@@ -118,10 +118,14 @@ class TargetConfig:
     num_hidden_layers: int | None = _help("Layers to keep, chosen by --depth-metric.", default=None)
     drop_layers: str | None = _help("Explicit source layers to drop, e.g. '16-30' or '3,5,7'.", default=None)
 
+    def __post_init__(self) -> None:
+        if self.drop_layers is not None:
+            self.as_target()  # a malformed layer list ('2-1', '1,1', '') is refused here, not ignored
+
     def as_target(self) -> dict:
         from .prune.target import parse_layer_list
         target = {k: v for k, v in vars(self).items() if v is not None and k != "drop_layers"}
-        if self.drop_layers:
+        if self.drop_layers is not None:
             target["drop_layers"] = parse_layer_list(self.drop_layers)
         return target
 

@@ -22,7 +22,7 @@ import yaml
 
 from ..config import DataConfig, DistillConfig, ImportanceConfig
 from ..errors import MinitronError
-from ..prune.target import TARGET_KEYS, parse_layer_list
+from ..prune.target import TARGET_KEYS, check_layer_indices, parse_layer_list
 
 TOP_KEYS = ("teacher", "description", "data", "importance", "correction", "distill", "distill_from", "stages",
             "eval")
@@ -212,8 +212,8 @@ def _target(raw, where: str) -> dict:
 def _layer_list(value, where: str) -> list[int]:
     if isinstance(value, str):
         return _checked(lambda: parse_layer_list(value), where)
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return list(value)
+    if isinstance(value, list):
+        return _checked(lambda: check_layer_indices(value), where)
     raise MinitronError(f"{where}: give layer indices as a list [15, 16] or a string '15-30', got {value!r}")
 
 
