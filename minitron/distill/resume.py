@@ -17,20 +17,21 @@ from pathlib import Path
 from ..config import DistillConfig
 from ..errors import MinitronError
 
-# setting -> how the user names it; the derived entries stand for the flags they come from.
-TRAJECTORY_SETTINGS = {
-    "student": "--student", "teacher": "--teacher", "data": "--data", "text_field": "--text-field",
-    "seq_len": "--seq-len",
-    "global_batch": "the global batch (--micro-batch-size x --grad-accum x processes)",
-    "total_steps": "the number of steps (--steps, or --tokens over the global batch)",
-    "lr": "--lr", "min_lr": "--min-lr", "warmup_steps": "--warmup-steps", "weight_decay": "--weight-decay",
-    "clip_grad": "--clip-grad", "loss": "--loss", "temperature": "--temperature", "top_k": "--top-k",
-    "jsd_beta": "--jsd-beta", "ce_weight": "--ce-weight", "hidden_loss": "--hidden-loss",
-    "hidden_weight": "--hidden-weight", "seed": "--seed",
-    "student_bf16": "bf16 autocast of the student (--precision; auto follows the device)",
-    "teacher_bf16": "bf16 teacher weights (--teacher-dtype; auto follows the device)",
-    # Not the trajectory, but the held-out curve: before and after would be measured on other blocks.
-    "eval_samples": "--eval-samples",
+# Settings a resume may change: none of them moves the trajectory. Every other setting must match the
+# checkpoint's, so that a setting added later is refused until it is known to be safe here.
+SAFE_SETTINGS = (
+    "save_every", "eval_every", "chunk_size", "gradient_checkpointing", "fsdp",
+    # how the global batch and the budget are spelled; global_batch and total_steps must match
+    "micro_batch_size", "grad_accum", "processes", "steps", "tokens",
+    # what they resolve to on this device is compared instead (student_bf16, teacher_bf16)
+    "precision", "teacher_dtype",
+)
+# Derived settings, named by the flags they come from.
+_DERIVED_NAMES = {
+    "global_batch": "the global batch: --micro-batch-size x --grad-accum x processes",
+    "total_steps": "the number of steps: --steps, or --tokens over the global batch",
+    "student_bf16": "bf16 autocast of the student: --precision, whose auto follows the device",
+    "teacher_bf16": "bf16 teacher weights: --teacher-dtype, whose auto follows the device",
 }
 _BOOKKEEPING = ("resumes", "step")  # saved with the settings, compared with nothing
 
@@ -69,9 +70,9 @@ def check_resume(saved: dict | None, current: dict, out: str | Path) -> list[dic
         return []
     compared = [name for name in current if name in saved and name not in _BOOKKEEPING]
     changed = {name: {"from": saved[name], "to": current[name]} for name in compared if saved[name] != current[name]}
-    refused = {name: change for name, change in changed.items() if name in TRAJECTORY_SETTINGS}
+    refused = {name: change for name, change in changed.items() if name not in SAFE_SETTINGS}
     if refused:
-        lines = [f"  {name} ({TRAJECTORY_SETTINGS[name]}): {change['from']!r} in the checkpoint, now {change['to']!r}"
+        lines = [f"  {name} ({_flag(name)}): {change['from']!r} in the checkpoint, now {change['to']!r}"
                  for name, change in refused.items()]
         raise MinitronError(
             f"--resume continues the run in {out} as it was started, but these settings changed:\n"
@@ -82,3 +83,7 @@ def check_resume(saved: dict | None, current: dict, out: str | Path) -> list[dic
     if changed:
         history.append({"step": saved.get("step"), "changed": changed})
     return history
+
+
+def _flag(name: str) -> str:
+    return _DERIVED_NAMES.get(name, "--" + name.replace("_", "-"))
