@@ -20,8 +20,8 @@ from ..errors import MinitronError
 from .checkpoint import load_training_state, save_training_state, saved_settings
 from .dist import DistEnv, all_reduce_sum, init_distributed
 from .metrics import MetricsLog, ProgressBar
-from .steps import TrainModule, build_hidden_loss, compute_step_losses, make_logit_loss
 from .resume import check_resume, run_settings
+from .steps import TrainModule, build_hidden_loss, compute_step_losses, make_logit_loss
 from .validate import validate
 from .vocab import check_vocabularies
 
@@ -106,15 +106,7 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     if config is None:
         raise MinitronError("distill needs a DistillConfig with a budget (steps or tokens)")
     env = env or init_distributed()
-    if teacher is None and config.loss != "ce":
-        raise MinitronError("a teacher is required for a distillation loss (or use --loss ce)")
-    if teacher is not None:
-        check_vocabularies(student, teacher, tokenizer, teacher_tokenizer)
-    settings = run_settings(config, env.world_size, env.device.type, identity)
-    if resume:
-        if out is None:
-            raise MinitronError("resume=True needs the folder of the interrupted run (out=...)")
-        settings["resumes"] = check_resume(saved_settings(out), settings, out)
+    settings = _checked_settings(student, teacher, config, env, tokenizer, teacher_tokenizer, out, resume, identity)
     if isinstance(train_blocks, str):
         train_blocks, heldout_blocks = _blocks_from_spec(train_blocks, heldout_blocks, tokenizer, config,
                                                          env.world_size)
@@ -144,6 +136,21 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     _train(wrapped, train_module, student, teacher, train_blocks, heldout_blocks, config, env, optimizer,
            scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoint, log, on_step)
     return student
+
+
+def _checked_settings(student, teacher, config: DistillConfig, env: DistEnv, tokenizer, teacher_tokenizer, out,
+                      resume: bool, identity: dict | None) -> dict:
+    """The settings checkpoints record, once the inputs are known to fit together (before any work)."""
+    if teacher is None and config.loss != "ce":
+        raise MinitronError("a teacher is required for a distillation loss (or use --loss ce)")
+    if teacher is not None:
+        check_vocabularies(student, teacher, tokenizer, teacher_tokenizer)
+    settings = run_settings(config, env.world_size, env.device.type, identity)
+    if resume:
+        if out is None:
+            raise MinitronError("resume=True needs the folder of the interrupted run (out=...)")
+        settings["resumes"] = check_resume(saved_settings(out), settings, out)
+    return settings
 
 
 def _blocks_from_spec(spec: str, heldout_blocks, tokenizer, config: DistillConfig, world_size: int):
