@@ -194,6 +194,16 @@ class DistillConfig:
     def global_batch(self, world_size: int) -> int:
         return self.micro_batch_size * self.grad_accum * world_size
 
+    def student_bf16(self, device_type: str) -> bool:
+        """Whether the student trains under bf16 autocast on this kind of device."""
+        import torch
+        return self.precision == "bf16" or (
+            self.precision == "auto" and device_type == "cuda" and torch.cuda.is_bf16_supported())
+
+    def teacher_bf16(self, device_type: str) -> bool:
+        """Whether the teacher's weights are loaded in bf16 (else in the student's dtype)."""
+        return self.teacher_dtype == "bf16" or (self.teacher_dtype == "auto" and device_type == "cuda")
+
     def total_steps(self, world_size: int) -> int:
         if self.steps is not None:
             return self.steps

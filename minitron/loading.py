@@ -125,6 +125,15 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
+def load_tokenizer(spec: str = DEFAULT_TEACHER):
+    """The tokenizer of a model spec alone (no weights): cheap checks before any loading."""
+    location, gguf_file = _locate(spec)
+    try:
+        return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer of {spec!r}: {error}") from error
+
+
 def _cache_builtin(model: nn.Module, tokenizer, name: str) -> None:
     try:
         save_checkpoint(model, tokenizer, _builtin_cache(name), {"source": f"builtin:{name}", "cache": True})

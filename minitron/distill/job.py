@@ -10,10 +10,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from ..data import token_blocks
 from ..errors import MinitronError
-from ..loading import load_model, publish_into, resolve_dtype
-from .checkpoint import CHECKPOINT_DIR, checkpoint_path
+from ..loading import load_model, load_tokenizer, publish_into, resolve_dtype
+from .checkpoint import CHECKPOINT_DIR, checkpoint_path, saved_settings
 from .dist import barrier, close_distributed, init_distributed
 from .loop import distill
+from .resume import check_resume, model_identity, run_settings
+from .vocab import check_same_tokenizer
 from ..config import DistillConfig
 
 
@@ -50,13 +52,20 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         raise MinitronError(f"student folder {student} does not exist")
     env = init_distributed(device)
     try:
+        distilling = teacher is not None and config.loss != "ce"
+        # Cheap checks first: the tokenizers (no weights), then the folder and a resume's settings.
+        teacher_tokenizer = load_tokenizer(teacher) if distilling else None
+        if distilling:
+            check_same_tokenizer(load_tokenizer(student), teacher_tokenizer)
         prepare_run_folder(out, resume, overwrite, env.is_main)
+        identity = model_identity(student, teacher if distilling else None, data, text_field)
+        resumes = check_resume(saved_settings(out), run_settings(config, env.world_size, env.device.type, identity),
+                               out) if resume else []
         barrier(env)
         student_model, tokenizer = load_model(student, device=str(env.device))
         teacher_model = None
-        if teacher is not None and config.loss != "ce":
-            teacher_dtype = "bfloat16" if config.teacher_dtype == "bf16" or (
-                config.teacher_dtype == "auto" and env.device.type == "cuda") else None
+        if distilling:
+            teacher_dtype = "bfloat16" if config.teacher_bf16(env.device.type) else None
             teacher_model, _ = load_model(teacher, device=str(env.device), dtype=resolve_dtype(teacher_dtype))
         needed = config.total_steps(env.world_size) * config.global_batch(env.world_size)
         train = token_blocks(data, tokenizer, config.seq_len, needed, split="train", text_field=text_field,
@@ -64,12 +73,14 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         heldout = token_blocks(data, tokenizer, config.seq_len, config.eval_samples, split="heldout",
                                text_field=text_field, allow_fewer=True)
         kept_layers = _kept_layers(student, teacher_model)
-        trained = distill(student_model, teacher_model, train, heldout, config, out=out, resume=resume,
-                          kept_layers=kept_layers, env=env)
+        trained = distill(student_model, teacher_model, train, heldout, config, tokenizer=tokenizer,
+                          teacher_tokenizer=teacher_tokenizer, out=out, resume=resume, kept_layers=kept_layers,
+                          env=env, identity=identity)
         final = _final_metrics(out)
         record = {"stage": "distill" if teacher_model is not None else "finetune", "student": student,
                   "teacher": teacher, "data": data, "config": asdict(config), "final": final,
-                  "train_blocks": len(train), "epochs": round(needed / max(len(train), 1), 3)}
+                  "train_blocks": len(train), "epochs": round(needed / max(len(train), 1), 3),
+                  **({"resumes": resumes} if resumes else {})}  # settings changed on resume, from which step
         # Under FSDP the student's parameters are shards: every rank helps gather the full tensors.
         full_state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if env.is_main:

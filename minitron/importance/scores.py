@@ -16,7 +16,7 @@ from ..io import atomic_write_text, atomic_directory
 
 SCORES_TENSORS = "scores.safetensors"
 SCORES_META = "scores.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model fingerprint no longer depends on the dtype (see fingerprint.py)
 
 
 @dataclass
@@ -77,6 +77,10 @@ class ImportanceScores:
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise ScoresError(f"the scores in {folder} are corrupt or incomplete ({error}); "
                               "recompute them with `minitron importance`") from error
+        if meta.get("format_version") != FORMAT_VERSION:
+            # Older files hold a fingerprint of another formula: every model would look like another one.
+            raise ScoresError(f"the scores in {folder} are in format {meta.get('format_version')}, this minitron "
+                              f"reads format {FORMAT_VERSION}; recompute them with `minitron importance`")
         layers = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("layers.")}
         fingerprint = meta.pop("fingerprint")
         return cls(hidden=tensors["hidden"], neurons=neurons, heads=heads, layers=layers,
