@@ -20,7 +20,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from minitron.errors import DataError
+from minitron.errors import DataError, DataNotFoundError
 
 BUILTIN_SOURCES = ("python-docs", "python-topics", "python-docstrings")
 FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
@@ -50,6 +50,11 @@ def iter_documents(spec: str, text_field: str = "text") -> Iterator[str]:
 
 
 def _dispatch(spec: str, text_field: str) -> Iterator[str]:
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        # An empty path would read the current folder: refuse it instead.
+        raise DataError(f"the data spec is {'empty' if isinstance(spec, str) else type(spec).__name__}: give a "
+                        f"file or folder, 'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:{BUILTIN_SOURCES[0]}'")
+    spec = os.fspath(spec)
     if spec.startswith("hf:"):
         yield from _hf_documents(*parse_hf_spec(spec), text_field=text_field)
     elif spec.startswith("builtin:"):
@@ -62,7 +67,7 @@ def _dispatch(spec: str, text_field: str) -> Iterator[str]:
 
 def _path_documents(path: Path, text_field: str) -> Iterator[str]:
     if not path.exists():
-        raise DataError(
+        raise DataNotFoundError(
             f"data path {str(path)!r} does not exist: give an existing file or folder, "
             f"'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:{BUILTIN_SOURCES[0]}'"
         )
