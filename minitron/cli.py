@@ -133,7 +133,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
     parser.add_argument("--out", required=True, help="Run folder: checkpoints, metrics.jsonl, then the final model.")
     parser.add_argument("--resume", action="store_true", help="Continue the interrupted run in --out exactly.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace whatever --out holds.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace the previous run in --out once this one is complete.")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 
 
@@ -205,7 +205,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="A model family from a YAML recipe: every stage, resumable, with a report.")
     run.add_argument("recipe", help="Recipe file, e.g. recipes/smollm2-cpu.yaml.")
     run.add_argument("--out", default=None, help="Run folder (default: runs/<recipe name>).")
-    run.add_argument("--overwrite", action="store_true", help="Start again: remove what the run folder holds.")
+    run.add_argument("--overwrite", action="store_true", help="Start again; the previous run is replaced once the new one is complete.")
     run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size only.")
     run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from .errors import MinitronError
+from .errors import SettingsError
 from .importance.aggregate import REDUCTIONS
 
 # A count as people write budgets: 94000000000, 94e9, 94B, 500M, 2.5k, 1_000_000.
@@ -70,7 +70,7 @@ def _require_positive(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value is not None and value <= 0:
-            raise MinitronError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
 @dataclass
@@ -100,12 +100,12 @@ class ImportanceConfig:
 
     def __post_init__(self) -> None:
         if self.criterion not in ("activation", "magnitude", "random"):
-            raise MinitronError(f"--criterion must be activation, magnitude or random, got {self.criterion!r}")
+            raise SettingsError(f"--criterion must be activation, magnitude or random, got {self.criterion!r}")
         for name in ("seq_reduction", "batch_reduction"):
             if getattr(self, name) not in REDUCTIONS:
-                raise MinitronError(f"--{name.replace('_', '-')} must be one of {REDUCTIONS}")
+                raise SettingsError(f"--{name.replace('_', '-')} must be one of {REDUCTIONS}")
         if self.layer_loss_samples < 0:
-            raise MinitronError("--layer-loss-samples must be >= 0")
+            raise SettingsError("--layer-loss-samples must be >= 0")
 
 
 @dataclass
@@ -175,21 +175,21 @@ class DistillConfig:
         _require_positive(self, "seq_len", "micro_batch_size", "grad_accum", "lr", "temperature", "top_k",
                           "chunk_size", "eval_samples")
         if self.steps is None and self.tokens is None:
-            raise MinitronError("give a training budget: --steps N or --tokens N")
+            raise SettingsError("give a training budget: --steps N or --tokens N")
         for name in ("steps", "tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise MinitronError(f"--{name} must be positive, got {value}: a budget of zero trains nothing")
+                raise SettingsError(f"--{name} must be positive, got {value}: a budget of zero trains nothing")
         if self.loss not in LOSSES:
-            raise MinitronError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise SettingsError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.hidden_loss not in ("none", "cosine", "mse"):
-            raise MinitronError("--hidden-loss must be none, cosine or mse")
+            raise SettingsError("--hidden-loss must be none, cosine or mse")
         if self.precision not in ("auto", "bf16", "fp32") or self.teacher_dtype not in ("auto", "bf16", "fp32"):
-            raise MinitronError("--precision and --teacher-dtype take auto, bf16 or fp32")
+            raise SettingsError("--precision and --teacher-dtype take auto, bf16 or fp32")
         if not 0 < self.jsd_beta < 1:
-            raise MinitronError("--jsd-beta must be strictly between 0 and 1")
+            raise SettingsError("--jsd-beta must be strictly between 0 and 1")
         if self.min_lr > self.lr or self.min_lr < 0:
-            raise MinitronError("--min-lr must be between 0 and --lr")
+            raise SettingsError("--min-lr must be between 0 and --lr")
 
     def global_batch(self, world_size: int) -> int:
         return self.micro_batch_size * self.grad_accum * world_size

@@ -14,11 +14,12 @@ from transformers import AutoConfig
 from .arch import get_adapter
 from .config import DataConfig, ImportanceConfig
 from .data import iter_batches, token_blocks
-from .errors import MinitronError
+from .errors import MinitronError, ModelLoadError, SettingsError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
 from .importance import ImportanceScores, estimate_importance, magnitude_scores, random_scores
 from .loading import check_output_folder, load_model, save_checkpoint
+from .outputs import require_text
 from .params import count_parameters, count_parameters_from_config
 from .prune import describe_pruning, prune, resolve_target
 
@@ -43,7 +44,8 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
                    device: str | None = None, overwrite: bool = False) -> Path:
     """Estimate importance on calibration data and save the scores folder `out`."""
     data, settings = data or DataConfig(), settings or ImportanceConfig()
-    check_output_folder(out, overwrite)
+    require_text(model, "--model")
+    check_output_folder(out, overwrite, inputs=[model, data.data])
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
     start = time.perf_counter()
     scores = compute_scores(loaded, tokenizer, data, settings)
@@ -62,10 +64,13 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
     if dry_run:
         return describe_pruning(load_config(model), target)
     if out is None:
-        raise MinitronError("--out is required (or pass --dry-run)")
-    check_output_folder(out, overwrite)
+        raise SettingsError("--out is required (or pass --dry-run)")
+    require_text(model, "--model")
+    if scores is not None:
+        require_text(scores, "--scores")
+    check_output_folder(out, overwrite, inputs=[model, scores])
     if scores is None and criterion not in ("magnitude", "random"):
-        raise MinitronError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
+        raise SettingsError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
     loaded_scores = ImportanceScores.load(scores) if scores else None
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
     resolve_target(loaded.config, target)  # refuse impossible targets before computing anything
@@ -83,7 +88,7 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
 
 def load_config(spec: str):
     """A model's config without its weights where possible (folders and hub ids); GGUF needs a load."""
-    path = Path(spec)
+    path = Path(require_text(spec, "the model spec"))
     if path.is_file() and path.name == "config.json":
         spec = str(path.parent)
     if spec.startswith("builtin:") or spec.endswith(".gguf"):
@@ -91,7 +96,7 @@ def load_config(spec: str):
     try:
         config = AutoConfig.from_pretrained(spec)
     except (OSError, ValueError) as error:
-        raise MinitronError(f"cannot read the config of {spec!r}: {error}") from error
+        raise ModelLoadError(f"cannot read the config of {spec!r}: {error}") from error
     get_adapter(config)
     return config
 

@@ -11,8 +11,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .arch import get_adapter
-from .errors import MinitronError, ModelLoadError
+from .errors import ModelLoadError, ModelNotFoundError, OutputError, SettingsError
 from .io import atomic_directory
+from .outputs import check_output, check_replaceable, is_empty_folder, require_text
 
 # name -> (python package that ships the file, GGUF file name inside it, how to install it)
 BUILTIN_MODELS = {
@@ -28,14 +29,20 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise MinitronError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise SettingsError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise SettingsError(f"unknown device {device!r}: use cpu, cuda, cuda:1 ... or auto") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return resolved
 
 
 def builtin_gguf(name: str) -> Path:
@@ -73,14 +80,17 @@ def _locate(spec: str) -> tuple[str, str | None]:
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
-            raise ModelLoadError(f"GGUF file {spec} does not exist")
+            raise ModelNotFoundError(f"GGUF file {spec} does not exist")
         return str(path.parent), path.name
+    if path.is_file():
+        raise ModelLoadError(f"{spec} is a file, not a model: give a Hugging Face model folder, a .gguf file, "
+                             "a hub id or builtin:NAME")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{spec} exists but holds no config.json: not a Hugging Face model folder")
         return str(path), None
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ModelLoadError(f"model folder {spec} does not exist")
+        raise ModelNotFoundError(f"model folder {spec} does not exist")
     return spec, None  # a hub id such as HuggingFaceTB/SmolLM2-135M
 
 
@@ -106,6 +116,7 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     GGUF weights are dequantized (to `dtype`, fp32 by default) and come with a clean config, so the model
     saves like any other. Unsupported families are refused here, before any work.
     """
+    spec = require_text(spec, "the model spec")
     location, gguf_file = _locate(spec)
     kwargs = {"dtype": resolve_dtype(dtype)}
     if gguf_file:
@@ -141,15 +152,19 @@ def _cache_builtin(model: nn.Module, tokenizer, name: str) -> None:
         pass  # a read-only or full cache only costs the next load its 30 s
 
 
-def check_output_folder(out: str | Path, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise MinitronError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+def check_output_folder(out: str | Path, overwrite: bool, inputs=()) -> Path:
+    """The guard in `minitron.outputs`, then: a finished output is replaced only with --overwrite."""
+    out = check_output(out, inputs=inputs, replace=overwrite)
+    if not is_empty_folder(out) and not overwrite:
+        raise OutputError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     return out
 
 
 def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict) -> Path:
     """A standard HF checkpoint (safetensors, config, tokenizer) plus `minitron.json`, written atomically."""
+    if not isinstance(model, nn.Module):
+        raise SettingsError(f"save_checkpoint needs a model (torch.nn.Module), got {type(model).__name__}")
+    check_replaceable(out)
     with atomic_directory(out) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:

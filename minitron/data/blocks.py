@@ -53,7 +53,7 @@ def token_blocks(
     `split` is "train", "heldout" (see `is_heldout`) or "all". With `allow_fewer`, a corpus too small
     for `num_blocks` gives every whole block it has (training cycles over them) instead of an error.
     """
-    _validate(seq_len, num_blocks, split, heldout_fraction)
+    _validate(seq_len, num_blocks, split, heldout_fraction, tokenizer)
     needed = seq_len * num_blocks
     ids: list[int] = []
     tally = _Tally()
@@ -77,7 +77,10 @@ def iter_batches(blocks: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor
         yield blocks[start:start + batch_size]
 
 
-def _validate(seq_len: int, num_blocks: int, split: str, heldout_fraction: float) -> None:
+def _validate(seq_len: int, num_blocks: int, split: str, heldout_fraction: float, tokenizer) -> None:
+    if not callable(tokenizer) or not hasattr(tokenizer, "eos_token_id"):
+        raise DataError(f"token blocks need the model's tokenizer (from minitron.load_model), got "
+                        f"{type(tokenizer).__name__}")
     if seq_len < 2:
         raise DataError(f"sequence length must be at least 2 (one input and one target), got {seq_len}")
     if num_blocks < 1:

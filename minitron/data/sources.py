@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from minitron.data.textfiles import read_text, strip_bom, text_lines, txt_documents
-from minitron.errors import DataError
+from minitron.errors import DataError, DataNotFoundError
 
 BUILTIN_SOURCES = ("python-docs", "python-topics", "python-docstrings")
 FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
@@ -48,6 +48,11 @@ def iter_documents(spec: str, text_field: str = "text") -> Iterator[str]:
 
 
 def _dispatch(spec: str, text_field: str) -> Iterator[str]:
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        # An empty path would read the current folder: refuse it instead.
+        raise DataError(f"the data spec is {'empty' if isinstance(spec, str) else type(spec).__name__}: give a "
+                        f"file or folder, 'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:{BUILTIN_SOURCES[0]}'")
+    spec = os.fspath(spec)
     if spec.startswith("hf:"):
         yield from _hf_documents(*parse_hf_spec(spec), text_field=text_field)
     elif spec.startswith("builtin:"):
@@ -60,7 +65,7 @@ def _dispatch(spec: str, text_field: str) -> Iterator[str]:
 
 def _path_documents(path: Path, text_field: str) -> Iterator[str]:
     if not path.exists():
-        raise DataError(
+        raise DataNotFoundError(
             f"data path {str(path)!r} does not exist: give an existing file or folder, "
             f"'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:{BUILTIN_SOURCES[0]}'"
         )

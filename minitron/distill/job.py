@@ -9,8 +9,10 @@ from pathlib import Path
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from ..data import token_blocks
-from ..errors import MinitronError
+from ..errors import MinitronError, ModelNotFoundError, OutputError
+from ..io import replace_directory
 from ..loading import load_model, load_tokenizer, publish_into, resolve_dtype
+from ..outputs import check_output, is_empty_folder, pending_folder, require_text
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, saved_settings
 from .dist import barrier, close_distributed, init_distributed
 from .loop import distill
@@ -19,21 +21,40 @@ from .vocab import check_same_tokenizer
 from ..config import DistillConfig
 
 
-def prepare_run_folder(out: str | Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+def resumable_folder(out: str | Path) -> Path | None:
+    """The folder holding the checkpoint of an interrupted run into `out`, if there is one.
+
+    A run started with --overwrite trains in `.OUT.pending` beside `out` (the old output stays until the
+    new one is complete), so that folder is looked at first.
+    """
+    for folder in (pending_folder(Path(out)), Path(out)):
+        if (checkpoint_path(folder) / "state.pt").is_file():
+            return folder
+    return None
+
+
+def prepare_run_folder(out: str | Path, resume: bool, overwrite: bool, is_main: bool) -> Path:
+    """The folder this run trains in: `out` itself, or, when it replaces a previous output, a pending
+    folder that is renamed onto `out` once the new model is complete."""
     out = Path(out)
-    has_checkpoint = checkpoint_path(out).is_dir()
     if resume:
-        if not has_checkpoint:
+        folder = resumable_folder(out)
+        if folder is None:
             raise MinitronError(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/ folder"
                                 + (" (the run there already finished)" if (out / "config.json").is_file() else ""))
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise MinitronError(f"{out} holds another run; pass --resume to continue it or --overwrite to replace it")
-        if is_main:
-            shutil.rmtree(out)
+        return folder
+    pending = pending_folder(out)
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(pending, ignore_errors=True)  # an abandoned --overwrite run; this one starts afresh
+    if is_empty_folder(out):
+        if is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        return out
+    if not overwrite:
+        raise OutputError(f"{out} holds another run; pass --resume to continue it or --overwrite to replace it")
+    if is_main:
+        pending.mkdir(parents=True)
+    return pending
 
 
 def _source_history(student_spec: str) -> list:
@@ -48,8 +69,16 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
                 text_field: str = "text", resume: bool = False, overwrite: bool = False,
                 device: str | None = None) -> dict:
     """Distill (or, with teacher None and loss "ce", fine-tune) and publish the student into `out`."""
+    student = require_text(student, "--student" if teacher is not None else "--model")
+    if teacher is not None:
+        require_text(teacher, "--teacher")
+    require_text(data, "--data")
+    out = require_text(out, "--out")
     if not Path(student).exists() and student.startswith((".", "/")):
-        raise MinitronError(f"student folder {student} does not exist")
+        raise ModelNotFoundError(f"student folder {student} does not exist")
+    check_output(out, inputs=[student, teacher, data], replace=overwrite)
+    if resume and resumable_folder(out) == pending_folder(Path(out)):
+        check_output(out, inputs=[student, teacher, data], replace=True)  # completing it will replace out
     env = init_distributed(device)
     try:
         distilling = teacher is not None and config.loss != "ce"
@@ -57,9 +86,9 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         teacher_tokenizer = load_tokenizer(teacher) if distilling else None
         if distilling:
             check_same_tokenizer(load_tokenizer(student), teacher_tokenizer)
-        prepare_run_folder(out, resume, overwrite, env.is_main)
+        folder = prepare_run_folder(out, resume, overwrite, env.is_main)
         identity = model_identity(student, teacher if distilling else None, data, text_field)
-        resumes = check_resume(saved_settings(out), run_settings(config, env.world_size, env.device.type, identity),
+        resumes = check_resume(saved_settings(folder), run_settings(config, env.world_size, env.device.type, identity),
                                out) if resume else []
         barrier(env)
         student_model, tokenizer = load_model(student, device=str(env.device))
@@ -74,9 +103,9 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
                                text_field=text_field, allow_fewer=True)
         kept_layers = _kept_layers(student, teacher_model)
         trained = distill(student_model, teacher_model, train, heldout, config, tokenizer=tokenizer,
-                          teacher_tokenizer=teacher_tokenizer, out=out, resume=resume, kept_layers=kept_layers,
+                          teacher_tokenizer=teacher_tokenizer, out=folder, resume=resume, kept_layers=kept_layers,
                           env=env, identity=identity)
-        final = _final_metrics(out)
+        final = _final_metrics(folder)
         record = {"stage": "distill" if teacher_model is not None else "finetune", "student": student,
                   "teacher": teacher, "data": data, "config": asdict(config), "final": final,
                   "train_blocks": len(train), "epochs": round(needed / max(len(train), 1), 3),
@@ -84,9 +113,11 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         # Under FSDP the student's parameters are shards: every rank helps gather the full tensors.
         full_state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if env.is_main:
-            publish_into(trained, tokenizer, out, {**record, "history": [*_source_history(student), record]},
+            publish_into(trained, tokenizer, folder, {**record, "history": [*_source_history(student), record]},
                          state_dict=full_state)
-            shutil.rmtree(checkpoint_path(out), ignore_errors=True)
+            shutil.rmtree(checkpoint_path(folder), ignore_errors=True)
+            if folder != Path(out):
+                replace_directory(folder, Path(out))  # the previous output goes only now, with the new one complete
         barrier(env)
         return record
     finally:
@@ -103,7 +134,7 @@ def _kept_layers(student_spec: str, teacher) -> list[int] | None:
     return None
 
 
-def _final_metrics(out: str) -> dict:
+def _final_metrics(out: str | Path) -> dict:
     path = Path(out) / "metrics.jsonl"
     if not path.is_file():
         return {}

@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import ScoresError
+from ..errors import ScoresError, ScoresNotFoundError
 from ..io import atomic_write_text, atomic_directory
+from ..outputs import check_replaceable, require_text
 
 SCORES_TENSORS = "scores.safetensors"
 SCORES_META = "scores.json"
@@ -56,6 +57,7 @@ class ImportanceScores:
         tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
         meta = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "num_layers": self.num_layers, **self.meta}
+        check_replaceable(folder)
         with atomic_directory(folder) as staging:
             save_file(tensors, str(staging / SCORES_TENSORS))
             atomic_write_text(staging / SCORES_META, json.dumps(meta, indent=2, default=str))
@@ -63,10 +65,10 @@ class ImportanceScores:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ImportanceScores":
-        folder = Path(folder)
+        folder = Path(require_text(folder, "the scores folder"))
         tensor_path, meta_path = folder / SCORES_TENSORS, folder / SCORES_META
         if not tensor_path.is_file() or not meta_path.is_file():
-            raise ScoresError(f"{folder} holds no importance scores (expected {SCORES_TENSORS} and "
+            raise ScoresNotFoundError(f"{folder} holds no importance scores (expected {SCORES_TENSORS} and "
                               f"{SCORES_META}); create them with `minitron importance --out {folder}`")
         try:
             meta = json.loads(meta_path.read_text())

@@ -31,6 +31,9 @@ def source_sizes(config) -> dict[str, int]:
 
 def resolve_target(config, target: Mapping) -> ResolvedTarget:
     """Fill unspecified sizes from the source and refuse anything the source cannot become."""
+    if not isinstance(target, Mapping):
+        raise TargetError(f"a target is a mapping of config names to sizes, e.g. {{'hidden_size': 384}}; "
+                          f"got {type(target).__name__}")
     unknown = sorted(set(target) - set(TARGET_KEYS))
     if unknown:
         raise TargetError(f"unknown target key(s) {unknown}; allowed: {', '.join(TARGET_KEYS)}")

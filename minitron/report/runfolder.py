@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MinitronError, ScoresError
+from ..outputs import require_text
 
 RUN_FILE = "run.json"
 TEACHER = "teacher"
@@ -70,7 +71,7 @@ class Run:
 
 def load_run(run_dir: str | Path) -> Run:
     """Read and check RUN/run.json; the error says what is wrong with it."""
-    root = Path(run_dir)
+    root = Path(require_text(run_dir, "the run folder"))
     if not root.is_dir():
         raise MinitronError(f"{root} is not a folder; pass the run folder written by `minitron run`")
     path = root / RUN_FILE
