@@ -148,8 +148,8 @@ def load_tokenizer(spec: str = DEFAULT_TEACHER):
 def _cache_builtin(model: nn.Module, tokenizer, name: str) -> None:
     try:
         save_checkpoint(model, tokenizer, _builtin_cache(name), {"source": f"builtin:{name}", "cache": True})
-    except OSError:
-        pass  # a read-only or full cache only costs the next load its 30 s
+    except (OSError, OutputError):
+        pass  # a read-only, full or foreign cache folder only costs the next load its 30 s
 
 
 def check_output_folder(out: str | Path, overwrite: bool, inputs=()) -> Path:
