@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import shlex
 import sys
 import types
 import typing
@@ -42,12 +44,96 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) ->
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
                                default=default, help=f.metadata.get("help", ""))
             continue
+        # A field with its own parser (token budgets: "94B") takes text; the dataclass parses it.
+        kind = _ParsedText(f.metadata["parse"]) if "parse" in f.metadata else kind
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                            help=f"{f.metadata.get('help', '')} (default: {default})")
 
 
+class _ParsedText:
+    """The argparse type of a field its dataclass parses itself: the text stays text (so a bad value is
+    the dataclass's one-line error), and `parse` says what it means (for `command_argv`)."""
+
+    __name__ = "str"
+
+    def __init__(self, parse) -> None:
+        self.parse = parse
+
+    def __call__(self, text: str) -> str:
+        return str(text)
+
+
 def from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def command_argv(command: str, *settings, **options) -> list[str]:
+    """The argv (after `minitron`) of `command` with these settings: dataclass instances (the same ones the
+    options are generated from) or mappings of option names (`dest`s) to values. Values equal to the
+    command's own defaults are left out; the result parses back to exactly these values.
+
+        command_argv("distill", DistillConfig(steps=10), student="pruned/", teacher="t/", out="s/")
+
+    A value the command line cannot say (an unknown option, None for an option that has a default, a bool
+    option that is on by default) is a MinitronError that names it.
+    """
+    values: dict = {}
+    for section in settings:
+        values |= dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+    values |= options
+    actions = {action.dest: action for action in _command_parser(command)._actions if action.dest != "help"}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise MinitronError(f"`minitron {command}` has no option for {', '.join(unknown)}")
+    positional, flags = [], []
+    for dest, action in actions.items():
+        if dest not in values or values[dest] == action.default:
+            continue
+        words = _option_words(command, action, values[dest])
+        (flags if action.option_strings else positional).extend(words)
+    return [command, *positional, *flags]
+
+
+def command_line(command: str, *settings, **options) -> str:
+    """`minitron COMMAND ...` as one shell line (each word quoted with shlex); see command_argv."""
+    return shlex.join(["minitron", *command_argv(command, *settings, **options)])
+
+
+def _option_words(command: str, action: argparse.Action, value) -> list[str]:
+    flag = action.option_strings[:1]
+    if action.nargs == 0:  # a switch (store_true): present or absent
+        if value is not True:
+            raise MinitronError(f"`minitron {command} {flag[0]}` can only turn it on, not set it to {value!r}")
+        return flag
+    if value is None:
+        raise MinitronError(f"`minitron {command}` cannot set {action.dest} back to None "
+                            f"(its default there is {action.default!r})")
+    if isinstance(value, bool) or isinstance(value, (list, tuple, dict)):
+        raise MinitronError(f"`minitron {command}` takes {action.dest} as one word, not {value!r}")
+    text = repr(float(value)) if action.type is float else str(value)  # repr: the float that parses back
+    if not _parses_back(action, text, value):
+        raise MinitronError(f"`minitron {command}` cannot take {action.dest}={value!r}")
+    if flag and text.startswith("-"):
+        return [f"{flag[0]}={text}"]  # `--data -x` would read -x as an option
+    return [*flag, text]
+
+
+def _parses_back(action: argparse.Action, text: str, value) -> bool:
+    try:
+        parsed = action.type(text) if action.type is not None else text
+        if isinstance(action.type, _ParsedText):  # "94B" and 94000000000 mean the same budget
+            parsed, value = action.type.parse(parsed), action.type.parse(value)
+    except ValueError:
+        return False
+    return parsed == value and (not action.choices or parsed in action.choices)
+
+
+@functools.cache
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    subcommands = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if command not in subcommands.choices:
+        raise MinitronError(f"there is no `minitron {command}` command")
+    return subcommands.choices[command]
 
 
 def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -64,7 +150,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
     parser.add_argument("--out", required=True, help="Run folder: checkpoints, metrics.jsonl, then the final model.")
     parser.add_argument("--resume", action="store_true", help="Continue the interrupted run in --out exactly.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace whatever --out holds.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace the previous run in --out once this one is complete.")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
     _save_dtype_option(parser)
 
@@ -156,7 +242,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="A model family from a YAML recipe: every stage, resumable, with a report.")
     run.add_argument("recipe", help="Recipe file, e.g. recipes/smollm2-cpu.yaml.")
     run.add_argument("--out", default=None, help="Run folder (default: runs/<recipe name>).")
-    run.add_argument("--overwrite", action="store_true", help="Start again: remove what the run folder holds.")
+    run.add_argument("--overwrite", action="store_true", help="Start again; the previous run is replaced once the new one is complete.")
     run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size only.")
     run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 

@@ -14,11 +14,12 @@ from transformers import AutoConfig
 from .arch import get_adapter
 from .config import DataConfig, ImportanceConfig
 from .data import iter_batches, token_blocks
-from .errors import MinitronError
+from .errors import MinitronError, ModelLoadError, SettingsError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
 from .importance import ImportanceScores, estimate_importance, magnitude_scores, random_scores
 from .loading import check_output_folder, load_model, locate_model, save_checkpoint
+from .outputs import require_text
 from .params import count_parameters, count_parameters_from_config
 from .prune import describe_pruning, prune, resolve_target
 
@@ -43,7 +44,8 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
                    device: str | None = None, overwrite: bool = False) -> Path:
     """Estimate importance on calibration data and save the scores folder `out`."""
     data, settings = data or DataConfig(), settings or ImportanceConfig()
-    check_output_folder(out, overwrite)
+    require_text(model, "--model")
+    check_output_folder(out, overwrite, inputs=[model, data.data])
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
     get_adapter(loaded)  # importance reads family-specific modules: "not supported yet" before any work
     start = time.perf_counter()
@@ -65,10 +67,13 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
     if dry_run:
         return describe_pruning(load_config(model), target)
     if out is None:
-        raise MinitronError("--out is required (or pass --dry-run)")
-    check_output_folder(out, overwrite)
+        raise SettingsError("--out is required (or pass --dry-run)")
+    require_text(model, "--model")
+    if scores is not None:
+        require_text(scores, "--scores")
+    check_output_folder(out, overwrite, inputs=[model, scores])
     if scores is None and criterion not in ("magnitude", "random"):
-        raise MinitronError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
+        raise SettingsError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
     loaded_scores = ImportanceScores.load(scores) if scores else None
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
     get_adapter(loaded)
@@ -90,7 +95,7 @@ def load_config(spec: str):
 
     Any causal LM's config is read; callers that need a family adapter ask for it.
     """
-    path = Path(spec)
+    path = Path(require_text(spec, "the model spec"))
     if path.is_file() and path.name == "config.json":
         spec = str(path.parent)
     if spec.startswith("builtin:") or spec.endswith(".gguf"):
@@ -99,7 +104,7 @@ def load_config(spec: str):
     try:
         return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as error:
-        raise MinitronError(f"cannot read the config of {spec!r}: {error}") from error
+        raise ModelLoadError(f"cannot read the config of {spec!r}: {error}") from error
 
 
 AXES = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",

@@ -14,8 +14,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .errors import MinitronError, ModelLoadError
+from .errors import ModelLoadError, ModelNotFoundError, OutputError, SettingsError
 from .io import atomic_directory
+from .outputs import check_output, check_replaceable, is_empty_folder, require_text
 
 # name -> (python package that ships the file, GGUF file name inside it, how to install it)
 BUILTIN_MODELS = {
@@ -33,14 +34,20 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise MinitronError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise SettingsError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise SettingsError(f"unknown device {device!r}: use cpu, cuda, cuda:1 ... or auto") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return resolved
 
 
 def builtin_gguf(name: str) -> Path:
@@ -79,14 +86,17 @@ def locate_model(spec: str) -> tuple[str, str | None]:
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
-            raise ModelLoadError(f"GGUF file {spec} does not exist")
+            raise ModelNotFoundError(f"GGUF file {spec} does not exist")
         return str(path.parent), path.name
+    if path.is_file():
+        raise ModelLoadError(f"{spec} is a file, not a model: give a Hugging Face model folder, a .gguf file, "
+                             "a hub id or builtin:NAME")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{spec} exists but holds no config.json: not a Hugging Face model folder")
         return str(path), None
     if _is_local_path(spec):
-        raise ModelLoadError(f"{spec}: no such folder (the model folder does not exist)")
+        raise ModelNotFoundError(f"{spec}: no such folder (the model folder does not exist)")
     if is_offline_mode() and _not_in_hub_cache(spec):
         raise ModelLoadError(f"{spec}: no such folder, and HF_HUB_OFFLINE=1 while the Hub cache holds no model "
                              "by that id; give an existing folder or unset HF_HUB_OFFLINE to download it")
@@ -140,6 +150,7 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     even when the weights were loaded or trained in fp32. Any causal LM loads; the stages that need a
     family adapter (importance, pruning, hidden-state losses) ask for it themselves.
     """
+    spec = require_text(spec, "the model spec")
     location, gguf_file = locate_model(spec)
     stored = None if gguf_file else _checkpoint_dtype(spec, location)
     if dtype in (None, "auto"):
@@ -198,17 +209,27 @@ def _write_model(model: nn.Module, folder: Path, dtype: torch.dtype, state_dict:
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def load_tokenizer(spec: str = DEFAULT_TEACHER):
+    """The tokenizer of a model spec alone (no weights): cheap checks before any loading."""
+    location, gguf_file = locate_model(spec)
+    try:
+        return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer of {spec!r}: {error}") from error
+
+
 def _cache_builtin(model: nn.Module, tokenizer, name: str) -> None:
     try:
         save_checkpoint(model, tokenizer, _builtin_cache(name), {"source": f"builtin:{name}", "cache": True})
-    except OSError:
-        pass  # a read-only or full cache only costs the next load its 30 s
+    except (OSError, OutputError):
+        pass  # a read-only, full or foreign cache folder only costs the next load its 30 s
 
 
-def check_output_folder(out: str | Path, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise MinitronError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+def check_output_folder(out: str | Path, overwrite: bool, inputs=()) -> Path:
+    """The guard in `minitron.outputs`, then: a finished output is replaced only with --overwrite."""
+    out = check_output(out, inputs=inputs, replace=overwrite)
+    if not is_empty_folder(out) and not overwrite:
+        raise OutputError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     return out
 
 
@@ -218,6 +239,9 @@ def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict, 
 
     The weights are written in `save_dtype`, by default the dtype of the checkpoint the model came from.
     """
+    if not isinstance(model, nn.Module):
+        raise SettingsError(f"save_checkpoint needs a model (torch.nn.Module), got {type(model).__name__}")
+    check_replaceable(out)
     with atomic_directory(out) as staging:
         _write_model(model, staging, save_dtype_for(model, save_dtype))
         if tokenizer is not None:

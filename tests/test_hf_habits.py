@@ -10,6 +10,7 @@ from safetensors import safe_open
 
 from minitron.cli import main
 from minitron.config import DistillConfig, cpu_has_amx_bf16
+from minitron.distill.resume import check_resume, run_settings
 from minitron.loading import save_checkpoint
 from minitron.recipe import load_recipe
 from minitron.verbosity import progress_bar, verbosity
@@ -69,10 +70,9 @@ def test_distilling_a_bf16_student_trains_in_fp32_and_saves_bf16(workspace):
 
 
 def test_precision_auto_is_bf16_only_where_bf16_is_native():
-    cpu = torch.device("cpu")
-    assert DistillConfig(steps=1).uses_bf16(cpu) is cpu_has_amx_bf16()
-    assert not DistillConfig(steps=1, precision="fp32").uses_bf16(cpu)
-    assert DistillConfig(steps=1, precision="bf16").uses_bf16(cpu)
+    assert DistillConfig(steps=1).student_bf16("cpu") is cpu_has_amx_bf16()
+    assert not DistillConfig(steps=1, precision="fp32").student_bf16("cpu")
+    assert DistillConfig(steps=1, precision="bf16").student_bf16("cpu")
     with open("/proc/cpuinfo") as cpuinfo:
         assert cpu_has_amx_bf16() == ("amx_bf16" in cpuinfo.read().split())
 
@@ -194,6 +194,14 @@ def test_bars_show_by_default_and_obey_tqdm_disable(workspace, capfd, monkeypatc
     with verbosity("normal"):
         list(progress_bar(range(3), mininterval=0))
     assert _no_progress_bar(capfd.readouterr().err)
+
+
+def test_a_resume_may_change_where_metrics_are_reported():
+    """--report-to moves no trajectory: a resume honours a change of it and records it."""
+    saved = {**run_settings(DistillConfig(steps=4), 1, "cpu"), "step": 2}
+    current = {**run_settings(DistillConfig(steps=4), 1, "cpu"), "report_to": "wandb"}
+    assert check_resume(saved, current, "out") == [{"step": 2, "changed": {"report_to": {"from": "none",
+                                                                                          "to": "wandb"}}}]
 
 
 def test_report_to_tensorboard(workspace, tmp_path, capsys):

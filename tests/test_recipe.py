@@ -279,7 +279,7 @@ def test_a_search_stage_prunes_to_the_winner(inputs, tmp_path):
 
 def test_a_folder_that_is_not_a_run_is_refused(inputs, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(MinitronError, match="not a recipe run"):
+    with pytest.raises(MinitronError, match="not written by minitron"):
         run_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe(inputs)), tmp_path, device="cpu")
     assert (tmp_path / "notes.txt").is_file()
 

@@ -37,7 +37,7 @@ def save_training_state(out: str | Path, *, trainable: nn.Module, optimizer, sch
              "step": step, "rng": torch.get_rng_state()}
     with atomic_directory(checkpoint_path(out)) as staging:
         torch.save(state, staging / "state.pt")
-        (staging / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
+        (staging / "settings.json").write_text(json.dumps({**settings, "step": step}, indent=2, default=str))
 
 
 def load_training_state(out: str | Path, *, trainable: nn.Module, optimizer, scheduler) -> int:

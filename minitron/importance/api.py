@@ -8,6 +8,7 @@ from torch import nn
 
 from ..arch import get_adapter
 from ..errors import MinitronError
+from ..eval.loss import position_ids_from_mask
 from ..fingerprint import model_fingerprint
 from .aggregate import REDUCTIONS
 from .depth import layer_loss_increase
@@ -26,8 +27,13 @@ def as_batch_dict(batch, device: torch.device) -> dict:
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
     mask = batch.get("attention_mask")
-    return {"input_ids": input_ids.to(device),
-            "attention_mask": None if mask is None else mask.to(device)}
+    if mask is not None and mask.dim() == 1:
+        mask = mask.unsqueeze(0)
+    if mask is None:
+        return {"input_ids": input_ids.to(device), "attention_mask": None}
+    # Real tokens get the positions they would have unpadded, so left padding changes no score.
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
+            "position_ids": position_ids_from_mask(mask).to(device)}
 
 
 @torch.inference_mode()

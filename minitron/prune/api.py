@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..arch import get_adapter
+from ..errors import ScoresError
 from ..fingerprint import model_fingerprint
 from ..importance.scores import ImportanceScores
 from ..loading import source_dtype
@@ -27,6 +28,9 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
         ("lm_loss", "block_influence", ...); default: lm_loss when present, else Block Influence.
     """
     adapter = get_adapter(model)
+    if not isinstance(scores, ImportanceScores):
+        raise ScoresError(f"prune needs ImportanceScores (from estimate_importance, magnitude_scores, "
+                          f"random_scores or ImportanceScores.load), got {type(scores).__name__}")
     resolved = resolve_target(model.config, target)
     validate_pruned_config(pruned_config(model.config, resolved))
     scores.check_matches(model_fingerprint(model))

@@ -16,9 +16,11 @@ from pathlib import Path
 from ..arch import get_adapter
 from ..config import DataConfig, ImportanceConfig
 from ..data import token_blocks
-from ..errors import MinitronError
+from ..errors import MinitronError, SettingsError
 from ..importance.scores import ImportanceScores
+from ..io import atomic_directory
 from ..loading import check_output_folder, load_model, resolve_device, resolve_dtype
+from ..outputs import require_text
 from .candidates import Architecture
 from .config import SearchConfig
 from .rank import plan, search
@@ -56,7 +58,14 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
     teacher: the model candidates are distilled from (None: `model` itself). data: the text for held-out
     scoring and candidate distillation (data.seq_len tokens per block; data.batch_size for evaluation).
     """
-    check_output_folder(out, overwrite)
+    require_text(model, "--model")
+    if not isinstance(config, SearchConfig):
+        raise SettingsError(f"config must be a SearchConfig with a budget, got {type(config).__name__}")
+    data = data if data is not None else DataConfig()
+    for value, flag in ((scores, "--scores"), (teacher, "--teacher")):
+        if value is not None:
+            require_text(value, flag)
+    check_output_folder(out, overwrite, inputs=[model, scores, teacher, data.data])
     loaded_scores = ImportanceScores.load(scores) if scores else None
     if config.target_params is not None:
         list_candidates(model, config)  # an impossible budget fails here, before any weights or data
@@ -75,14 +84,16 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
         blocks = max(math.ceil(config.candidate_tokens / data.seq_len), config.candidate_batch_size)
         train = token_blocks(data.data, tokenizer, data.seq_len, blocks,
                              split="train", text_field=data.text_field, allow_fewer=True)
-    if loaded_scores is None:
-        from ..jobs import compute_scores
-        loaded_scores = compute_scores(loaded, tokenizer, data, ImportanceConfig(), progress=progress)
-        loaded_scores.save(Path(out) / SCORES_SUBDIR)
-    result = search(loaded, tokenizer, loaded_scores, config, heldout=heldout, train=train, teacher=teacher_model,
-                    progress=progress, batch_size=data.batch_size)
-    payload = {"model": model, "teacher": teacher or model, "scores": scores or str(Path(out) / SCORES_SUBDIR),
-               "data": data.data, "seq_len": data.seq_len, **result.to_dict()}
-    write_outputs(out, payload)
+    # Everything is written in a staging folder that replaces `out` only once the search is complete.
+    with atomic_directory(out) as staging:
+        if loaded_scores is None:
+            from ..jobs import compute_scores
+            loaded_scores = compute_scores(loaded, tokenizer, data, ImportanceConfig(), progress=progress)
+            loaded_scores.save(staging / SCORES_SUBDIR)
+        result = search(loaded, tokenizer, loaded_scores, config, heldout=heldout, train=train,
+                        teacher=teacher_model, progress=progress, batch_size=data.batch_size)
+        payload = {"model": model, "teacher": teacher or model, "scores": scores or str(Path(out) / SCORES_SUBDIR),
+                   "data": data.data, "seq_len": data.seq_len, **result.to_dict()}
+        write_outputs(staging, payload)
     return payload
 
