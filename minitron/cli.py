@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
+import shlex
 import sys
 import types
 import typing
@@ -28,6 +30,7 @@ from .config import DataConfig, DistillConfig, ImportanceConfig, TargetConfig
 from .errors import MinitronError
 from .search.config import GUIDE as SEARCH_GUIDE
 from .search.config import SearchConfig
+from .verbosity import verbosity
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) -> None:
@@ -43,18 +46,103 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) ->
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
                                default=default, help=f.metadata.get("help", ""))
             continue
+        # A field with its own parser (token budgets: "94B") takes text; the dataclass parses it.
+        kind = _ParsedText(f.metadata["parse"]) if "parse" in f.metadata else kind
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
                            help=f"{f.metadata.get('help', '')} (default: {default})")
+
+
+class _ParsedText:
+    """The argparse type of a field its dataclass parses itself: the text stays text (so a bad value is
+    the dataclass's one-line error), and `parse` says what it means (for `command_argv`)."""
+
+    __name__ = "str"
+
+    def __init__(self, parse) -> None:
+        self.parse = parse
+
+    def __call__(self, text: str) -> str:
+        return str(text)
 
 
 def from_args(cls, args: argparse.Namespace):
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def command_argv(command: str, *settings, **options) -> list[str]:
+    """The argv (after `minitron`) of `command` with these settings: dataclass instances (the same ones the
+    options are generated from) or mappings of option names (`dest`s) to values. Values equal to the
+    command's own defaults are left out; the result parses back to exactly these values.
+
+        command_argv("distill", DistillConfig(steps=10), student="pruned/", teacher="t/", out="s/")
+
+    A value the command line cannot say (an unknown option, None for an option that has a default, a bool
+    option that is on by default) is a MinitronError that names it.
+    """
+    values: dict = {}
+    for section in settings:
+        values |= dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+    values |= options
+    actions = {action.dest: action for action in _command_parser(command)._actions if action.dest != "help"}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise MinitronError(f"`minitron {command}` has no option for {', '.join(unknown)}")
+    positional, flags = [], []
+    for dest, action in actions.items():
+        if dest not in values or values[dest] == action.default:
+            continue
+        words = _option_words(command, action, values[dest])
+        (flags if action.option_strings else positional).extend(words)
+    return [command, *positional, *flags]
+
+
+def command_line(command: str, *settings, **options) -> str:
+    """`minitron COMMAND ...` as one shell line (each word quoted with shlex); see command_argv."""
+    return shlex.join(["minitron", *command_argv(command, *settings, **options)])
+
+
+def _option_words(command: str, action: argparse.Action, value) -> list[str]:
+    flag = action.option_strings[:1]
+    if action.nargs == 0:  # a switch (store_true): present or absent
+        if value is not True:
+            raise MinitronError(f"`minitron {command} {flag[0]}` can only turn it on, not set it to {value!r}")
+        return flag
+    if value is None:
+        raise MinitronError(f"`minitron {command}` cannot set {action.dest} back to None "
+                            f"(its default there is {action.default!r})")
+    if isinstance(value, bool) or isinstance(value, (list, tuple, dict)):
+        raise MinitronError(f"`minitron {command}` takes {action.dest} as one word, not {value!r}")
+    text = repr(float(value)) if action.type is float else str(value)  # repr: the float that parses back
+    if not _parses_back(action, text, value):
+        raise MinitronError(f"`minitron {command}` cannot take {action.dest}={value!r}")
+    if flag and text.startswith("-"):
+        return [f"{flag[0]}={text}"]  # `--data -x` would read -x as an option
+    return [*flag, text]
+
+
+def _parses_back(action: argparse.Action, text: str, value) -> bool:
+    try:
+        parsed = action.type(text) if action.type is not None else text
+        if isinstance(action.type, _ParsedText):  # "94B" and 94000000000 mean the same budget
+            parsed, value = action.type.parse(parsed), action.type.parse(value)
+    except ValueError:
+        return False
+    return parsed == value and (not action.choices or parsed in action.choices)
+
+
+@functools.cache
+def _command_parser(command: str) -> argparse.ArgumentParser:
+    subcommands = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if command not in subcommands.choices:
+        raise MinitronError(f"there is no `minitron {command}` command")
+    return subcommands.choices[command]
+
+
 def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--model", required=required, default=None if required else "builtin:smollm2-135m",
                         help="Hub id, local folder, .gguf file, or builtin:smollm2-135m.")
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16.")
+    parser.add_argument("--dtype", default="auto", help="Weights to load and compute in: auto (default: the "
+                        "checkpoint's dtype; GGUF: float32), float32, bfloat16 or float16.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 
 
@@ -65,13 +153,32 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
     parser.add_argument("--out", required=True, help="Run folder: checkpoints, metrics.jsonl, then the final model.")
     parser.add_argument("--resume", action="store_true", help="Continue the interrupted run in --out exactly.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace whatever --out holds.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace the previous run in --out once this one is complete.")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
+    _save_dtype_option(parser)
+
+
+def _save_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--save-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="dtype of the written model: auto (default: the source checkpoint's dtype, whatever "
+                             "the computation used), float32, bfloat16 or float16.")
+
+
+def _verbosity_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """-q/-v before or after the command: the subcommands' copies leave the value alone unless given."""
+    default = argparse.SUPPRESS if suppress else "normal"
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const="quiet", default=default,
+                       help="No progress bars (minitron's, transformers', datasets', the Hub's) and only "
+                       "warnings from the libraries; results are still printed.")
+    group.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const="verbose", default=default,
+                       help="Also transformers' info logs. TQDM_DISABLE and TRANSFORMERS_VERBOSITY are honoured.")
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minitron", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    _verbosity_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="The whole chain on the built-in teacher (recipes/smollm2-cpu.yaml): "
@@ -97,6 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", help="Folder for the pruned model.")
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
+    _save_dtype_option(prune)
     add_dataclass_arguments(prune, TargetConfig)
 
     distill = commands.add_parser("distill", help="Retrain a pruned student by knowledge distillation.")
@@ -148,7 +256,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="A model family from a YAML recipe: every stage, resumable, with a report.")
     run.add_argument("recipe", help="Recipe file, e.g. recipes/smollm2-cpu.yaml.")
     run.add_argument("--out", default=None, help="Run folder (default: runs/<recipe name>).")
-    run.add_argument("--overwrite", action="store_true", help="Start again: remove what the run folder holds.")
+    run.add_argument("--overwrite", action="store_true", help="Start again; the previous run is replaced once the new one is complete.")
     run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size only.")
     run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 
@@ -158,6 +266,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="Write RUN/report.html and the model cards of a `minitron run` folder.")
     report.add_argument("run_dir", metavar="RUN_DIR", help="Run folder (holds run.json).")
+    for command in commands.choices.values():
+        _verbosity_options(command, suppress=True)
     return parser
 
 
@@ -195,20 +305,19 @@ def _search(args: argparse.Namespace) -> None:
 def _tokenize(args: argparse.Namespace) -> None:
     from .data.shards import write_shards
     from .loading import check_output_folder, load_tokenizer
-    check_output_folder(args.out, args.overwrite)
+    check_output_folder(args.out, args.overwrite, inputs=[args.data, args.tokenizer])
     shards = write_shards(args.data, load_tokenizer(args.tokenizer), args.out, text_field=args.text_field,
                           num_proc=args.num_proc)
-    splits = shards.manifest["splits"]
-    print(f"prepared data written to {args.out}: " + ", ".join(
-        f"{name} {split['tokens']:,} tokens in {split['documents']:,} documents" for name, split in splits.items())
-        + f" ({shards.manifest['seconds']} s); pass it as --data {args.out}")
+    sizes = ", ".join(f"{name} {split['tokens']:,} tokens in {split['documents']:,} documents"
+                      for name, split in shards.manifest["splits"].items())
+    print(f"prepared data written to {args.out}: {sizes} ({shards.manifest['seconds']} s); use --data {args.out}")
 
 
 def _dispatch(args: argparse.Namespace) -> None:
     from . import jobs
-    if getattr(args, "cache_dir", None):
+    if getattr(args, "cache_dir", None):  # read by every data path, in this process and its children
         from .data.cache import CACHE_ENV
-        os.environ[CACHE_ENV] = args.cache_dir  # read by every data path, in this process and its children
+        os.environ[CACHE_ENV] = args.cache_dir
     if args.command == "demo":
         from .demo import run_demo
         run_demo(args.out, quick=args.quick)
@@ -223,7 +332,7 @@ def _dispatch(args: argparse.Namespace) -> None:
                                 "--num-attention-heads, --num-key-value-heads, --num-hidden-layers or --drop-layers")
         result = jobs.run_prune(args.model, args.out, target, scores=args.scores, criterion=args.criterion,
                                 depth_metric=args.depth_metric, dry_run=args.dry_run, dtype=args.dtype,
-                                device=args.device, overwrite=args.overwrite)
+                                device=args.device, overwrite=args.overwrite, save_dtype=args.save_dtype)
         if args.dry_run:
             _print_dry_run(result)
         else:
@@ -236,7 +345,8 @@ def _dispatch(args: argparse.Namespace) -> None:
             raise MinitronError("finetune trains on next-token loss only; use `minitron distill` for KD losses")
         student, teacher = (args.student, args.teacher) if args.command == "distill" else (args.model, None)
         record = run_distill(student, teacher, args.data, args.out, config, text_field=args.text_field,
-                             resume=args.resume, overwrite=args.overwrite, device=args.device)
+                             resume=args.resume, overwrite=args.overwrite, device=args.device,
+                             save_dtype=args.save_dtype)
         final = record["final"]
         print(f"{args.command}: model written to {args.out}; final validation: "
               + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
@@ -275,7 +385,8 @@ def _dispatch(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
-        _dispatch(args)
+        with verbosity(args.verbosity):
+            _dispatch(args)
     except MinitronError as error:
         print(f"minitron {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -3,6 +3,11 @@
 Used to refuse importance scores computed on another model. It hashes the architecture sizes, every
 parameter's name and shape, and a strided sample of each parameter's values (4096 at most), so it costs
 milliseconds even for billions of parameters and still tells a fine-tuned copy from its parent.
+
+It identifies the weights, not how they are held: the same model in fp32 or bf16, on CPU or GPU, has
+one fingerprint. The sampled values are hashed as bfloat16, the coarsest dtype a model is loaded in;
+fp32 -> bf16 is one round-to-nearest-even, whether it happens at load time or here, so both give the
+same bits. (An fp32 checkpoint loaded in fp16 is the exception: fp32 -> fp16 -> bf16 rounds twice.)
 """
 from __future__ import annotations
 
@@ -30,7 +35,6 @@ def model_fingerprint(model: nn.Module) -> str:
             continue
         flat = param.detach().reshape(-1)
         stride = max(1, flat.numel() // _SAMPLES_PER_PARAM)
-        sample = flat[::stride][:_SAMPLES_PER_PARAM].to(device="cpu", dtype=torch.float32)
-        # Round so that the same weights in bf16 and fp32 give the same fingerprint.
-        digest.update(torch.round(sample * 1e2).to(torch.int64).numpy().tobytes())
+        sample = flat[::stride][:_SAMPLES_PER_PARAM].to(device="cpu", dtype=torch.bfloat16)
+        digest.update(sample.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -49,14 +49,20 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     try:
         yield staging
         os.chmod(staging, DIR_MODE)
-        if target.exists():
-            previous = target.with_name(f".{target.name}.old")
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(target, previous)
-            os.replace(staging, target)
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replace_directory(complete: Path, target: Path) -> None:
+    """Put the finished folder `complete` in place of `target` (two renames; the old one is then removed)."""
+    target = Path(target)
+    if not target.exists():
+        os.replace(complete, target)
+        return
+    previous = target.with_name(f".{target.name}.old")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(target, previous)
+    os.replace(complete, target)
+    shutil.rmtree(previous, ignore_errors=True)

@@ -15,11 +15,12 @@ from .arch import get_adapter
 from .config import DataConfig, ImportanceConfig
 from .data import iter_batches
 from .data.cache import load_blocks
-from .errors import MinitronError
+from .errors import MinitronError, ModelLoadError, SettingsError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
 from .importance import ImportanceScores, estimate_importance, magnitude_scores, random_scores
-from .loading import check_output_folder, load_model, save_checkpoint
+from .loading import check_output_folder, load_model, locate_model, save_checkpoint
+from .outputs import require_text
 from .params import count_parameters, count_parameters_from_config
 from .prune import describe_pruning, prune, resolve_target
 
@@ -44,8 +45,10 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
                    device: str | None = None, overwrite: bool = False) -> Path:
     """Estimate importance on calibration data and save the scores folder `out`."""
     data, settings = data or DataConfig(), settings or ImportanceConfig()
-    check_output_folder(out, overwrite)
+    require_text(model, "--model")
+    check_output_folder(out, overwrite, inputs=[model, data.data])
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    get_adapter(loaded)  # importance reads family-specific modules: "not supported yet" before any work
     start = time.perf_counter()
     scores = compute_scores(loaded, tokenizer, data, settings)
     scores.meta["seconds"] = round(time.perf_counter() - start, 2)
@@ -55,20 +58,26 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
 
 def run_prune(model: str, out: str | None, target: dict, *, scores: str | None = None,
               criterion: str | None = None, depth_metric: str | None = None, dry_run: bool = False,
-              dtype: str | None = None, device: str | None = None, overwrite: bool = False) -> dict:
+              dtype: str | None = None, device: str | None = None, overwrite: bool = False,
+              save_dtype: str | None = None) -> dict:
     """Prune `model` to `target` with saved `scores` (or a baseline `criterion`) and save it to `out`.
 
     With dry_run, print-ready sizes and parameter counts come from the config alone; nothing is written.
+    The pruned model is saved in `save_dtype`, by default the source checkpoint's dtype.
     """
     if dry_run:
         return describe_pruning(load_config(model), target)
     if out is None:
-        raise MinitronError("--out is required (or pass --dry-run)")
-    check_output_folder(out, overwrite)
+        raise SettingsError("--out is required (or pass --dry-run)")
+    require_text(model, "--model")
+    if scores is not None:
+        require_text(scores, "--scores")
+    check_output_folder(out, overwrite, inputs=[model, scores])
     if scores is None and criterion not in ("magnitude", "random"):
-        raise MinitronError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
+        raise SettingsError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
     loaded_scores = ImportanceScores.load(scores) if scores else None
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    get_adapter(loaded)
     resolve_target(loaded.config, target)  # refuse impossible targets before computing anything
     if loaded_scores is None:
         loaded_scores = compute_scores(loaded, tokenizer, DataConfig(), ImportanceConfig(criterion=criterion))
@@ -78,23 +87,25 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
         "target": target, "depth_metric": depth_metric, "kept_layers": pruned.minitron_kept_layers,
         "params_before": count_parameters(loaded).as_dict(), "params_after": count_parameters(pruned).as_dict(),
     }
-    save_checkpoint(pruned, tokenizer, out, {"stage": "prune", **record})
+    save_checkpoint(pruned, tokenizer, out, {"stage": "prune", **record}, save_dtype=save_dtype)
     return record
 
 
 def load_config(spec: str):
-    """A model's config without its weights where possible (folders and hub ids); GGUF needs a load."""
-    path = Path(spec)
+    """A model's config without its weights where possible (folders and hub ids); GGUF needs a load.
+
+    Any causal LM's config is read; callers that need a family adapter ask for it.
+    """
+    path = Path(require_text(spec, "the model spec"))
     if path.is_file() and path.name == "config.json":
         spec = str(path.parent)
     if spec.startswith("builtin:") or spec.endswith(".gguf"):
         return load_model(spec)[0].config
+    location, _ = locate_model(spec)  # a missing folder fails at once, without asking the Hub
     try:
-        config = AutoConfig.from_pretrained(spec)
+        return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as error:
-        raise MinitronError(f"cannot read the config of {spec!r}: {error}") from error
-    get_adapter(config)
-    return config
+        raise ModelLoadError(f"cannot read the config of {spec!r}: {error}") from error
 
 
 AXES = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",

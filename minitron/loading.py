@@ -8,11 +8,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.constants import is_offline_mode
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .arch import get_adapter
-from .errors import MinitronError, ModelLoadError
+from .errors import ModelLoadError, ModelNotFoundError, OutputError, SettingsError
 from .io import atomic_directory
+from .outputs import check_output, check_replaceable, is_empty_folder, require_text
 
 # name -> (python package that ships the file, GGUF file name inside it, how to install it)
 BUILTIN_MODELS = {
@@ -23,19 +27,27 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    if dtype is None:
+    """A torch dtype from its name; None and "auto" are fp32 here (`load_model` reads "auto" as the
+    checkpoint's dtype before it gets here)."""
+    if dtype in (None, "auto"):
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise MinitronError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise SettingsError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise SettingsError(f"unknown device {device!r}: use cpu, cuda, cuda:1 ... or auto") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"device {device!r} asked for, but this machine has no CUDA GPU; use --device cpu")
+    return resolved
 
 
 def builtin_gguf(name: str) -> Path:
@@ -61,8 +73,9 @@ def _builtin_cache(name: str) -> Path:
     return cache_dir() / "builtin" / name
 
 
-def _locate(spec: str) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None)."""
+def locate_model(spec: str) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None); a spec that can only be a local path and is missing
+    fails here at once with "no such folder", not after the Hub client's retries."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         path = builtin_gguf(name)
@@ -73,15 +86,43 @@ def _locate(spec: str) -> tuple[str, str | None]:
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
-            raise ModelLoadError(f"GGUF file {spec} does not exist")
+            raise ModelNotFoundError(f"GGUF file {spec} does not exist")
         return str(path.parent), path.name
+    if path.is_file():
+        raise ModelLoadError(f"{spec} is a file, not a model: give a Hugging Face model folder, a .gguf file, "
+                             "a hub id or builtin:NAME")
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{spec} exists but holds no config.json: not a Hugging Face model folder")
         return str(path), None
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ModelLoadError(f"model folder {spec} does not exist")
+    if _is_local_path(spec):
+        raise ModelNotFoundError(f"{spec}: no such folder (the model folder does not exist)")
+    if is_offline_mode() and _not_in_hub_cache(spec):
+        raise ModelLoadError(f"{spec}: no such folder, and HF_HUB_OFFLINE=1 while the Hub cache holds no model "
+                             "by that id; give an existing folder or unset HF_HUB_OFFLINE to download it")
     return spec, None  # a hub id such as HuggingFaceTB/SmolLM2-135M
+
+
+# URL prefixes of the Hub's own pages (huggingface.co/models, /datasets, /spaces): no user or org has them.
+_HUB_RESERVED_NAMESPACES = ("models", "datasets", "spaces")
+
+
+def _is_local_path(spec: str) -> bool:
+    """./x, ../x, /x, ~/x, a/b/c, a Windows path, models/x, or d/x while ./d is a folder: never a Hub id."""
+    if spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1 or spec.endswith("/"):
+        return True
+    namespace = spec.split("/", 1)[0] if "/" in spec else None
+    if namespace is not None and (namespace in _HUB_RESERVED_NAMESPACES or Path(namespace).is_dir()):
+        return True
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return True  # not a valid Hub id, so only a folder was meant
+    return False
+
+
+def _not_in_hub_cache(repo_id: str) -> bool:
+    return not isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def _without_quantization_config(model: nn.Module) -> None:
@@ -103,11 +144,20 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
                device: str | None = None, attn_implementation: str | None = None):
     """Load a causal LM and its tokenizer from a hub id, a local folder, a `.gguf` file or `builtin:NAME`.
 
-    GGUF weights are dequantized (to `dtype`, fp32 by default) and come with a clean config, so the model
-    saves like any other. Unsupported families are refused here, before any work.
+    dtype: None or "auto" keeps the checkpoint's dtype, as transformers does; GGUF weights are
+    dequantized to fp32 unless told otherwise, and come with a clean config, so the model saves like any
+    other. The checkpoint's own dtype is remembered (`source_dtype`): `save_checkpoint` writes it back
+    even when the weights were loaded or trained in fp32. Any causal LM loads; the stages that need a
+    family adapter (importance, pruning, hidden-state losses) ask for it themselves.
     """
-    location, gguf_file = _locate(spec)
-    kwargs = {"dtype": resolve_dtype(dtype)}
+    spec = require_text(spec, "the model spec")
+    location, gguf_file = locate_model(spec)
+    stored = None if gguf_file else _checkpoint_dtype(spec, location)
+    if dtype in (None, "auto"):
+        load_dtype = stored or (torch.float32 if gguf_file else "auto")
+    else:
+        load_dtype = resolve_dtype(dtype)
+    kwargs = {"dtype": load_dtype}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if attn_implementation:
@@ -118,17 +168,52 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load model {spec!r}: {error}") from error
     _without_quantization_config(model)
-    get_adapter(model)
+    model.minitron_source_dtype = stored or model.dtype
     if gguf_file and spec.startswith("builtin:"):
         _cache_builtin(model, tokenizer, spec.split(":", 1)[1])
     model.config._name_or_path = spec
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
+def _checkpoint_dtype(spec: str, location: str) -> torch.dtype | None:
+    """The dtype the checkpoint's config declares (`dtype`, formerly `torch_dtype`), or None."""
+    try:
+        declared = AutoConfig.from_pretrained(location).dtype
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load model {spec!r}: {error}") from error
+    if isinstance(declared, str):
+        declared = DTYPES.get(declared)
+    return declared if isinstance(declared, torch.dtype) and declared.is_floating_point else None
+
+
+def source_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the checkpoint `model` came from (recorded by `load_model`), else its weights' dtype."""
+    return getattr(model, "minitron_source_dtype", None) or model.dtype
+
+
+def save_dtype_for(model: nn.Module, save_dtype: str | torch.dtype | None) -> torch.dtype:
+    """What a checkpoint of `model` is written in: `save_dtype`, or with None / "auto" the source's dtype."""
+    return source_dtype(model) if save_dtype in (None, "auto") else resolve_dtype(save_dtype)
+
+
+def _write_model(model: nn.Module, folder: Path, dtype: torch.dtype, state_dict: dict | None = None) -> None:
+    """save_pretrained with the weights cast to `dtype`; the model itself is left as it is."""
+    state = model.state_dict() if state_dict is None else state_dict
+    cast: dict[int, torch.Tensor] = {}  # tied weights share one tensor: cast it once, keep them tied
+    state = {name: cast.setdefault(id(t), t.to(dtype)) if t.is_floating_point() else t for name, t in state.items()}
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state)
+    # save_pretrained writes the dtype of the model's parameters; the file holds `dtype`.
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def load_tokenizer(spec: str = DEFAULT_TEACHER):
-    """The tokenizer of a model spec (hub id, folder, .gguf file or builtin:NAME), without its weights."""
-    # A folder may hold a tokenizer alone (no config.json).
-    location, gguf_file = (spec, None) if Path(spec).expanduser().is_dir() else _locate(spec)
+    """The tokenizer of a model spec alone (no weights): cheap checks before any loading. A folder that
+    holds a tokenizer alone (tokenizer_config.json, no config.json) will do as well."""
+    alone = (Path(spec).expanduser() / "tokenizer_config.json").is_file() if isinstance(spec, str) else False
+    location, gguf_file = (spec, None) if alone else locate_model(spec)
     try:
         return AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as error:
@@ -138,28 +223,37 @@ def load_tokenizer(spec: str = DEFAULT_TEACHER):
 def _cache_builtin(model: nn.Module, tokenizer, name: str) -> None:
     try:
         save_checkpoint(model, tokenizer, _builtin_cache(name), {"source": f"builtin:{name}", "cache": True})
-    except OSError:
-        pass  # a read-only or full cache only costs the next load its 30 s
+    except (OSError, OutputError):
+        pass  # a read-only, full or foreign cache folder only costs the next load its 30 s
 
 
-def check_output_folder(out: str | Path, overwrite: bool) -> Path:
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise MinitronError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
+def check_output_folder(out: str | Path, overwrite: bool, inputs=()) -> Path:
+    """The guard in `minitron.outputs`, then: a finished output is replaced only with --overwrite."""
+    out = check_output(out, inputs=inputs, replace=overwrite)
+    if not is_empty_folder(out) and not overwrite:
+        raise OutputError(f"{out} already exists and is not empty; choose another --out or pass --overwrite")
     return out
 
 
-def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict) -> Path:
-    """A standard HF checkpoint (safetensors, config, tokenizer) plus `minitron.json`, written atomically."""
+def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict, *,
+                    save_dtype: str | torch.dtype | None = None) -> Path:
+    """A standard HF checkpoint (safetensors, config, tokenizer) plus `minitron.json`, written atomically.
+
+    The weights are written in `save_dtype`, by default the dtype of the checkpoint the model came from.
+    """
+    if not isinstance(model, nn.Module):
+        raise SettingsError(f"save_checkpoint needs a model (torch.nn.Module), got {type(model).__name__}")
+    check_replaceable(out)
     with atomic_directory(out) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        _write_model(model, staging, save_dtype_for(model, save_dtype))
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / "minitron.json").write_text(json.dumps(record, indent=2, default=str))
     return Path(out)
 
 
-def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict, state_dict: dict | None = None) -> Path:
+def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict, state_dict: dict | None = None, *,
+                 save_dtype: str | torch.dtype | None = None) -> Path:
     """Write an HF checkpoint into an existing run folder (beside metrics and checkpoints).
 
     Files are staged first and each one is renamed into place, so a crash never leaves a half-written
@@ -168,7 +262,7 @@ def publish_into(model: nn.Module, tokenizer, out: str | Path, record: dict, sta
     out = Path(out)
     staging = out / ".final.partial"
     with atomic_directory(staging) as folder:
-        model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+        _write_model(model, folder, save_dtype_for(model, save_dtype), state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
         (folder / "minitron.json").write_text(json.dumps(record, indent=2, default=str))

@@ -9,6 +9,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from .arch import get_adapter
+from .errors import UnsupportedArchitectureError
 
 try:  # skips random initialisation, which is slow even on the meta device (about 5x for counts)
     from transformers.initialization import no_init_weights
@@ -27,14 +28,25 @@ class ParamCount:
 
 
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Unique parameters (tied embeddings count once); embedding = token embedding + untied LM head."""
-    adapter = get_adapter(model)
+    """Unique parameters (tied embeddings count once); embedding = token embedding + untied LM head.
+
+    Works for any causal LM: a family's adapter names its embedding parameters, and any other model's
+    come from `get_input_embeddings` / `get_output_embeddings`.
+    """
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in unique.values())
-    named = dict(model.named_parameters(remove_duplicate=False))
-    embedding_ids = {id(named[name]) for name in adapter.embedding_param_names() if name in named}
-    embedding = sum(unique[i].numel() for i in embedding_ids)
+    embedding = sum(unique[i].numel() for i in _embedding_param_ids(model) if i in unique)
     return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding)
+
+
+def _embedding_param_ids(model: nn.Module) -> set[int]:
+    try:
+        names = get_adapter(model).embedding_param_names()
+    except UnsupportedArchitectureError:
+        modules = (model.get_input_embeddings(), model.get_output_embeddings())
+        return {id(p) for module in modules if module is not None for p in module.parameters()}
+    named = dict(model.named_parameters(remove_duplicate=False))
+    return {id(named[name]) for name in names if name in named}
 
 
 def model_from_config_on_meta(config) -> nn.Module:

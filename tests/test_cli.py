@@ -78,11 +78,13 @@ def test_existing_output_is_not_overwritten(workspace, tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
+    (out / "minitron.json").write_text("{}")  # a folder minitron wrote: --overwrite may replace it
     argv = ["prune", "--model", str(workspace / "teacher"), "--criterion", "random", "--hidden-size", "36",
             "--out", str(out)]
     assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "precious"
     assert main([*argv, "--overwrite"]) == 0 and (out / "config.json").is_file()
+    assert not (out / "keep.txt").exists()
 
 
 def test_lm_eval_tasks_need_the_optional_extra(workspace, capsys):

@@ -45,6 +45,38 @@ def test_large_txt_file_is_split_into_paragraph_groups(tmp_path):
     assert "\n\n".join(docs) == "\n\n".join(paragraphs)
 
 
+def _sentence_lines(count: int) -> list[str]:
+    return [f"Sentence {i} says that pruning keeps what matters and distillation recovers the rest."
+            for i in range(count)]
+
+
+def test_txt_with_one_sentence_per_line_is_cut_at_lines(tmp_path, tokenizer):
+    # No blank line at all: once one document, so the held-out split was empty.
+    lines = _sentence_lines(600)  # ~50 KB
+    path = tmp_path / "lines.txt"
+    path.write_text("\n".join(lines) + "\n")
+    docs = list(iter_documents(str(path)))
+    assert len(docs) > 20 and max(len(d) for d in docs) < 2_200
+    assert [line for d in docs for line in d.split("\n") if line] == lines  # every line, once, in order
+    heldout = token_blocks(str(path), tokenizer, seq_len=64, num_blocks=8, split="heldout", allow_fewer=True)
+    assert heldout.shape == (8, 64)
+
+
+def test_txt_single_huge_line_is_cut_into_pieces(tmp_path):
+    line = "".join(f"w{i}," for i in range(8_000))  # ~45 KB, no line break, no space
+    path = tmp_path / "line.txt"
+    path.write_text(line)
+    docs = list(iter_documents(str(path)))
+    assert len(docs) > 10 and "".join(d.replace("\n", "") for d in docs) == line
+
+
+def test_big_txt_keeps_ordinary_long_paragraphs_whole(tmp_path):
+    paragraphs = ["\n".join(_sentence_lines(60)), "short one", "\n".join(_sentence_lines(40))]  # ~5 KB, ~3 KB
+    path = tmp_path / "big.txt"
+    path.write_text("\n\n".join(paragraphs))
+    assert list(iter_documents(str(path))) == [paragraphs[0], "\n\n".join(paragraphs[1:])]
+
+
 def test_folder_of_txt_is_recursive_and_sorted(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "b.txt").write_text("bee")
@@ -102,6 +134,71 @@ def test_parquet(tmp_path):
 def test_missing_path(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         list(iter_documents(str(tmp_path / "nope.txt")))
+
+
+# --- encodings ------------------------------------------------------------------------------------
+
+BOM = "\ufeff".encode()
+
+
+@pytest.mark.parametrize("name, body", [
+    ("small.txt", "hello world\n\nsecond paragraph\n"),
+    ("big.txt", "\n".join(_sentence_lines(300))),
+    ("d.jsonl", "".join(json.dumps({"text": d}) + "\n" for d in DOCS)),
+    ("d.json", json.dumps([{"text": d} for d in DOCS])),
+], ids=["small.txt", "big.txt", "jsonl", "json"])
+def test_bom_is_dropped(tmp_path, tokenizer, name, body):
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "bom").mkdir()
+    (tmp_path / "plain" / name).write_bytes(body.encode())
+    (tmp_path / "bom" / name).write_bytes(BOM + body.encode())
+    plain, with_bom = str(tmp_path / "plain" / name), str(tmp_path / "bom" / name)
+    assert list(iter_documents(with_bom)) == list(iter_documents(plain))
+    assert torch.equal(token_blocks(with_bom, tokenizer, seq_len=4, num_blocks=2, split="all"),
+                       token_blocks(plain, tokenizer, seq_len=4, num_blocks=2, split="all"))
+
+
+def test_bom_in_parquet_text_is_dropped(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["\ufeff" + DOCS[0], *DOCS[1:]]}), path)
+    assert list(iter_documents(str(path))) == DOCS
+
+
+LATIN1 = "caf\xe9 au lait"  # \xe9 is byte 3 in Latin-1 and not valid UTF-8 there
+
+
+@pytest.mark.parametrize("name, body, offset", [
+    ("a.txt", LATIN1, 3),
+    ("big.txt", "\n".join(_sentence_lines(200)) + "\n" + LATIN1, None),  # streamed line by line
+    ("d.jsonl", json.dumps({"text": "ok"}) + "\n" + json.dumps({"text": LATIN1}, ensure_ascii=False), None),
+    ("d.json", json.dumps([{"text": LATIN1}], ensure_ascii=False), 14),
+], ids=["small.txt", "big.txt", "jsonl", "json"])
+def test_text_that_is_not_utf8_is_refused_with_the_offset(tmp_path, name, body, offset):
+    path = tmp_path / name
+    data = body.encode("latin-1")
+    path.write_bytes(data)
+    expected = data.index(b"\xe9")
+    assert offset is None or offset == expected
+    with pytest.raises(DataError, match=rf"not UTF-8 text: byte {expected}\b.*0xe9.*iconv -f latin1 -t utf-8"):
+        list(iter_documents(str(path)))
+
+
+def test_eval_on_latin1_jsonl_is_a_clear_cli_error(tmp_path, capsys):
+    from minitron.cli import main
+    from tests.tiny import tiny_model, tiny_tokenizer
+
+    tiny_model("llama").save_pretrained(tmp_path / "model")
+    tiny_tokenizer().save_pretrained(tmp_path / "model")
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes((json.dumps({"text": LATIN1}, ensure_ascii=False) + "\n").encode("latin-1"))
+    argv = ["eval", "--model", str(tmp_path / "model"), "--data", str(data), "--samples", "1", "--seq-len", "4"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{data} is not UTF-8 text: byte 13 (line 1)" in error and "iconv" in error
+    assert "Traceback" not in error
 
 
 def test_unknown_extension(tmp_path):
@@ -206,6 +303,24 @@ def test_too_few_tokens(tmp_path, tokenizer):
     path = _write_jsonl(tmp_path / "d.jsonl", [{"text": d} for d in _marked_docs(3)])
     with pytest.raises(DataError, match=r"blocks of 16 tokens, but 1000 were asked.*--samples"):
         token_blocks(str(path), tokenizer, seq_len=16, num_blocks=1000, split="all")
+
+
+def test_too_few_tokens_says_how_many_there_are_and_what_to_pass(tmp_path, tokenizer):
+    path = tmp_path / "small.txt"  # under 8 KB: one document
+    path.write_text("a small corpus " * 20)
+    tokens = len(tokenizer(path.read_text().strip())["input_ids"]) + 1  # and the EOS
+    assert 16 * 17 < tokens < 16 * 20
+    with pytest.raises(DataError) as error:
+        token_blocks(str(path), tokenizer, seq_len=16, num_blocks=20, split="train")
+    assert (f"holds {tokens} tokens in 1 of its 1 documents: 17 blocks of 16 tokens, but 20 were asked; "
+            f"use --samples 17 or fewer, --seq-len {tokens // 20} or less, or more data") in str(error.value)
+    # The held-out split of a one-document corpus is empty: fewer samples cannot help, so it is not advised.
+    with pytest.raises(DataError) as error:
+        token_blocks(str(path), tokenizer, seq_len=16, num_blocks=32, split="heldout", allow_fewer=True)
+    message = str(error.value)
+    assert "holds 0 tokens in 0 of its 1 documents" in message and "at least 1 is needed" in message
+    assert "held-out split is whole documents" in message and "more documents" in message
+    assert "--samples" not in message
 
 
 def test_token_blocks_deterministic(tmp_path, tokenizer):

@@ -7,8 +7,10 @@ from minitron.cli import main
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_the_whole_chain(tmp_path):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+def test_quick_demo_runs_the_whole_chain(tmp_path, capfd):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    printed = capfd.readouterr()
+    assert "%|" not in printed.err + printed.out and "it/s" not in printed.err + printed.out  # --quiet: no bars
     run = json.loads((tmp_path / "run.json").read_text())
     assert all(stage["status"] == "done" for stage in run["stages"])
     teacher, *members = run["members"]

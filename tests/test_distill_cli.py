@@ -2,8 +2,11 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -17,7 +20,7 @@ from tests.tiny import tiny_model, tiny_tokenizer
 TEXT = "\n\n".join(f"Line {i}: a student learns from a teacher what the pruning took away, {i * 7 % 13}."
                    for i in range(300))
 COMMON = ["--seq-len", "16", "--steps", "3", "--lr", "1e-3", "--warmup-steps", "1", "--clip-grad", "0", "--eval-every", "0",
-          "--eval-samples", "4", "--device", "cpu"]
+          "--eval-samples", "4", "--device", "cpu", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +87,52 @@ def test_missing_student_folder_is_refused(run_dir, tmp_path, capsys):
     argv = ["distill", "--student", str(tmp_path / "nowhere"), "--teacher", str(run_dir / "teacher"),
             "--data", str(run_dir / "corpus.txt"), "--out", str(tmp_path / "out"), *COMMON]
     assert main(argv) == 2 and "does not exist" in capsys.readouterr().err
+
+
+def _interrupt_at_first_checkpoint(argv, out) -> int:
+    """Run the CLI in-process and press Ctrl-C (SIGINT) once the run has written its first checkpoint."""
+    finished = threading.Event()
+
+    def press_ctrl_c():
+        while not finished.is_set():
+            if (out / "checkpoint" / "settings.json").is_file():
+                os.kill(os.getpid(), signal.SIGINT)  # handled in the main thread, by the training loop
+                return
+            time.sleep(0.002)
+
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        return main(argv)
+    finally:
+        finished.set()
+        presser.join()
+
+
+def test_resume_refuses_changed_settings_and_records_safe_ones(run_dir, capsys):
+    out = run_dir / "resumed"
+    assert _interrupt_at_first_checkpoint(_distill_args(run_dir, out, "--steps", "40", "--save-every", "2"), out) == 130
+    stopped_at = json.loads((out / "checkpoint" / "settings.json").read_text())["step"]
+    capsys.readouterr()
+    argv = _distill_args(run_dir, out, "--steps", "40", "--save-every", "2", "--resume", "--lr", "5e-3")
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "lr (--lr): 0.001 in the checkpoint, now 0.005" in error and "another --out" in error
+    assert main([*_distill_args(run_dir, out, "--steps", "40", "--resume"), "--data", str(run_dir / "student")]) == 2
+    assert "data (--data)" in capsys.readouterr().err and (out / "checkpoint" / "state.pt").is_file()
+    assert main(_distill_args(run_dir, out, "--steps", "40", "--save-every", "7", "--resume")) == 0
+    record = json.loads((out / "minitron.json").read_text())
+    assert record["config"]["lr"] == 1e-3 and len(_losses(out)) == 40
+    assert record["resumes"] == [{"step": stopped_at, "changed": {"save_every": {"from": 2, "to": 7}}}]
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_before_any_work(run_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+    from tests.test_distill import _other_tokenizer
+    teacher = AutoModelForCausalLM.from_pretrained(run_dir / "teacher")
+    save_checkpoint(teacher, _other_tokenizer(tiny_tokenizer()), tmp_path / "teacher", {"stage": "test"})
+    argv = ["distill", "--student", str(run_dir / "student"), "--teacher", str(tmp_path / "teacher"),
+            "--data", str(run_dir / "corpus.txt"), "--out", str(tmp_path / "out"), *COMMON]
+    assert main(argv) == 2
+    assert "the teacher's tokenizer is not the student's" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -63,9 +63,9 @@ def tiny_recipe(root: Path, **changes) -> dict:
         "data": {"train": str(root / "data"), "seq_len": 16},
         "importance": {"samples": 8, "batch_size": 4, "layer_loss_samples": 0},
         "correction": {"steps": 2, "lr": "1e-3", "warmup_steps": 0, "eval_every": 0, "eval_samples": 4,
-                       "save_every": 0},
+                       "save_every": 0, "precision": "fp32"},
         "distill": {"steps": 3, "micro_batch_size": 2, "lr": "1e-3", "warmup_steps": 1, "eval_every": 0,
-                    "eval_samples": 4, "save_every": 0, "clip_grad": 0},
+                    "eval_samples": 4, "save_every": 0, "clip_grad": 0, "precision": "fp32"},
         "stages": [{"name": "75pct", "target": {"hidden_size": 36, "intermediate_size": 48}},
                    {"name": "50pct", "target": {"intermediate_size": 32, "drop_layers": [1]},
                     "distill": {"steps": STAGE_STEPS}}],
@@ -279,7 +279,7 @@ def test_a_search_stage_prunes_to_the_winner(inputs, tmp_path):
 
 def test_a_folder_that_is_not_a_run_is_refused(inputs, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(MinitronError, match="not a recipe run"):
+    with pytest.raises(MinitronError, match="not written by minitron"):
         run_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe(inputs)), tmp_path, device="cpu")
     assert (tmp_path / "notes.txt").is_file()
 

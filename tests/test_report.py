@@ -229,7 +229,10 @@ def test_report_numbers_match_run_json(run_dir, page):
     search = json.loads((run_dir / "01-half" / "search" / "search.json").read_text())
     for candidate in search["candidates"]:
         assert f"{candidate['loss_pruned']:.4f} ({candidate['rank_pruned']})" in page
-    assert "minitron run" in page and "minitron prune" in page and "minitron distill" in page
+    # This hand-made run.json's recipe is no valid recipe (it has a "name"): the report prints no command
+    # that would not redo the run, and says why (tests/test_reproduce.py runs the commands of a real run).
+    assert "No command can reproduce this run: unknown key &#x27;name&#x27; in the recipe in run.json" in page
+    assert "minitron prune" not in page and "minitron distill" not in page
 
 
 def test_parts_a_run_did_not_do_say_so(run_dir, tmp_path):
@@ -298,6 +301,7 @@ def test_model_card(run_dir):
     for heading in ("## How it was made", "## How good it is", "## How to use", "## Limitations"):
         assert heading in text
     assert "AutoModelForCausalLM.from_pretrained" in text
+    assert "## How to reproduce\n\nNo command can reproduce this model: unknown key 'name'" in text
     assert text.count("**prune**") == 2 and text.count("**distill**") == 2  # the chain's full history
     assert "num_hidden_layers=3" in text
     tokens = json.loads((run_dir / "02-quarter" / "model" / "metrics.jsonl").read_text().splitlines()[-1])["tokens"]

@@ -55,6 +55,22 @@ def test_scores_from_another_model_are_refused(batches):
         prune(model, scores, {"hidden_size": 36})
 
 
+def test_scores_serve_the_same_model_in_another_dtype(model, batches):
+    """The fingerprint identifies the weights, not their dtype: fp32 scores prune the bf16 copy."""
+    scores = estimate_importance(model, batches, progress=False)
+    pruned = prune(model.to(torch.bfloat16), scores, {"intermediate_size": 32})
+    assert pruned.dtype == torch.bfloat16 and pruned.config.intermediate_size == 32
+
+
+def test_scores_of_an_older_format_are_refused(tmp_path):
+    model = tiny_model("llama")
+    random_scores(model).save(tmp_path / "scores")
+    meta_path = tmp_path / "scores" / "scores.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format_version": 1}))
+    with pytest.raises(ScoresError, match="format 1.*recompute them"):
+        ImportanceScores.load(tmp_path / "scores")
+
+
 def test_scores_round_trip_and_corruption(tmp_path, batches):
     model = tiny_model("qwen3")
     scores = estimate_importance(model, batches, layer_loss_batches=1, progress=False, meta={"data": "unit"})

@@ -83,3 +83,15 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
+
+
+# Causal LMs without a minitron adapter: everything but importance, pruning and hidden-state losses works.
+GENERIC_FAMILIES = ["olmo2", "smollm3"]
+
+
+def tiny_generic_model(model_type: str):
+    """A random tiny model of a family minitron has no adapter for."""
+    settings = {k: v for k, v in _COMMON.items() if k != "head_dim"}  # both derive it: 48 / 6 = 8
+    config = AutoConfig.for_model(model_type, **settings)
+    config._attn_implementation = "eager"
+    return AutoModelForCausalLM.from_config(config).eval()

@@ -6,11 +6,13 @@ documents are spread over the whole corpus rather than taken from its end.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 from minitron.data.sources import iter_documents
+from minitron.data.textfiles import TXT_SPLIT_ABOVE_BYTES
 from minitron.errors import DataError
 
 SPLITS = ("train", "heldout", "all")
@@ -51,18 +53,18 @@ def token_blocks(
     `split` is "train", "heldout" (see `is_heldout`) or "all". With `allow_fewer`, a corpus too small
     for `num_blocks` gives every whole block it has (training cycles over them) instead of an error.
     """
-    _validate(seq_len, num_blocks, split, heldout_fraction)
+    _validate(seq_len, num_blocks, split, heldout_fraction, tokenizer)
     needed = seq_len * num_blocks
     ids: list[int] = []
-    used = 0
-    for batch in _document_batches(spec, text_field, split, heldout_fraction):
+    tally = DocumentTally()
+    for batch in _document_batches(spec, text_field, split, heldout_fraction, tally):
         ids.extend(encode_documents(tokenizer, batch))
-        used += len(batch)
         if len(ids) >= needed:
             break
     if len(ids) < needed:
         if not allow_fewer or len(ids) < seq_len:
-            raise DataError(too_few_message(spec, split, len(ids), used, seq_len, num_blocks))
+            raise DataError(too_few_message(spec, split, len(ids), tally, seq_len, num_blocks, allow_fewer,
+                                            heldout_fraction))
         num_blocks, needed = len(ids) // seq_len, len(ids) // seq_len * seq_len
     return torch.tensor(ids[:needed], dtype=torch.long).view(num_blocks, seq_len)
 
@@ -75,7 +77,10 @@ def iter_batches(blocks: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor
         yield blocks[start:start + batch_size]
 
 
-def _validate(seq_len: int, num_blocks: int, split: str, heldout_fraction: float) -> None:
+def _validate(seq_len: int, num_blocks: int, split: str, heldout_fraction: float, tokenizer) -> None:
+    if not callable(tokenizer) or not hasattr(tokenizer, "eos_token_id"):
+        raise DataError(f"token blocks need the model's tokenizer (from minitron.load_model), got "
+                        f"{type(tokenizer).__name__}")
     if seq_len < 2:
         raise DataError(f"sequence length must be at least 2 (one input and one target), got {seq_len}")
     if num_blocks < 1:
@@ -88,12 +93,23 @@ def _validate(seq_len: int, num_blocks: int, split: str, heldout_fraction: float
         raise DataError("the held-out split is empty because the held-out fraction is 0: raise it, or use split 'all'")
 
 
-def _document_batches(spec: str, text_field: str, split: str, heldout_fraction: float) -> Iterator[list[str]]:
+@dataclass
+class DocumentTally:
+    """Documents read so far: all of them, and those of the split asked for (for error messages)."""
+
+    read: int = 0
+    in_split: int = 0
+
+
+def _document_batches(spec: str, text_field: str, split: str, heldout_fraction: float,
+                      tally: DocumentTally) -> Iterator[list[str]]:
     batch: list[str] = []
     chars = 0
     for index, document in enumerate(iter_documents(spec, text_field)):
+        tally.read = index + 1
         if split != "all" and is_heldout(index, heldout_fraction) != (split == "heldout"):
             continue
+        tally.in_split += 1
         batch.append(document)
         chars += len(document)
         if len(batch) >= _DOCS_PER_BATCH or chars >= _CHARS_PER_BATCH:
@@ -120,9 +136,25 @@ def encode_each(tokenizer, documents: list[str]) -> list[list[int]]:
     return [[*tokens, eos] if eos is not None else list(tokens) for tokens in encoded]
 
 
-def too_few_message(spec: str, split: str, tokens: int, documents: int, seq_len: int, num_blocks: int) -> str:
-    return (
-        f"data {spec!r} ({split} split) holds {tokens} tokens in {documents} documents: "
-        f"{tokens // seq_len} blocks of {seq_len} tokens, but {num_blocks} were asked; "
-        f"use a smaller --samples or --seq-len, or more data"
-    )
+def too_few_message(spec: str, split: str, tokens: int, tally: DocumentTally, seq_len: int, num_blocks: int,
+                     allow_fewer: bool, heldout_fraction: float) -> str:
+    blocks = tokens // seq_len
+    # With allow_fewer any whole block will do, so the only shortfall is having none.
+    asked = "at least 1 is needed" if allow_fewer else f"{num_blocks} were asked"
+    message = (f"data {spec!r} ({split} split) holds {tokens} tokens in {tally.in_split} of its "
+               f"{tally.read} documents: {blocks} blocks of {seq_len} tokens, but {asked}")
+    remedies = []
+    if blocks and not allow_fewer:
+        remedies.append(f"--samples {blocks} or fewer")
+    longest = tokens if allow_fewer else tokens // num_blocks
+    if longest >= 2:
+        remedies.append(f"--seq-len {longest} or less")
+    if split == "heldout":
+        message += (f"; the held-out split is whole documents, about {heldout_fraction:.0%} of them "
+                    f"(a .txt file up to {TXT_SPLIT_ABOVE_BYTES // 1000} KB is one document)")
+        remedies.append("more documents (more files, or bigger ones)" + ("" if allow_fewer else " or --split all"))
+    else:
+        remedies.append("more data")
+    if len(remedies) == 1:
+        return f"{message}; use {remedies[0]}"
+    return f"{message}; use {', '.join(remedies[:-1])}, or {remedies[-1]}"

@@ -37,7 +37,7 @@ import torch
 
 from ..errors import DataError
 from ..io import atomic_directory
-from .blocks import SPLITS, encode_each, is_heldout, too_few_message
+from .blocks import SPLITS, DocumentTally, encode_each, is_heldout, too_few_message
 from .sources import iter_documents
 
 FORMAT = "minitron-token-shards"
@@ -227,9 +227,11 @@ class TokenShards:
         tokens = self._all_prefix(needed) if split == "all" else self.tokens(split)[:needed]
         if len(tokens) < needed:
             if not allow_fewer or len(tokens) < seq_len:
-                documents = sum(self.manifest["splits"][s]["documents"] for s in SHARD_SPLITS
-                                if split in ("all", s))
-                raise DataError(too_few_message(str(self.folder), split, len(tokens), documents, seq_len, num_blocks))
+                documents = {s: self.manifest["splits"][s]["documents"] for s in SHARD_SPLITS}
+                tally = DocumentTally(read=sum(documents.values()),
+                                      in_split=sum(n for s, n in documents.items() if split in ("all", s)))
+                raise DataError(too_few_message(str(self.folder), split, len(tokens), tally, seq_len, num_blocks,
+                                                allow_fewer, self.manifest["split_rule"]["heldout_fraction"]))
             num_blocks = len(tokens) // seq_len
             tokens = tokens[:num_blocks * seq_len]
         return torch.from_numpy(np.asarray(tokens, dtype=np.int64)).view(num_blocks, seq_len)

@@ -9,6 +9,8 @@ Specs understood by `iter_documents`:
   with CPython itself, so that examples and tests work offline with no download.
 
 Everything is yielded in a deterministic order so that train / held-out splits are reproducible.
+Files are read as strict UTF-8 with any BOM dropped, and big `.txt` files are cut into many documents
+(see `minitron.data.textfiles`).
 """
 from __future__ import annotations
 
@@ -18,17 +20,13 @@ import json
 import os
 import sysconfig
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
-from minitron.errors import DataError
+from minitron.data.textfiles import read_text, strip_bom, text_lines, txt_documents
+from minitron.errors import DataError, DataNotFoundError
 
 BUILTIN_SOURCES = ("python-docs", "python-topics", "python-docstrings")
 FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
-
-# A `.txt` file above this size is cut into many documents, so that a single big file can still be
-# split into train and held-out parts (splits are made per document).
-_TXT_SPLIT_ABOVE_BYTES = 8_000
-_TXT_CHUNK_CHARS = 2_000
 
 _MIN_DOCSTRING_CHARS = 200
 _SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages",
@@ -50,6 +48,11 @@ def iter_documents(spec: str, text_field: str = "text") -> Iterator[str]:
 
 
 def _dispatch(spec: str, text_field: str) -> Iterator[str]:
+    if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
+        # An empty path would read the current folder: refuse it instead.
+        raise DataError(f"the data spec is {'empty' if isinstance(spec, str) else type(spec).__name__}: give a "
+                        f"file or folder, 'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:{BUILTIN_SOURCES[0]}'")
+    spec = os.fspath(spec)
     if spec.startswith("hf:"):
         yield from _hf_documents(*parse_hf_spec(spec), text_field=text_field)
     elif spec.startswith("builtin:"):
@@ -62,7 +65,7 @@ def _dispatch(spec: str, text_field: str) -> Iterator[str]:
 
 def _path_documents(path: Path, text_field: str) -> Iterator[str]:
     if not path.exists():
-        raise DataError(
+        raise DataNotFoundError(
             f"data path {str(path)!r} does not exist: give an existing file or folder, "
             f"'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:{BUILTIN_SOURCES[0]}'"
         )
@@ -71,7 +74,7 @@ def _path_documents(path: Path, text_field: str) -> Iterator[str]:
         return
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        yield from _txt_documents(path)
+        yield from txt_documents(path)
     elif suffix == ".jsonl":
         yield from _jsonl_documents(path, text_field)
     elif suffix == ".json":
@@ -93,47 +96,13 @@ def _folder_documents(folder: Path) -> Iterator[str]:
             f"json/parquet shards with 'hf:{folder}'"
         )
     for file in files:
-        yield from _txt_documents(file)
-
-
-def _txt_documents(path: Path) -> Iterator[str]:
-    if path.stat().st_size <= _TXT_SPLIT_ABOVE_BYTES:
-        yield path.read_text(encoding="utf-8", errors="replace").strip()
-        return
-    # Stream a big file line by line; group paragraphs (split on blank lines) into chunks.
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        yield from _group_paragraphs(_paragraphs(handle), _TXT_CHUNK_CHARS)
-
-
-def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
-    current: list[str] = []
-    for line in lines:
-        if line.strip():
-            current.append(line.rstrip("\n"))
-        elif current:
-            yield "\n".join(current)
-            current = []
-    if current:
-        yield "\n".join(current)
-
-
-def _group_paragraphs(paragraphs: Iterable[str], min_chars: int) -> Iterator[str]:
-    group: list[str] = []
-    size = 0
-    for paragraph in paragraphs:
-        group.append(paragraph)
-        size += len(paragraph)
-        if size >= min_chars:
-            yield "\n\n".join(group).strip()
-            group, size = [], 0
-    if group:
-        yield "\n\n".join(group).strip()
+        yield from txt_documents(file)
 
 
 def _record_text(record: Any, text_field: str, where: str) -> str:
     """The text of one JSON / dataset record; plain strings are accepted as documents too."""
     if isinstance(record, str):
-        return record
+        return strip_bom(record)
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object with a {text_field!r} field, got {type(record).__name__}")
     if text_field not in record:
@@ -148,25 +117,24 @@ def _record_text(record: Any, text_field: str, where: str) -> str:
     if not isinstance(text, str):
         raise DataError(f"{where}: field {text_field!r} holds {type(text).__name__}, not text; "
                         f"pass a text field with --text-field")
-    return text
+    return strip_bom(text)
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: invalid JSON ({exc.msg}); each line must be one JSON object") from exc
-            yield _record_text(record, text_field, where)
+    for number, line in enumerate(text_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg}); each line must be one JSON object") from exc
+        yield _record_text(record, text_field, where)
 
 
 def _json_documents(path: Path, text_field: str) -> Iterator[str]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError:
         # Not a single JSON value: many `.json` files are JSON lines in disguise.
         yield from _jsonl_documents(path, text_field)

@@ -3,8 +3,9 @@
 `out/checkpoint/` holds the student's and the loss module's weights, the optimizer and scheduler
 states, the step, the data position (samples consumed, and the global batch that consumed them), the RNG
 states and the run settings. The position is counted in samples, so a run may resume on another number
-of processes as long as the global batch (hence the learning-rate schedule) stays the same.
-The same code serves plain, DDP and FSDP2 models: torch.distributed.checkpoint's state-dict helpers gather full tensors where needed.
+of processes as long as the global batch (hence the learning-rate schedule) stays the same. The same code
+serves plain, DDP and FSDP2 models: torch.distributed.checkpoint's state-dict helpers gather full tensors
+where needed.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from ..errors import MinitronError
 from ..io import atomic_directory
+from .resume import batch_change_message
 
 CHECKPOINT_DIR = "checkpoint"
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -41,25 +43,9 @@ class TrainingPosition:
         """The step to continue from with `config` on `world_size` processes; refuses another global batch."""
         global_batch = config.global_batch(world_size)
         if global_batch != self.global_batch:
-            raise MinitronError(_batch_change_message(self, config, world_size))
+            raise MinitronError(batch_change_message(self.global_batch, self.settings, config.micro_batch_size,
+                                                     config.grad_accum, world_size))
         return self.samples_consumed // global_batch
-
-
-def _batch_change_message(position: TrainingPosition, config, world_size: int) -> str:
-    saved = position.global_batch
-    was = (f" ({position.settings.get('micro_batch_size')} per micro-batch x {position.settings.get('grad_accum')} "
-           f"accumulated x {position.settings.get('world_size', '?')} processes)" if position.settings else "")
-    now = (f"{config.micro_batch_size} x {config.grad_accum} x {world_size} processes = "
-           f"{config.global_batch(world_size)}")
-    if saved % world_size:
-        advice = f"resume on a number of processes that divides {saved}"
-    else:
-        per_rank = saved // world_size
-        micro = config.micro_batch_size if per_rank % config.micro_batch_size == 0 else per_rank
-        advice = f"pass --micro-batch-size {micro} --grad-accum {per_rank // micro}"
-    return (f"the checkpoint was trained with a global batch of {saved} blocks{was}, but this run's is {now}: "
-            f"resuming with another global batch would change the data order and the learning-rate schedule; "
-            f"{advice} (micro-batch x accumulation x processes = {saved})")
 
 
 def save_training_state(out: str | Path, *, trainable: nn.Module, optimizer, scheduler, step: int,
@@ -74,7 +60,7 @@ def save_training_state(out: str | Path, *, trainable: nn.Module, optimizer, sch
              "rng": torch.get_rng_state()}
     with atomic_directory(checkpoint_path(out)) as staging:
         torch.save(state, staging / "state.pt")
-        (staging / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
+        (staging / "settings.json").write_text(json.dumps({**settings, "step": step}, indent=2, default=str))
 
 
 def load_training_state(out: str | Path, *, trainable: nn.Module, optimizer, scheduler) -> TrainingPosition:
@@ -92,8 +78,8 @@ def load_training_state(out: str | Path, *, trainable: nn.Module, optimizer, sch
     torch.set_rng_state(state["rng"])
     settings = saved_settings(out) or {}
     # Checkpoints from before the position was recorded: their global batch is the one in their settings.
-    global_batch = state.get("global_batch") or (settings.get("micro_batch_size", 0) * settings.get("grad_accum", 0)
-                                                 * settings.get("world_size", 1))
+    global_batch = state.get("global_batch") or settings.get("global_batch") or (
+        settings.get("micro_batch_size", 0) * settings.get("grad_accum", 0) * settings.get("processes", 1))
     return TrainingPosition(step=int(state["step"]), global_batch=int(global_batch), settings=settings,
                             samples_consumed=int(state.get("samples_consumed", int(state["step"]) * global_batch)))
 

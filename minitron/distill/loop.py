@@ -15,13 +15,16 @@ import torch
 from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from ..arch import check_logits_adapter, get_adapter, logits_adapter
 from ..config import DistillConfig
 from ..errors import MinitronError
-from .checkpoint import load_training_state, save_training_state
+from .checkpoint import load_training_state, save_training_state, saved_settings
 from .dist import DistEnv, all_reduce_sum, init_distributed
 from .metrics import MetricsLog, ProgressBar
+from .resume import check_resume, run_settings
 from .steps import TrainModule, build_hidden_loss, compute_step_losses, make_logit_loss
 from .validate import validate
+from .vocab import check_vocabularies
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -50,17 +53,14 @@ class _StopFlag:
 
 
 def _autocast(env: DistEnv, config: DistillConfig):
-    use_bf16 = config.precision == "bf16" or (
-        config.precision == "auto" and env.device.type == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.student_bf16(env.device.type))
 
 
 def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig, teacher: nn.Module | None) -> nn.Module:
     if config.fsdp:
         from torch.distributed.fsdp import fully_shard
-        from ..arch import get_adapter
         for model in filter(None, (train_module.student, teacher)):
-            for layer in get_adapter(model).layers(model):
+            for layer in logits_adapter(model).layers(model):
                 fully_shard(layer)
             head = model.get_output_embeddings()
             if head is not None and head.weight is not model.get_input_embeddings().weight:
@@ -70,7 +70,7 @@ def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig, teache
         if teacher is not None:
             # The teacher is called through its base model (its LM head runs chunk by chunk in the
             # loss), so the base model is the FSDP root that gathers the embedding.
-            fully_shard(get_adapter(teacher).base_model(teacher))
+            fully_shard(logits_adapter(teacher).base_model(teacher))
         return fully_shard(train_module)
     if env.distributed:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -90,27 +90,28 @@ def _train_dataset(train_blocks, seq_len: int):
 
 
 def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout_blocks=None,
-            config: DistillConfig | None = None, *, tokenizer=None, out: str | Path | None = None,
-            resume: bool = False, kept_layers: list[int] | None = None, env: DistEnv | None = None,
+            config: DistillConfig | None = None, *, tokenizer=None, teacher_tokenizer=None,
+            out: str | Path | None = None, resume: bool = False, kept_layers: list[int] | None = None,
+            env: DistEnv | None = None, identity: dict | None = None,
             on_step: Callable[[int, dict], None] | None = None) -> nn.Module:
     """Train `student` to match `teacher` (or, with config.loss == "ce", on next-token loss alone).
 
     train_blocks: (num_blocks, seq_len) token ids, a map-style dataset of blocks, prepared `TokenShards`, or a
         data spec or prepared folder (then `tokenizer` is needed and the held-out blocks default to the data's
         held-out split). Blocks are visited in a seeded order, epoch after epoch (see minitron.data.loader).
-        out: where checkpoints and metrics.jsonl go (None: no checkpoints). Returns the trained student (unwrapped, on env.device).
+        tokenizer, teacher_tokenizer: given both, they must be the same tokenizer, and the models' tables may
+        differ by padding rows; else the tables must have the same size. out: where checkpoints and
+        metrics.jsonl go (None: no checkpoints). identity: what the run trains (student, teacher, data specs),
+        saved with the checkpoints; `resume` refuses a change to it or to a setting that shapes training
+        (`resume.check_resume`). Returns the trained student (unwrapped, on env.device).
     """
     if config is None:
         raise MinitronError("distill needs a DistillConfig with a budget (steps or tokens)")
     env = env or init_distributed()
+    settings = _checked_settings(student, teacher, config, env, tokenizer, teacher_tokenizer, out, resume, identity)
     if isinstance(train_blocks, str):
         train_blocks, heldout_blocks = _blocks_from_spec(train_blocks, heldout_blocks, tokenizer, config)
     torch.manual_seed(config.seed)
-    if teacher is None and config.loss != "ce":
-        raise MinitronError("a teacher is required for a distillation loss (or use --loss ce)")
-    if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
-        raise MinitronError(f"teacher and student vocabularies differ ({teacher.config.vocab_size} vs "
-                            f"{student.config.vocab_size}): logit distillation needs the same tokenizer")
     student.to(env.device).train()
     if config.gradient_checkpointing:
         student.gradient_checkpointing_enable()
@@ -130,11 +131,43 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     if resume:
         position = load_training_state(out, trainable=train_module, optimizer=optimizer, scheduler=scheduler)
         start_step = position.resume_step(config, env.world_size)
-    log = MetricsLog(out, env.is_main, resume_step=start_step if resume else None)
-    with _batches(_train_dataset(train_blocks, config.seq_len), config, env, start_step) as batches:
-        _train(wrapped, train_module, student, teacher, batches, heldout_blocks, config, env, optimizer, scheduler,
-               logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step)
+    log = MetricsLog(out, env.is_main, resume_step=start_step if resume else None, report_to=config.report_to,
+                     settings=vars(config))
+    checkpoint = lambda step: out is not None and save_training_state(  # noqa: E731
+        out, trainable=train_module, optimizer=optimizer, scheduler=scheduler, step=step,
+        global_batch=config.global_batch(env.world_size), settings=settings, is_main=env.is_main)
+    try:
+        with _batches(_train_dataset(train_blocks, config.seq_len), config, env, start_step) as batches:
+            _train(wrapped, train_module, student, teacher, batches, heldout_blocks, config, env, optimizer,
+                   scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoint, log,
+                   on_step)
+    finally:
+        log.close()
     return student
+
+
+def _checked_settings(student, teacher, config: DistillConfig, env: DistEnv, tokenizer, teacher_tokenizer, out,
+                      resume: bool, identity: dict | None) -> dict:
+    """The settings checkpoints record, once the inputs are known to fit together (before any work)."""
+    if teacher is None and config.loss != "ce":
+        raise MinitronError("a teacher is required for a distillation loss (or use --loss ce)")
+    if teacher is not None:
+        check_vocabularies(student, teacher, tokenizer, teacher_tokenizer)
+    _check_families(student, teacher, config)
+    settings = run_settings(config, env.world_size, env.device.type, identity)
+    if resume:
+        if out is None:
+            raise MinitronError("resume=True needs the folder of the interrupted run (out=...)")
+        settings["resumes"] = check_resume(saved_settings(out), settings, out)
+    return settings
+
+
+def _check_families(student: nn.Module, teacher: nn.Module | None, config: DistillConfig) -> None:
+    """Logit losses work on any causal LM; hidden-state losses pair layers through a family adapter."""
+    for model in filter(None, (student, teacher)):
+        if config.hidden_loss != "none":
+            get_adapter(model)  # a clear "not supported yet" for families without one
+        check_logits_adapter(model)
 
 
 def _blocks_from_spec(spec: str, heldout_blocks, tokenizer, config: DistillConfig):
@@ -165,13 +198,10 @@ def _batches(dataset, config: DistillConfig, env: DistEnv, start_step: int):
 
 
 def _train(wrapped, train_module, student, teacher, batches, heldout_blocks, config, env, optimizer,
-           scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, out, log, on_step) -> None:
+           scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoint, log,
+           on_step) -> None:
     tokens_per_step = config.global_batch(env.world_size) * config.seq_len
     bar = ProgressBar(total_steps, start_step, env.is_main)
-    checkpoint = lambda step: out is not None and save_training_state(  # noqa: E731
-        out, trainable=train_module, optimizer=optimizer, scheduler=scheduler, step=step,
-        global_batch=config.global_batch(env.world_size), settings={**vars(config), "world_size": env.world_size},
-        is_main=env.is_main)
     with _StopFlag() as stop:
         for step in range(start_step, total_steps):
             started = time.perf_counter()

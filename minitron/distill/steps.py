@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import logits_adapter
 from ..config import DistillConfig
 from .chunked import chunked_cross_entropy, chunked_logit_loss
 from .losses import (
@@ -19,6 +19,7 @@ from .losses import (
     balance_weight,
     map_layers,
 )
+from .vocab import logits_head, shared_vocab_size
 
 
 def make_logit_loss(config: DistillConfig) -> nn.Module | None:
@@ -46,7 +47,7 @@ class TrainModule(nn.Module):
         self.hidden_loss = hidden_loss if hidden_loss is not None else nn.Identity()
 
     def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False):
-        base = get_adapter(self.student).base_model(self.student)
+        base = logits_adapter(self.student).base_model(self.student)
         return base(input_ids=input_ids, use_cache=False, output_hidden_states=output_hidden_states)
 
 
@@ -81,22 +82,21 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
     want_states = hidden_loss is not None
     student_out = train_module(input_ids, output_hidden_states=want_states)
     labels = labels_for(input_ids).reshape(-1)
-    s_adapter = get_adapter(student)
-    student_head = lambda h: s_adapter.logits_from_hidden(student, h)
     head_params = fused_head_params(student)
     s_hidden = student_out.last_hidden_state.reshape(-1, student_out.last_hidden_state.shape[-1])
     if logit_loss is None:  # plain next-token training (teacher correction / CE baseline)
+        student_head = logits_head(student, student.config.vocab_size)
         ce_sum, count = chunked_cross_entropy(s_hidden, student_head, labels, config.chunk_size,
                                               head_params=head_params)
         ce = ce_sum / max(count, 1)
         return StepLosses(total=ce, logit=0.0, ce=float(ce.detach()), hidden=0.0)
-    t_adapter = get_adapter(teacher)
     with torch.no_grad():
-        teacher_out = t_adapter.base_model(teacher)(input_ids=input_ids, use_cache=False,
-                                                    output_hidden_states=want_states)
+        teacher_out = logits_adapter(teacher).base_model(teacher)(input_ids=input_ids, use_cache=False,
+                                                                  output_hidden_states=want_states)
     t_hidden = teacher_out.last_hidden_state.reshape(-1, teacher_out.last_hidden_state.shape[-1])
-    out = chunked_logit_loss(logit_loss, s_hidden, t_hidden, student_head,
-                             lambda h: t_adapter.logits_from_hidden(teacher, h), chunk_size=config.chunk_size,
+    vocab_size = shared_vocab_size(student, teacher)  # tables padded differently: compare the shared rows
+    out = chunked_logit_loss(logit_loss, s_hidden, t_hidden, logits_head(student, vocab_size),
+                             logits_head(teacher, vocab_size), chunk_size=config.chunk_size,
                              labels=labels if config.ce_weight > 0 else None, ce_weight=config.ce_weight,
                              head_params=head_params, backward_through_mean=True)  # total weighs the sums as mean()
     kd = out.kd_sum / max(out.count, 1)
@@ -128,4 +128,4 @@ def fused_head_params(student: nn.Module) -> list[nn.Parameter] | None:
         from torch.distributed.fsdp import FSDPModule
         if any(isinstance(module, FSDPModule) for module in student.modules()):
             return None
-    return get_adapter(student).lm_head_parameters(student)
+    return logits_adapter(student).lm_head_parameters(student)

@@ -22,6 +22,8 @@ def reduce_sequence(activations: torch.Tensor, how: str, mask: torch.Tensor | No
         if how == "l2":
             return torch.linalg.vector_norm(values, dim=1)
         return values.var(dim=1, unbiased=False)
+    # Padded positions are zeroed, not multiplied by 0: what a model computes there may be inf or NaN.
+    values = torch.where(mask.bool().unsqueeze(-1), values, 0.0)
     weights = mask.to(values.dtype).unsqueeze(-1)
     count = weights.sum(dim=1).clamp_min(1.0)
     if how == "mean":

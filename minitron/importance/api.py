@@ -5,15 +5,16 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch import get_adapter
 from ..errors import MinitronError
+from ..eval.loss import position_ids_from_mask
 from ..fingerprint import model_fingerprint
 from .aggregate import REDUCTIONS
 from .depth import layer_loss_increase
 from .hooks import ActivationCollector
 from .scores import ImportanceScores
+from ..verbosity import progress_bar
 
 
 def as_batch_dict(batch, device: torch.device) -> dict:
@@ -26,8 +27,13 @@ def as_batch_dict(batch, device: torch.device) -> dict:
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
     mask = batch.get("attention_mask")
-    return {"input_ids": input_ids.to(device),
-            "attention_mask": None if mask is None else mask.to(device)}
+    if mask is not None and mask.dim() == 1:
+        mask = mask.unsqueeze(0)
+    if mask is None:
+        return {"input_ids": input_ids.to(device), "attention_mask": None}
+    # Real tokens get the positions they would have unpadded, so left padding changes no score.
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
+            "position_ids": position_ids_from_mask(mask).to(device)}
 
 
 @torch.inference_mode()
@@ -63,7 +69,7 @@ def estimate_importance(
     samples = tokens = 0
     try:
         total = len(batches) if hasattr(batches, "__len__") else None
-        for raw in tqdm(batches, total=total, desc="importance", unit="batch", disable=not progress):
+        for raw in progress_bar(batches, enabled=progress, total=total, desc="importance", unit="batch"):
             batch = as_batch_dict(raw, device)
             mask = batch["attention_mask"]
             num_tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()

@@ -9,10 +9,10 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..arch.base import ArchAdapter
 from ..eval.loss import mean_lm_loss
+from ..verbosity import progress_bar
 
 
 class SkipLayer(nn.Module):
@@ -48,7 +48,7 @@ def layer_loss_increase(model: nn.Module, adapter: ArchAdapter, batches: Sequenc
     baseline, _ = mean_lm_loss(model, batches)
     num_layers = len(adapter.layers(model))
     increases = torch.zeros(num_layers)
-    for index in tqdm(range(num_layers), desc="layer-skip loss", disable=not progress, leave=False):
+    for index in progress_bar(range(num_layers), enabled=progress, desc="layer-skip loss", leave=False):
         with layers_skipped(model, adapter, [index]):
             increases[index] = mean_lm_loss(model, batches)[0] - baseline
     return increases

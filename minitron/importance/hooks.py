@@ -87,8 +87,8 @@ class ActivationCollector:
             h_in = self._layer_inputs.pop(index)
             cosine = F.cosine_similarity(h_in.float(), _first_tensor(output).float(), dim=-1)
             influence = 1.0 - cosine
-            if self._mask is not None:
-                influence = influence * self._mask.to(influence.dtype)
+            if self._mask is not None:  # padded positions are left out (where, not *: they may hold NaN)
+                influence = torch.where(self._mask.bool(), influence, 0.0)
             self.influence_sum[index] += influence.sum().double().cpu()
         return hook
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import ScoresError
+from ..errors import ScoresError, ScoresNotFoundError
 from ..io import atomic_write_text, atomic_directory
+from ..outputs import check_replaceable, require_text
 
 SCORES_TENSORS = "scores.safetensors"
 SCORES_META = "scores.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the model fingerprint no longer depends on the dtype (see fingerprint.py)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ImportanceScores:
         tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
         meta = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "num_layers": self.num_layers, **self.meta}
+        check_replaceable(folder)
         with atomic_directory(folder) as staging:
             save_file(tensors, str(staging / SCORES_TENSORS))
             atomic_write_text(staging / SCORES_META, json.dumps(meta, indent=2, default=str))
@@ -63,10 +65,10 @@ class ImportanceScores:
 
     @classmethod
     def load(cls, folder: str | Path) -> "ImportanceScores":
-        folder = Path(folder)
+        folder = Path(require_text(folder, "the scores folder"))
         tensor_path, meta_path = folder / SCORES_TENSORS, folder / SCORES_META
         if not tensor_path.is_file() or not meta_path.is_file():
-            raise ScoresError(f"{folder} holds no importance scores (expected {SCORES_TENSORS} and "
+            raise ScoresNotFoundError(f"{folder} holds no importance scores (expected {SCORES_TENSORS} and "
                               f"{SCORES_META}); create them with `minitron importance --out {folder}`")
         try:
             meta = json.loads(meta_path.read_text())
@@ -77,6 +79,10 @@ class ImportanceScores:
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise ScoresError(f"the scores in {folder} are corrupt or incomplete ({error}); "
                               "recompute them with `minitron importance`") from error
+        if meta.get("format_version") != FORMAT_VERSION:
+            # Older files hold a fingerprint of another formula: every model would look like another one.
+            raise ScoresError(f"the scores in {folder} are in format {meta.get('format_version')}, this minitron "
+                              f"reads format {FORMAT_VERSION}; recompute them with `minitron importance`")
         layers = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("layers.")}
         fingerprint = meta.pop("fingerprint")
         return cls(hidden=tensors["hidden"], neurons=neurons, heads=heads, layers=layers,

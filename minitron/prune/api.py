@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..arch import get_adapter
+from ..errors import ScoresError
 from ..fingerprint import model_fingerprint
 from ..importance.scores import ImportanceScores
+from ..loading import source_dtype
 from ..params import count_parameters, count_parameters_from_config
 from .select import plan_from_scores
 from .surgery import build_model, pruned_config, slice_state_dict, validate_pruned_config
@@ -26,6 +28,9 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
         ("lm_loss", "block_influence", ...); default: lm_loss when present, else Block Influence.
     """
     adapter = get_adapter(model)
+    if not isinstance(scores, ImportanceScores):
+        raise ScoresError(f"prune needs ImportanceScores (from estimate_importance, magnitude_scores, "
+                          f"random_scores or ImportanceScores.load), got {type(scores).__name__}")
     resolved = resolve_target(model.config, target)
     validate_pruned_config(pruned_config(model.config, resolved))
     scores.check_matches(model_fingerprint(model))
@@ -38,6 +43,7 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
     pruned.generation_config = model.generation_config
     pruned.train(model.training)
     pruned.minitron_kept_layers = plan.layers  # recorded in minitron.json by the caller
+    pruned.minitron_source_dtype = source_dtype(model)  # saved as its source was, whatever it computed in
     return pruned
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from ..arch.base import ArchAdapter, Axis
+from ..arch.layer_config import subset_layer_fields_
 from .select import KeepPlan
 from ..errors import TargetError
 from .target import ResolvedTarget
@@ -76,7 +77,7 @@ def slice_state_dict(adapter: ArchAdapter, state: dict, plan: KeepPlan, config) 
 
 
 def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None = None):
-    """The source config with the target sizes, head_dim written out, and per-layer lists shrunk."""
+    """The source config with the target sizes, head_dim written out, and per-layer fields for the kept layers."""
     new_config = copy.deepcopy(config)
     for key in _DROPPED_CONFIG_KEYS:
         if hasattr(new_config, key):
@@ -89,9 +90,7 @@ def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None 
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                 "num_hidden_layers"):
         setattr(new_config, key, getattr(target, key))
-    for key, value in list(vars(new_config).items()):
-        if isinstance(value, list) and len(value) == num_layers and key != "drop_layers":
-            setattr(new_config, key, [value[i] for i in kept_layers])
+    subset_layer_fields_(new_config, config, kept_layers)
     return new_config
 
 

@@ -1,6 +1,7 @@
 """Pruning targets: a plain dict of HF config names, validated against the source before any work."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ from ..errors import TargetError
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
              "num_hidden_layers")
 TARGET_KEYS = (*SIZE_KEYS, "drop_layers")
+_LAYER_ENTRY = re.compile(r"(?P<start>[0-9]+)(?:\s*-\s*(?P<end>[0-9]+))?")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ def source_sizes(config) -> dict[str, int]:
 
 def resolve_target(config, target: Mapping) -> ResolvedTarget:
     """Fill unspecified sizes from the source and refuse anything the source cannot become."""
+    if not isinstance(target, Mapping):
+        raise TargetError(f"a target is a mapping of config names to sizes, e.g. {{'hidden_size': 384}}; "
+                          f"got {type(target).__name__}")
     unknown = sorted(set(target) - set(TARGET_KEYS))
     if unknown:
         raise TargetError(f"unknown target key(s) {unknown}; allowed: {', '.join(TARGET_KEYS)}")
@@ -80,28 +85,58 @@ def _check_heads(sizes: dict, source: dict) -> None:
 def _resolve_drop_layers(drop_layers, num_layers: int) -> tuple[int, ...] | None:
     if drop_layers is None:
         return None
-    if isinstance(drop_layers, (str, bytes)) or not hasattr(drop_layers, "__iter__"):
-        raise TargetError(f"drop_layers must be a list of layer indices, got {drop_layers!r}")
-    indices = list(drop_layers)
+    indices = check_layer_indices(drop_layers, "drop_layers")
     for index in indices:
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise TargetError(f"drop_layers holds {index!r}, which is not a layer index")
-        if not 0 <= index < num_layers:
+        if index >= num_layers:
             raise TargetError(f"drop_layers index {index} is out of range: the source has layers 0..{num_layers - 1}")
-    if len(set(indices)) != len(indices):
-        raise TargetError(f"drop_layers lists a layer more than once: {indices}")
     if len(indices) >= num_layers:
         raise TargetError(f"drop_layers would remove all {num_layers} layers; keep at least one")
     return tuple(sorted(indices))
 
 
+def check_layer_indices(indices, where: str = "drop_layers") -> list[int]:
+    """A non-empty list of distinct non-negative layer indices, or a TargetError saying what is wrong.
+
+    The range against a model's layer count is checked where the model is known (`resolve_target`).
+    """
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        raise TargetError(f"{where} must be a list of layer indices, got {indices!r}")
+    indices = list(indices)
+    if not indices:
+        raise TargetError(f"{where} lists no layers; give at least one index (or leave it out to drop none)")
+    for index in indices:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TargetError(f"{where} holds {index!r}, which is not a layer index")
+        if index < 0:
+            raise TargetError(f"{where} holds {index}: layer indices count from 0 (negative indices are not "
+                              "accepted)")
+    repeated = sorted({index for index in indices if indices.count(index) > 1})
+    if repeated:
+        raise TargetError(f"{where} lists layer(s) {repeated} more than once: {indices}")
+    return indices
+
+
 def parse_layer_list(text: str) -> list[int]:
-    """'16-31' or '3,5,7-9' -> [16, ..., 31] / [3, 5, 7, 8, 9] (inclusive ranges), for the CLI."""
+    """'16-31' or '3,5,7-9' -> [16, ..., 31] / [3, 5, 7, 8, 9] (inclusive ranges), for the CLI and recipes.
+
+    Anything else is refused: empty entries, backwards ranges ('2-1'), negative or non-numeric
+    indices, and layers listed twice.
+    """
+    hint = "use layer indices and ascending ranges like '3,5,16-31'"
+    if not isinstance(text, str) or not text.strip():
+        raise TargetError(f"the layer list is empty; {hint}")
     layers: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            start, _, end = part.partition("-")
-            layers.extend(range(int(start), int(end or start) + 1))
-    except ValueError as error:
-        raise TargetError(f"cannot read layer list {text!r}: use indices and ranges like '3,5,16-31'") from error
-    return layers
+    for part in (p.strip() for p in text.split(",")):
+        match = _LAYER_ENTRY.fullmatch(part)
+        if not part:
+            raise TargetError(f"layer list {text!r} has an empty entry (a stray comma); {hint}")
+        if part.startswith("-") and part[1:].strip().isdigit():
+            raise TargetError(f"layer list {text!r} holds {part}: layers count from 0, negative indices are "
+                              "not accepted")
+        if match is None:
+            raise TargetError(f"cannot read {part!r} in layer list {text!r}; {hint}")
+        start, end = int(match["start"]), int(match["end"] or match["start"])
+        if end < start:
+            raise TargetError(f"range {part!r} in layer list {text!r} runs backwards; write {end}-{start}")
+        layers.extend(range(start, end + 1))
+    return check_layer_indices(layers, f"layer list {text!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..arch import get_adapter
 from ..errors import MinitronError
 from ..prune import describe_pruning
 from .schema import Recipe, load_recipe
@@ -20,6 +21,7 @@ def plan_recipe(recipe: Recipe, teacher_config) -> list[dict]:
     After a search stage the parent's architecture is unknown until the search runs: later stages
     are listed without sizes.
     """
+    get_adapter(teacher_config)  # every recipe prunes its teacher: an unsupported family stops here
     config, rows = teacher_config, []
     for stage in recipe.stages:
         row = {"name": stage.name, "search": stage.search, "target": stage.target, "config": None, "params": None}

@@ -13,21 +13,26 @@ one, and redoes a changed stage with everything after it.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
-from ..errors import MinitronError
-from ..io import atomic_write_text
+from ..errors import SettingsError
+from ..io import atomic_write_text, replace_directory
+from ..outputs import check_output, is_empty_folder, pending_folder, require_text
 from ..jobs import load_config
 from .plan import describe_plan, format_members, plan_recipe
 from .schema import Recipe, load_recipe, recipe_path
 from .stages import evaluate_member, run_correction, run_prune_distill
-from .state import RunState, fingerprint, model_stamp, new_stage_entry, now
+from .state import RUN_FILE, RunState, fingerprint, model_stamp, new_stage_entry, now
 
 __all__ = ["RecipeInterrupted", "describe_plan", "format_members", "plan_recipe", "plan_stages", "run_recipe"]
+
+
+RECORD_FILES = ("minitron.json", "scores.json", "search.json")
 
 
 class RecipeInterrupted(KeyboardInterrupt):
@@ -41,22 +46,26 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, ov
     Returns the content of run.json. Ctrl-C stops cleanly (distillation checkpoints first) and raises
     RecipeInterrupted; running the same recipe into the same folder again continues from there.
     """
+    if not isinstance(recipe, (Recipe, str, Path)):
+        raise SettingsError(f"recipe must be a recipe file, a shipped recipe's name or a Recipe, got "
+                            f"{type(recipe).__name__}")
     source = recipe_path(recipe) if isinstance(recipe, (str, Path)) else None
     recipe = load_recipe(recipe) if source else recipe
     if out is None:
         if source is None:
-            raise MinitronError("give the run folder (out=...) for a recipe that is not read from a file")
+            raise SettingsError("give the run folder (out=...) for a recipe that is not read from a file")
         out = Path("runs") / source.stem
-    run_dir = Path(out)
+    run_dir = Path(require_text(out, "--out"))
+    work_dir = _work_folder(run_dir, overwrite, [source, recipe.teacher, recipe.data.train, recipe.data.eval_spec])
     if check_targets:
         plan_recipe(recipe, load_config(recipe.teacher))  # impossible targets fail here, before any work
-    state = RunState.open(run_dir, overwrite)
-    planned, work = plan_stages(recipe, run_dir)
+    state = RunState.open(work_dir)
+    planned, work = plan_stages(recipe, work_dir)
     state.data = {"recipe": recipe.raw, "teacher": recipe.teacher, "data": asdict(recipe.data),
                   "stages": state.stages, "members": state.members}
     state.reconcile(planned)
     _forget_missing_models(state)
-    atomic_write_text(run_dir / "recipe.yaml", source.read_text() if source else yaml.safe_dump(recipe.raw))
+    atomic_write_text(work_dir / "recipe.yaml", source.read_text() if source else yaml.safe_dump(recipe.raw))
     state.save()
     command = f"minitron run {source} --out {run_dir}" if source else "the same run_recipe(...) call"
     try:
@@ -70,11 +79,46 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, ov
         state.save()
         running = next((s["dir"] for s in state.stages if s["status"] != "done"), "the evaluation")
         detail = str(interrupt).split(";")[0] or "Ctrl-C"  # the loop's own advice (--resume) is not for recipes
-        raise RecipeInterrupted(f"interrupted in {running} ({detail}); progress is saved in {run_dir}. "
+        raise RecipeInterrupted(f"interrupted in {running} ({detail}); progress is saved in {work_dir}. "
                                 f"Run the same command again to resume: {command}") from interrupt
+    if work_dir != run_dir:
+        _rebase_records(work_dir, run_dir)
+        replace_directory(work_dir, run_dir)  # the previous run goes only now, with the new one complete
     if report:
         _report(run_dir)
     return state.data
+
+
+def _work_folder(run_dir: Path, overwrite: bool, inputs: list) -> Path:
+    """The folder the run works in: `run_dir`, or a pending folder that replaces it once complete.
+
+    --overwrite on a folder that holds a run starts the new run beside it; the same command without
+    --overwrite then resumes that pending run (not the old one), as the interruption message says.
+    """
+    check_output(run_dir, inputs=inputs, replace=overwrite)
+    pending = pending_folder(run_dir)
+    resumes_pending = not overwrite and (pending / RUN_FILE).is_file()
+    if resumes_pending:
+        check_output(run_dir, inputs=inputs, replace=True)  # completing it will replace run_dir
+        print(f"continuing the run started with --overwrite in {pending}; it replaces {run_dir} once complete",
+              flush=True)
+        return pending
+    if not overwrite:
+        return run_dir
+    shutil.rmtree(pending, ignore_errors=True)
+    if is_empty_folder(run_dir):
+        return run_dir
+    pending.mkdir(parents=True)
+    return pending
+
+
+def _rebase_records(work_dir: Path, run_dir: Path) -> None:
+    """Point the paths that records hold (a stage's source, scores, student) at the folder's final place."""
+    for name in RECORD_FILES:
+        for path in work_dir.rglob(name):
+            text = path.read_text()
+            if str(work_dir) in text:
+                atomic_write_text(path, text.replace(str(work_dir), str(run_dir)))
 
 
 def plan_stages(recipe: Recipe, run_dir: Path) -> tuple[list[dict], dict]:

@@ -11,6 +11,7 @@ as a string; numbers written that way are accepted for numeric settings).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -20,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from ..config import DataConfig, DistillConfig, ImportanceConfig
-from ..errors import MinitronError
-from ..prune.target import TARGET_KEYS, parse_layer_list
+from ..errors import InputNotFoundError, MinitronError, SettingsError
+from ..prune.target import TARGET_KEYS, check_layer_indices, parse_layer_list
 
 TOP_KEYS = ("teacher", "description", "data", "importance", "correction", "distill", "distill_from", "stages",
             "eval")
@@ -117,14 +118,18 @@ class Recipe:
 
 def recipe_path(spec: str | Path) -> Path:
     """A recipe file, or the name of a shipped one (`smollm2-cpu` is recipes/smollm2-cpu.yaml)."""
+    if spec is None or not str(spec).strip():
+        raise SettingsError("no recipe given: pass a recipe file such as recipes/smollm2-cpu.yaml")
     path = Path(spec)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise SettingsError(f"recipe {spec} is a folder; pass a recipe file such as recipes/smollm2-cpu.yaml")
     shipped = SHIPPED_RECIPES / f"{spec}.yaml"
     if not path.suffix and shipped.is_file():
         return shipped
     names = sorted(p.stem for p in SHIPPED_RECIPES.glob("*.yaml"))
-    raise MinitronError(f"recipe {spec} does not exist" + (f"; shipped recipes: {', '.join(names)}" if names else ""))
+    raise InputNotFoundError(f"recipe {spec} does not exist" + (f"; shipped recipes: {', '.join(names)}" if names else ""))
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -133,14 +138,38 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise MinitronError(f"recipe {path} is not valid YAML: {error}") from error
-    return parse_recipe(raw, where=str(path))
+        raise SettingsError(f"recipe {path} is not valid YAML: {error}") from error
+    recipe = parse_recipe(raw, where=str(path))
+    resolve_relative_paths(recipe, path.resolve().parent)
+    return recipe
+
+
+def resolve_relative_paths(recipe: Recipe, folder: Path) -> None:
+    """Relative paths in a recipe mean the recipe file's folder, wherever `minitron run` starts from.
+
+    Data specs without `hf:` / `builtin:` are paths. The teacher is a path when it starts with ./ or
+    ../ or names something beside the recipe; otherwise it stays a Hub id (org/name).
+    """
+    teacher = recipe.teacher
+    if _is_relative(teacher) and (teacher.startswith(("./", "../")) or (folder / teacher).exists()):
+        recipe.teacher = str(folder / teacher)
+    recipe.data.train = _data_path(recipe.data.train, folder)
+    if recipe.data.eval is not None:
+        recipe.data.eval = _data_path(recipe.data.eval, folder)
+
+
+def _is_relative(spec: str) -> bool:
+    return ":" not in spec and not spec.startswith("~") and not Path(spec).is_absolute()
+
+
+def _data_path(spec: str, folder: Path) -> str:
+    return str(folder / spec) if _is_relative(spec) else spec
 
 
 def parse_recipe(raw, where: str = "recipe") -> Recipe:
     top = _mapping(raw, where, TOP_KEYS)
     if not isinstance(top.get("teacher"), str) or not top["teacher"]:
-        raise MinitronError(f"{where}: 'teacher' is required (a hub id, folder, .gguf file or builtin:NAME)")
+        raise SettingsError(f"{where}: 'teacher' is required (a hub id, folder, .gguf file or builtin:NAME)")
     data = RecipeData(**_typed(_mapping(top.get("data") or {}, f"{where}: data", DATA_KEYS), RecipeData,
                                f"{where}: data"))
     _require_positive(data.seq_len, f"{where}: data.seq_len")
@@ -163,7 +192,7 @@ def parse_recipe(raw, where: str = "recipe") -> Recipe:
 
 def _stages(raw, recipe: Recipe, where: str) -> list[Stage]:
     if not isinstance(raw, list) or not raw:
-        raise MinitronError(f"{where}: 'stages' must be a non-empty list of stages (each with a name and a "
+        raise SettingsError(f"{where}: 'stages' must be a non-empty list of stages (each with a name and a "
                             "target or a search)")
     stages, seen = [], set()
     for index, item in enumerate(raw):
@@ -171,14 +200,14 @@ def _stages(raw, recipe: Recipe, where: str) -> list[Stage]:
         section = _mapping(item, here, STAGE_KEYS)
         name = section.get("name")
         if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_NAMES:
-            raise MinitronError(f"{here}: 'name' must be letters, digits, '.', '_' or '-' (and not "
+            raise SettingsError(f"{here}: 'name' must be letters, digits, '.', '_' or '-' (and not "
                                 f"{' or '.join(RESERVED_NAMES)}), got {name!r}")
         if name in seen:
-            raise MinitronError(f"{here}: two stages are named {name!r}; names must be unique")
+            raise SettingsError(f"{here}: two stages are named {name!r}; names must be unique")
         seen.add(name)
         here = f"{where}: stage {name!r}"
         if ("target" in section) == ("search" in section):
-            raise MinitronError(f"{here}: give exactly one of 'target' (fixed sizes) or 'search' (a budget)")
+            raise SettingsError(f"{here}: give exactly one of 'target' (fixed sizes) or 'search' (a budget)")
         stage = Stage(
             name=name, target=_target(section["target"], here) if "target" in section else None,
             search=_search(section["search"], here) if "search" in section else None,
@@ -197,7 +226,7 @@ def _stages(raw, recipe: Recipe, where: str) -> list[Stage]:
 def _target(raw, where: str) -> dict:
     section = _mapping(raw, f"{where} target", TARGET_KEYS)
     if not section:
-        raise MinitronError(f"{where} target: give at least one of {', '.join(TARGET_KEYS)}")
+        raise SettingsError(f"{where} target: give at least one of {', '.join(TARGET_KEYS)}")
     target = {}
     for key, value in section.items():
         if key == "drop_layers":
@@ -211,16 +240,16 @@ def _target(raw, where: str) -> dict:
 def _layer_list(value, where: str) -> list[int]:
     if isinstance(value, str):
         return _checked(lambda: parse_layer_list(value), where)
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-        return list(value)
-    raise MinitronError(f"{where}: give layer indices as a list [15, 16] or a string '15-30', got {value!r}")
+    if isinstance(value, list):
+        return _checked(lambda: check_layer_indices(value), where)
+    raise SettingsError(f"{where}: give layer indices as a list [15, 16] or a string '15-30', got {value!r}")
 
 
 def _search(raw, where: str) -> dict:
     try:
         from ..search import SearchConfig
     except ImportError as error:
-        raise MinitronError(f"{where} uses 'search', but minitron.search is not available ({error})") from error
+        raise SettingsError(f"{where} uses 'search', but minitron.search is not available ({error})") from error
     section = _typed(_mapping(raw or {}, f"{where} search", _names(SearchConfig)), SearchConfig, f"{where} search")
     _checked(lambda: SearchConfig(**section), f"{where} search")
     return section
@@ -239,7 +268,7 @@ def _correction_section(raw, where: str) -> dict | None:
         return None
     section = _typed(_mapping(raw, where, _names(DistillConfig)), DistillConfig, where)
     if section.get("loss", "ce") != "ce":
-        raise MinitronError(f"{where}: teacher correction trains on next-token loss; loss must be ce "
+        raise SettingsError(f"{where}: teacher correction trains on next-token loss; loss must be ce "
                             f"(or left out), got {section['loss']!r}")
     return section
 
@@ -266,7 +295,7 @@ def _distill_config(settings: dict, data: RecipeData, where: str) -> DistillConf
 
 def _distill_from(value, where: str) -> str:
     if value not in DISTILL_FROM:
-        raise MinitronError(f"{where} must be {' or '.join(DISTILL_FROM)}, got {value!r}")
+        raise SettingsError(f"{where} must be {' or '.join(DISTILL_FROM)}, got {value!r}")
     return value
 
 
@@ -278,17 +307,25 @@ def _names(cls) -> tuple[str, ...]:
 
 def _mapping(raw, where: str, allowed: tuple[str, ...]) -> dict:
     if not isinstance(raw, dict):
-        raise MinitronError(f"{where} must be a mapping of settings, got {type(raw).__name__}: {raw!r}")
+        raise SettingsError(f"{where} must be a mapping of settings, got {type(raw).__name__}: {raw!r}")
     for key in raw:
         if key not in allowed:
-            raise MinitronError(f"unknown key {key!r} in {where}; allowed keys: {', '.join(allowed)}")
+            raise SettingsError(f"unknown key {key!r} in {where}; allowed keys: {', '.join(allowed)}")
     return dict(raw)
 
 
 def _typed(section: dict, cls, where: str) -> dict:
     """Each value checked (and numbers converted) against the type hint of the field it sets."""
     hints = typing.get_type_hints(cls)
-    return {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in section.items()}
+    # Fields with their own parser (token budgets: 94B, 2.5k) are converted by it.
+    parsers = {f.name: f.metadata["parse"] for f in dataclasses.fields(cls) if "parse" in f.metadata}
+    typed = {}
+    for key, value in section.items():
+        if key in parsers:
+            typed[key] = _checked(functools.partial(parsers[key], value), f"{where}.{key}")
+        else:
+            typed[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return typed
 
 
 def _coerce(value, kind, where: str):
@@ -300,19 +337,19 @@ def _coerce(value, kind, where: str):
     if kind is bool:
         if isinstance(value, bool):
             return value
-        raise MinitronError(f"{where} must be true or false, got {value!r}")
+        raise SettingsError(f"{where} must be true or false, got {value!r}")
     if kind in (int, float) and not isinstance(value, bool):
         number = _number(value)
         if number is not None and kind is float:
             return float(number)
         if number is not None and float(number).is_integer():
             return int(number)
-        raise MinitronError(f"{where} must be {'a whole number' if kind is int else 'a number'}, got {value!r}")
+        raise SettingsError(f"{where} must be {'a whole number' if kind is int else 'a number'}, got {value!r}")
     if kind is str and isinstance(value, str):
         return value
     if kind not in (int, float, str, bool):
         return value  # structured fields are checked by their own section parser
-    raise MinitronError(f"{where} must be {kind.__name__}, got {value!r}")
+    raise SettingsError(f"{where} must be {kind.__name__}, got {value!r}")
 
 
 def _number(value) -> int | float | None:
@@ -329,12 +366,12 @@ def _number(value) -> int | float | None:
 def _optional_str(value, where: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    raise MinitronError(f"{where} must be a string, got {value!r}")
+    raise SettingsError(f"{where} must be a string, got {value!r}")
 
 
 def _require_positive(value, where: str) -> None:
     if value is not None and value <= 0:
-        raise MinitronError(f"{where} must be positive, got {value}")
+        raise SettingsError(f"{where} must be positive, got {value}")
 
 
 def _checked(build, where: str):
@@ -342,4 +379,4 @@ def _checked(build, where: str):
     try:
         return build()
     except MinitronError as error:
-        raise MinitronError(f"{where}: {error}") from error
+        raise SettingsError(f"{where}: {error}") from error

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from ..config import DistillConfig
 from ..data.cache import load_blocks
-from ..distill.checkpoint import checkpoint_path
 from ..errors import MinitronError, ScoresError
 from ..eval import evaluate_loss
 from ..importance import ImportanceScores
@@ -100,8 +99,8 @@ def search_target(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, *, p
 def distill_into(student: str, teacher: str | None, recipe: Recipe, model_dir: Path, config: DistillConfig,
                  device: str | None) -> None:
     """Train into `model_dir`: resume its checkpoint if there is one; skip if it already holds the result."""
-    from ..distill.job import run_distill
-    resume = (checkpoint_path(model_dir) / "state.pt").is_file()
+    from ..distill.job import resumable_folder, run_distill
+    resume = resumable_folder(model_dir) is not None
     if not resume and _is_model(model_dir):
         print(f"  {model_dir} already holds the trained model", flush=True)
         return

@@ -57,10 +57,8 @@ class RunState:
         self.data = data
 
     @classmethod
-    def open(cls, run_dir: Path, overwrite: bool) -> RunState:
+    def open(cls, run_dir: Path) -> RunState:
         path = run_dir / RUN_FILE
-        if overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
         if path.is_file():
             try:
                 return cls(run_dir, json.loads(path.read_text()))

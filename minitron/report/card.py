@@ -6,7 +6,8 @@
 
 `info` keys (all optional but `name`): teacher, parent, distilled_from, base_model (hub id for the front matter; derived
 from the teacher when absent), kind, target, search (search.json), importance (the scores' meta), data,
-member and teacher_member (run.json member entries), repo_id (shown in the loading snippet). The card
+member and teacher_member (run.json member entries), repo_id (shown in the loading snippet), commands (the
+shell lines that reproduce the model, or a sentence saying why none can). The card
 also reads the folder's minitron.json (the full history) and metrics.jsonl (distillation tokens).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..io import atomic_write_text
+from .commands import NotReproducible, reproduce_commands
 from .markup import human
 from .runfolder import (
     Run,
@@ -45,7 +47,8 @@ def write_model_card(model_dir: str | Path, info: dict) -> Path:
         front = {"base_model": base_model, **front}
     parts = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n", _intro(info),
              _how_made(info, history, read_metrics(model_dir)), _how_good(info),
-             _how_to_load(info.get("repo_id") or str(model_dir)), _limitations(info)]
+             _how_to_load(info.get("repo_id") or str(model_dir)), _how_to_reproduce(info.get("commands")),
+             _limitations(info)]
     path = model_dir / CARD_FILE
     atomic_write_text(path, "\n".join(parts))
     return path
@@ -205,6 +208,14 @@ def _how_to_load(where: str) -> str:
             "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=40)[0]))\n```\n")
 
 
+def _how_to_reproduce(commands) -> str:
+    if not commands:
+        return ""
+    if isinstance(commands, str):
+        return f"## How to reproduce\n\n{commands}\n"
+    return "## How to reproduce\n\n```bash\n" + "\n".join(commands) + "\n```\n"
+
+
 def _limitations(info: dict) -> str:
     return ("## Limitations\n\n"
             f"- It inherits the teacher's (`{info.get('teacher', 'unknown')}`) licence, biases and failure modes; "
@@ -221,8 +232,15 @@ def model_card_info(run: Run, stage: dict) -> dict:
     return {"name": stage["name"], "teacher": run.teacher, "parent": stage.get("parent"), "kind": stage.get("kind"),
             "target": stage.get("target"), "search": read_json(run.path(stage.get("search"))),
             "distilled_from": stage.get("teacher"), "importance": scores, "data": run.data.get("data"),
-            "member": member,
-            "teacher_member": run.member("teacher")}
+            "member": member, "teacher_member": run.member("teacher"), "commands": _commands(run, stage)}
+
+
+def _commands(run: Run, stage: dict) -> list[str] | str:
+    """The run's commands up to this stage (the chain that made this model)."""
+    try:
+        return reproduce_commands(run, until=stage.get("dir"))
+    except NotReproducible as error:
+        return f"No command can reproduce this model: {error}."
 
 
 def write_model_cards(run_dir: str | Path) -> list[Path]:

@@ -2,19 +2,16 @@
 how the run was made."""
 from __future__ import annotations
 
-import shlex
-
 import yaml
 
 from . import plots
+from .commands import NotReproducible, reproduce_commands
 from .markup import code_block, esc, figure, fmt, human, note, paragraph, swatch, table
 from .runfolder import (
     TEACHER,
     Run,
     arch_label,
-    data_spec,
     number,
-    read_json,
     throughput,
 )
 
@@ -126,13 +123,11 @@ def how_made(run: Run) -> str:
         yaml.safe_dump(run.recipe, sort_keys=False) if run.recipe else "")
     parts = [paragraph(f"Teacher: {run.teacher}. Data: {_data_text(run.data.get('data'))}.")]
     parts.append("<h3>Recipe</h3>" + (code_block(recipe_text) if recipe_text else note("recipe.yaml is missing.")))
-    root = shlex.quote(str(run.root))
-    commands = ["# the whole family; running it again skips finished stages and resumes an interrupted one",
-                f"minitron run {root}/recipe.yaml --out {root}", "# this report and the model cards",
-                f"minitron report {root}"]
-    for stage in run.stages:
-        commands += _stage_commands(run, stage)
-    parts.append("<h3>Commands to reproduce</h3>" + code_block("\n".join(commands)))
+    try:
+        commands = code_block("\n".join(reproduce_commands(run)))
+    except NotReproducible as error:
+        commands = note(f"No command can reproduce this run: {error}.")
+    parts.append("<h3>Commands to reproduce</h3>" + commands)
     return "".join(parts)
 
 
@@ -140,54 +135,6 @@ def _data_text(data) -> str:
     if isinstance(data, dict) and data:
         return ", ".join(f"{key}={value}" for key, value in data.items())
     return str(data) if data else "not recorded"
-
-
-def _stage_commands(run: Run, stage: dict) -> list[str]:
-    """The same stage, one command per step (what `minitron run` does for it)."""
-    folder = shlex.quote(str(run.path(stage.get("dir")) or stage["name"]))
-    parent = shlex.quote(run.spec(stage.get("parent")) or run.teacher)
-    heading = (f"# stage {stage['name']} ({stage.get('kind', '?')}), step by step: what `minitron run` does "
-               "(settings run.json does not record stay at their defaults)")
-    lines = [heading]
-    train = data_spec(run.data.get("data"))
-    data_flag = f" --data {shlex.quote(train)}" if train else ""
-    if stage.get("scores"):
-        lines.append(f"minitron importance --model {parent}{data_flag} --out {folder}/scores")
-    if stage.get("search"):
-        lines.append(f"minitron search --model {parent} --scores {folder}/scores{data_flag} --out {folder}/search")
-    target = stage.get("target") or ((read_json(run.path(stage.get("search"))) or {}).get("winner") or {}).get("target")
-    if isinstance(target, dict) and target and stage.get("pruned"):
-        flags = " ".join(_target_flag(key, value) for key, value in target.items())
-        lines.append(f"minitron prune --model {parent} --scores {folder}/scores {flags} --out {folder}/pruned")
-    distill = _distill_record(run, stage)
-    if distill is not None:
-        lines.append(_distill_command(run, distill, parent, folder, data_flag, stage))
-    return lines
-
-
-def _target_flag(key: str, value) -> str:
-    if key == "drop_layers" and isinstance(value, list):
-        value = ",".join(str(v) for v in value)
-    return f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
-
-
-def _distill_record(run: Run, stage: dict) -> dict | None:
-    model_dir = run.path(stage.get("model"))
-    record = read_json(model_dir / "minitron.json") if model_dir is not None else None
-    history = (record or {}).get("history") or ([record] if record else [])
-    trained = [r for r in history if isinstance(r, dict) and r.get("stage") in ("distill", "finetune")]
-    return trained[-1] if trained else None
-
-
-def _distill_command(run: Run, record: dict, parent: str, folder: str, data_flag: str, stage: dict) -> str:
-    config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    keys = ("steps", "tokens", "seq_len", "micro_batch_size", "grad_accum", "lr", "loss")
-    flags = " ".join(f"--{key.replace('_', '-')} {config[key]}" for key in keys if config.get(key) is not None)
-    if record.get("stage") == "finetune":
-        return f"minitron finetune --model {parent}{data_flag} {flags} --out {folder}/model"
-    student = f"{folder}/pruned" if stage.get("pruned") else parent
-    teacher = shlex.quote(run.spec(record.get("teacher")) or parent)
-    return f"minitron distill --student {student} --teacher {teacher}{data_flag} {flags} --out {folder}/model"
 
 
 def header(run: Run, updated: str, built: str) -> str:

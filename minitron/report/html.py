@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+from ..cli import command_line
 from ..io import atomic_write_text
 from . import family, stages
 from .markup import esc, section
@@ -94,7 +95,7 @@ def build_report(run_dir: str | Path) -> Path:
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>"
             f"{family.header(run, updated, built)}{_contents()}{body}"
             f"<footer>Written by minitron from {esc(RUN_FILE)} in {esc(run.root)}. Regenerate with "
-            f"<code>minitron report {esc(run.root)}</code>.</footer></main></body></html>\n")
+            f"<code>{esc(command_line('report', run_dir=str(run.root)))}</code>.</footer></main></body></html>\n")
     out = run.root / REPORT_FILE
     atomic_write_text(out, page)
     return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MinitronError, ScoresError
+from ..outputs import require_text
 
 RUN_FILE = "run.json"
 TEACHER = "teacher"
@@ -52,13 +53,6 @@ class Run:
         path = Path(relative)
         return path if path.is_absolute() else self.root / path
 
-    def spec(self, spec: str | None) -> str | None:
-        """A model spec as a command can use it: run-relative folders (\"01-x/model\") become paths."""
-        if not spec:
-            return None
-        inside = self.root / spec
-        return str(inside) if not Path(spec).is_absolute() and inside.exists() else spec
-
     def member(self, name: str) -> dict | None:
         return next((m for m in self.members if m.get("name") == name), None)
 
@@ -77,7 +71,7 @@ class Run:
 
 def load_run(run_dir: str | Path) -> Run:
     """Read and check RUN/run.json; the error says what is wrong with it."""
-    root = Path(run_dir)
+    root = Path(require_text(run_dir, "the run folder"))
     if not root.is_dir():
         raise MinitronError(f"{root} is not a folder; pass the run folder written by `minitron run`")
     path = root / RUN_FILE

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import MinitronError
+from ..config import normalize_token_budget, token_budget_field
+from ..errors import MinitronError, SettingsError
 
 BUDGET_ON = ("total", "non_embedding")
 
@@ -71,8 +72,8 @@ class SearchConfig:
     max_candidates: int = _help("Candidates pruned and scored, spread over width-only, depth-only and mixed cuts.",
                                 default=12)
     top_k: int = _help("Best candidates after pruning that are briefly distilled.", default=3)
-    candidate_tokens: int = _help("Distillation tokens per top candidate (0: choose by the loss after pruning).",
-                                  default=16384)
+    candidate_tokens: int = token_budget_field("Distillation tokens per top candidate (16384, 16k, 1M ...; 0: "
+                                               "choose by the loss after pruning).", default=16384)
     candidate_lr: float = _help("Peak learning rate of the short candidate distillation.", default=5e-4)
     candidate_batch_size: int = _help("Blocks per step of the short candidate distillation.", default=4)
     heldout_samples: int = _help("Held-out blocks every candidate is scored on.", default=32)
@@ -81,30 +82,31 @@ class SearchConfig:
     seed: int = _help("Seed of the candidate distillations (the same for every candidate).", default=0)
 
     def __post_init__(self) -> None:
+        normalize_token_budget(self, "candidate_tokens")
         if (self.target_params is None) == (self.target_latency is None):
-            raise MinitronError("give one budget: --target-params N (a count, or a fraction of the source like "
+            raise SettingsError("give one budget: --target-params N (a count, or a fraction of the source like "
                                 "0.5) or --target-latency MS")
         if self.budget_on not in BUDGET_ON:
-            raise MinitronError(f"--budget-on must be total or non_embedding, got {self.budget_on!r}")
+            raise SettingsError(f"--budget-on must be total or non_embedding, got {self.budget_on!r}")
         for name in ("target_params", "target_latency"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise MinitronError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {value}")
         for name in ("max_width_cut", "max_depth_cut"):
             if not 0 <= getattr(self, name) < 1:
-                raise MinitronError(f"--{name.replace('_', '-')} is a fraction in [0, 1), got {getattr(self, name)}")
+                raise SettingsError(f"--{name.replace('_', '-')} is a fraction in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.slack < 1:
-            raise MinitronError(f"--slack is a fraction in [0, 1), got {self.slack}")
+            raise SettingsError(f"--slack is a fraction in [0, 1), got {self.slack}")
         for name in ("hidden_step", "mlp_step", "kv_head_step", "heads_per_group_step", "layer_step",
                      "max_candidates", "top_k", "candidate_batch_size", "heldout_samples", "latency_batch",
                      "latency_seq_len", "candidate_lr"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise MinitronError(f"--{name.replace('_', '-')} must be positive, got {value}")
+                raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.latency_new_tokens < 2:
-            raise MinitronError("--latency-new-tokens must be at least 2 (one decoding step)")
+            raise SettingsError("--latency-new-tokens must be at least 2 (one decoding step)")
         if self.candidate_tokens < 0:
-            raise MinitronError("--candidate-tokens must be >= 0 (0: rank by the loss right after pruning)")
+            raise SettingsError("--candidate-tokens must be >= 0 (0: rank by the loss right after pruning)")
 
     @property
     def distills(self) -> bool:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..arch import get_adapter
 from ..config import DataConfig, ImportanceConfig
 from ..data.cache import load_blocks
-from ..errors import MinitronError
+from ..errors import MinitronError, SettingsError
 from ..importance.scores import ImportanceScores
+from ..io import atomic_directory
 from ..loading import check_output_folder, load_model, resolve_device, resolve_dtype
+from ..outputs import require_text
 from .candidates import Architecture
 from .config import SearchConfig
 from .rank import plan, search
@@ -34,6 +37,7 @@ def list_candidates(model: str, config: SearchConfig, *, device: str | None = No
     """
     from ..jobs import load_config
     model_config = load_config(model)
+    get_adapter(model_config)  # candidates are pruned models: the family needs an adapter
     budget, candidates, counts = plan(model_config, config, device=resolve_device(device),
                                       dtype=resolve_dtype(dtype))
     source = Architecture.of(model_config)
@@ -54,11 +58,21 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
     teacher: the model candidates are distilled from (None: `model` itself). data: the text for held-out
     scoring and candidate distillation (data.seq_len tokens per block; data.batch_size for evaluation).
     """
-    check_output_folder(out, overwrite)
+    require_text(model, "--model")
+    if not isinstance(config, SearchConfig):
+        raise SettingsError(f"config must be a SearchConfig with a budget, got {type(config).__name__}")
+    data = data if data is not None else DataConfig()
+    for value, flag in ((scores, "--scores"), (teacher, "--teacher")):
+        if value is not None:
+            require_text(value, flag)
+    check_output_folder(out, overwrite, inputs=[model, scores, teacher, data.data])
     loaded_scores = ImportanceScores.load(scores) if scores else None
     if config.target_params is not None:
         list_candidates(model, config)  # an impossible budget fails here, before any weights or data
+    # Candidates are trained briefly: fp32 weights unless --dtype says otherwise (AdamW on bf16 weights stalls).
+    dtype = dtype if dtype not in (None, "auto") else "float32"
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    get_adapter(loaded)
     teacher_model = load_model(teacher, dtype=dtype, device=device)[0] if teacher else None
     if teacher_model is not None and teacher_model.config.vocab_size != loaded.config.vocab_size:
         raise MinitronError(f"teacher and model vocabularies differ ({teacher_model.config.vocab_size} vs "
@@ -70,14 +84,16 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
         blocks = max(math.ceil(config.candidate_tokens / data.seq_len), config.candidate_batch_size)
         train = load_blocks(data.data, tokenizer, data.seq_len, blocks,
                             split="train", text_field=data.text_field, allow_fewer=True)
-    if loaded_scores is None:
-        from ..jobs import compute_scores
-        loaded_scores = compute_scores(loaded, tokenizer, data, ImportanceConfig(), progress=progress)
-        loaded_scores.save(Path(out) / SCORES_SUBDIR)
-    result = search(loaded, tokenizer, loaded_scores, config, heldout=heldout, train=train, teacher=teacher_model,
-                    progress=progress, batch_size=data.batch_size)
-    payload = {"model": model, "teacher": teacher or model, "scores": scores or str(Path(out) / SCORES_SUBDIR),
-               "data": data.data, "seq_len": data.seq_len, **result.to_dict()}
-    write_outputs(out, payload)
+    # Everything is written in a staging folder that replaces `out` only once the search is complete.
+    with atomic_directory(out) as staging:
+        if loaded_scores is None:
+            from ..jobs import compute_scores
+            loaded_scores = compute_scores(loaded, tokenizer, data, ImportanceConfig(), progress=progress)
+            loaded_scores.save(staging / SCORES_SUBDIR)
+        result = search(loaded, tokenizer, loaded_scores, config, heldout=heldout, train=train,
+                        teacher=teacher_model, progress=progress, batch_size=data.batch_size)
+        payload = {"model": model, "teacher": teacher or model, "scores": scores or str(Path(out) / SCORES_SUBDIR),
+                   "data": data.data, "seq_len": data.seq_len, **result.to_dict()}
+        write_outputs(staging, payload)
     return payload
 

@@ -27,6 +27,7 @@ from ..fingerprint import model_fingerprint
 from ..importance.scores import ImportanceScores
 from ..params import count_parameters
 from ..prune import prune
+from ..verbosity import progress_enabled
 from .budget import (
     Budget,
     LatencyMeter,
@@ -106,7 +107,8 @@ def search(model: nn.Module, tokenizer, scores: ImportanceScores, config: Search
     candidates.csv and candidates.md there. tokenizer is unused today (kept for a data-spec API).
     """
     started = time.perf_counter()
-    log = (lambda text: print(f"[search] {text}", file=sys.stderr, flush=True)) if progress else (lambda text: None)
+    show = progress and progress_enabled()  # a progress log: silent under --quiet and on ranks > 0
+    log = (lambda text: print(f"[search] {text}", file=sys.stderr, flush=True)) if show else (lambda text: None)
     if config.distills and train is None:
         raise MinitronError("candidate distillation needs training blocks (train=...), or candidate_tokens=0")
     scores.check_matches(model_fingerprint(model))

@@ -1,0 +1,140 @@
+"""Reading text files: strict UTF-8 with the BOM dropped, and big `.txt` files cut into documents.
+
+Text that is not valid UTF-8 is refused with the file, the byte offset and a way to convert it:
+reading it with replacement characters would silently train on garbage, and guessing an encoding
+would silently train on the wrong characters.
+
+A `.txt` file up to `TXT_SPLIT_ABOVE_BYTES` is one document. A bigger one is cut into many, since
+documents are the unit of the train / held-out split: at blank lines (paragraphs, grouped into
+documents of at least `TXT_CHUNK_CHARS`), and a paragraph longer than `PARAGRAPH_MAX_CHARS` (a file
+with one sentence per line and no blank line is one such paragraph) at line ends; a line longer
+than that is cut into fixed-size pieces.
+"""
+from __future__ import annotations
+
+import codecs
+import re
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from minitron.errors import DataError
+
+BOM = "\ufeff"
+TXT_SPLIT_ABOVE_BYTES = 8_000
+TXT_CHUNK_CHARS = 2_000
+# Far above any ordinary paragraph (a few hundred words), so that files of ordinary paragraphs are cut
+# exactly where they always were.
+PARAGRAPH_MAX_CHARS = 8_000
+
+# Line ends as Python's universal newlines reads them (what `open(..., "r")` did before).
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def strip_bom(text: str) -> str:
+    """`text` without a leading byte-order mark (which tokenizers would turn into tokens)."""
+    return text.removeprefix(BOM)
+
+
+def read_text(path: Path) -> str:
+    """The whole file as text: strict UTF-8, BOM dropped, line ends turned into "\\n"."""
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    return _LINE_END.sub("\n", _decode(data[bom:], path, offset=bom, line=None))
+
+
+def text_lines(path: Path) -> Iterator[str]:
+    """The lines of the file without their line ends, read one at a time (strict UTF-8, BOM dropped)."""
+    offset = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = _decode(raw, path, offset, number)
+            if number == 1:
+                text = strip_bom(text)
+            offset += len(raw)
+            lines = _LINE_END.split(text)
+            yield from lines[:-1] if lines[-1] == "" else lines
+
+
+def _decode(data: bytes, path: Path, offset: int, line: int | None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        where = f"byte {offset + error.start}" + (f" (line {line})" if line is not None else "")
+        raise DataError(
+            f"{path} is not UTF-8 text: {where} is 0x{data[error.start]:02x}, which UTF-8 does not allow "
+            f"there; convert the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path} > converted"
+            f"{path.suffix}` if it is Latin-1 (or `-f cp1252` for Windows text)"
+        ) from None
+
+
+# --- .txt documents --------------------------------------------------------------------------------
+
+def txt_documents(path: Path) -> Iterator[str]:
+    """The documents of one `.txt` file (see the module docstring)."""
+    if path.stat().st_size <= TXT_SPLIT_ABOVE_BYTES:
+        yield read_text(path).strip()
+        return
+    yield from _group_paragraphs(_paragraphs(_cut_long_lines(text_lines(path))), TXT_CHUNK_CHARS)
+
+
+def _cut_long_lines(lines: Iterable[str]) -> Iterator[str]:
+    for line in lines:
+        if len(line) <= PARAGRAPH_MAX_CHARS:
+            yield line
+        else:
+            yield from (line[start:start + TXT_CHUNK_CHARS] for start in range(0, len(line), TXT_CHUNK_CHARS))
+
+
+def _paragraphs(lines: Iterable[str]) -> Iterator[str]:
+    """Paragraphs (split on blank lines); one longer than PARAGRAPH_MAX_CHARS comes in pieces of about
+    TXT_CHUNK_CHARS, cut at line ends.
+
+    Streams: at most PARAGRAPH_MAX_CHARS (plus one line) are held, however long the paragraph.
+    """
+    current: list[str] = []
+    size = 0
+    too_long = False
+    for line in lines:
+        if not line.strip():
+            if current:
+                yield "\n".join(current)
+            current, size, too_long = [], 0, False
+            continue
+        current.append(line)
+        size += len(line)
+        if size >= PARAGRAPH_MAX_CHARS and not too_long:
+            too_long = True
+            *full, current = _line_groups(current)
+            yield from ("\n".join(group) for group in full)
+            size = sum(map(len, current))
+        if too_long and size >= TXT_CHUNK_CHARS:
+            yield "\n".join(current)
+            current, size = [], 0
+    if current:
+        yield "\n".join(current)
+
+
+def _line_groups(lines: list[str]) -> list[list[str]]:
+    """Consecutive lines in groups of at least TXT_CHUNK_CHARS, but the last group, which may be shorter."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for line in lines:
+        if size >= TXT_CHUNK_CHARS:
+            groups.append([])
+            size = 0
+        groups[-1].append(line)
+        size += len(line)
+    return groups
+
+
+def _group_paragraphs(paragraphs: Iterable[str], min_chars: int) -> Iterator[str]:
+    group: list[str] = []
+    size = 0
+    for paragraph in paragraphs:
+        group.append(paragraph)
+        size += len(paragraph)
+        if size >= min_chars:
+            yield "\n\n".join(group).strip()
+            group, size = [], 0
+    if group:
+        yield "\n\n".join(group).strip()
