@@ -1,6 +1,7 @@
 """One training step's losses: KD on logits (chunked), optional CE, optional hidden-state losses."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,6 @@ from .losses import (
     HiddenStateLoss,
     ReverseKL,
     TopKForwardKL,
-    balance_weight,
     map_layers,
 )
 
@@ -36,8 +36,9 @@ def make_logit_loss(config: DistillConfig) -> nn.Module | None:
 class TrainModule(nn.Module):
     """Everything that is trained (student + projections), so DDP/FSDP and the optimizer see one module.
 
-    Its forward returns the student's final hidden states (and all hidden states when asked): the LM
-    head runs later, chunk by chunk, inside the loss.
+    Its forward returns the student's base-model output, whose last_hidden_state is final-normed (the LM
+    head runs later, chunk by chunk, inside the loss); with `capture_layer_states` it returns
+    (output, states) with the adapter's per-layer states (`ArchAdapter.capture_layer_states`).
     """
 
     def __init__(self, student: nn.Module, hidden_loss: HiddenStateLoss | None) -> None:
@@ -45,9 +46,15 @@ class TrainModule(nn.Module):
         self.student = student
         self.hidden_loss = hidden_loss if hidden_loss is not None else nn.Identity()
 
-    def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False):
-        base = get_adapter(self.student).base_model(self.student)
-        return base(input_ids=input_ids, use_cache=False, output_hidden_states=output_hidden_states)
+    def forward(self, input_ids: torch.Tensor, capture_layer_states: bool = False):
+        adapter = get_adapter(self.student)
+        base = adapter.base_model(self.student)
+        if not capture_layer_states:
+            return base(input_ids=input_ids, use_cache=False)
+        # Captured inside this forward, so that DDP / FSDP see the states as outputs of the wrapped module.
+        with adapter.capture_layer_states(self.student) as states:
+            output = base(input_ids=input_ids, use_cache=False)
+        return output, states
 
 
 def build_hidden_loss(config: DistillConfig, student: nn.Module, teacher: nn.Module,
@@ -77,9 +84,19 @@ def labels_for(input_ids: torch.Tensor) -> torch.Tensor:
 
 def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn.Module | None,
                         input_ids: torch.Tensor, config: DistillConfig, logit_loss: nn.Module | None,
-                        layer_pairs: list[tuple[int, int]], hidden_loss: HiddenStateLoss | None) -> StepLosses:
+                        layer_pairs: list[tuple[int, int]], hidden_loss: HiddenStateLoss | None,
+                        hidden_balance: float | None = None) -> StepLosses:
+    """One micro-batch's losses; `total` is what to backpropagate (before dividing by the accumulation).
+
+    hidden_balance: the detached weight of the hidden-state loss, the same for every micro-batch of an
+    optimizer step (see `HiddenStateLoss.balance`); needed when `hidden_loss` is given.
+    """
     want_states = hidden_loss is not None
-    student_out = train_module(input_ids, output_hidden_states=want_states)
+    if want_states and hidden_balance is None:
+        raise ValueError("a hidden-state loss needs its balancing weight (hidden_balance)")
+    student_out = train_module(input_ids, capture_layer_states=want_states)
+    if want_states:
+        student_out, student_states = student_out
     labels = labels_for(input_ids).reshape(-1)
     s_adapter = get_adapter(student)
     student_head = lambda h: s_adapter.logits_from_hidden(student, h)
@@ -91,9 +108,9 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
         ce = ce_sum / max(count, 1)
         return StepLosses(total=ce, logit=0.0, ce=float(ce.detach()), hidden=0.0)
     t_adapter = get_adapter(teacher)
-    with torch.no_grad():
-        teacher_out = t_adapter.base_model(teacher)(input_ids=input_ids, use_cache=False,
-                                                    output_hidden_states=want_states)
+    with torch.no_grad(), (t_adapter.capture_layer_states(teacher) if want_states
+                           else contextlib.nullcontext([])) as teacher_states:
+        teacher_out = t_adapter.base_model(teacher)(input_ids=input_ids, use_cache=False)
     t_hidden = teacher_out.last_hidden_state.reshape(-1, teacher_out.last_hidden_state.shape[-1])
     out = chunked_logit_loss(logit_loss, s_hidden, t_hidden, student_head,
                              lambda h: t_adapter.logits_from_hidden(teacher, h), chunk_size=config.chunk_size,
@@ -106,10 +123,8 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
         total = total + config.ce_weight * ce
         ce_value = float(ce.detach())
     if hidden_loss is not None:
-        s_states = [student_out.hidden_states[s] for s, _ in layer_pairs]
-        t_states = [teacher_out.hidden_states[t] for _, t in layer_pairs]
-        hidden = hidden_loss(s_states, t_states)
-        total = total + config.hidden_weight * balance_weight(kd, hidden) * hidden
+        hidden = hidden_loss([student_states[s] for s, _ in layer_pairs], [teacher_states[t] for _, t in layer_pairs])
+        total = total + config.hidden_weight * hidden_balance * hidden
         hidden_value = float(hidden.detach())
     return StepLosses(total=total, logit=float(kd.detach()), ce=ce_value, hidden=hidden_value)
 
