@@ -10,7 +10,8 @@ An adapter is a table, in the spirit of peft's per-architecture tables:
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -79,6 +80,36 @@ class ArchAdapter:
         if self.logit_transform is not None:
             logits = self.logit_transform(logits, model.config)
         return logits
+
+    @contextlib.contextmanager
+    def capture_layer_states(self, model: nn.Module) -> Iterator[list[torch.Tensor]]:
+        """Within the block, a forward pass fills the yielded list with (batch, seq, hidden) tensors:
+        entry 0 is the input of decoder layer 0 (the embedding output, after any embedding scale) and
+        entry i + 1 the output of decoder layer i, all before the final norm.
+
+        Unlike HF's `output_hidden_states`, whose last entry is taken after the final norm, every entry
+        means the same thing whatever the depth, so a pruned student's layer i pairs with its teacher
+        layer like with like. The tensors stay in the autograd graph; the hooks sit on the layers
+        themselves, outside any activation checkpoint, and are removed when the block ends.
+        """
+        layers = self.layers(model)
+        states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+
+        def save_input(module, args, kwargs):
+            states[0] = args[0] if args else kwargs["hidden_states"]
+
+        def save_output(index: int):
+            def hook(module, args, output):
+                states[index + 1] = output[0] if isinstance(output, (tuple, list)) else output
+            return hook
+
+        handles = [layers[0].register_forward_pre_hook(save_input, with_kwargs=True)]
+        handles += [layer.register_forward_hook(save_output(i)) for i, layer in enumerate(layers)]
+        try:
+            yield states
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def lm_head_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters `logits_from_hidden` reads (the LM head's; the embedding weight when tied)."""

@@ -20,6 +20,7 @@ from ..config import DistillConfig
 from ..errors import MinitronError
 from .checkpoint import load_training_state, save_training_state, saved_settings
 from .dist import DistEnv, all_reduce_sum, init_distributed
+from .losses import balance_weight
 from .metrics import MetricsLog, ProgressBar
 from .resume import check_resume, run_settings
 from .steps import TrainModule, build_hidden_loss, compute_step_losses, make_logit_loss
@@ -235,12 +236,18 @@ def _agreed(flag: bool, env: DistEnv) -> bool:
 def _optimizer_step(wrapped, train_module, student, teacher, micro_batches, config, env, optimizer,
                     scheduler, logit_loss, hidden_loss, layer_pairs) -> dict:
     sums = torch.zeros(3, dtype=torch.float64)
+    step_losses = lambda input_ids, balance: compute_step_losses(  # noqa: E731
+        wrapped, student, teacher, input_ids.to(env.device, non_blocking=True), config, logit_loss, layer_pairs,
+        hidden_loss, balance)
+    balance = None
+    if hidden_loss is not None:
+        if torch.isnan(hidden_loss.balance):  # first step: measure this step's own global batch
+            hidden_loss.balance.fill_(_measure_balance(micro_batches, step_losses, env, config))
+        balance = float(hidden_loss.balance)
     for index, input_ids in enumerate(micro_batches):
         sync = index == len(micro_batches) - 1 or not hasattr(wrapped, "no_sync")
         with (contextlib.nullcontext() if sync else wrapped.no_sync()), _autocast(env, config):
-            input_ids = input_ids.to(env.device, non_blocking=True)
-            losses = compute_step_losses(wrapped, student, teacher, input_ids, config, logit_loss, layer_pairs,
-                                         hidden_loss)
+            losses = step_losses(input_ids, balance)
         (losses.total / config.grad_accum).backward()
         sums += torch.tensor([losses.logit or losses.ce, losses.ce, losses.hidden], dtype=torch.float64)
     if config.clip_grad > 0:
@@ -249,4 +256,18 @@ def _optimizer_step(wrapped, train_module, student, teacher, micro_batches, conf
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     sums = all_reduce_sum(sums, env) / (config.grad_accum * env.world_size)
+    if hidden_loss is not None:  # the next step's weight: this step's global logit / hidden means
+        hidden_loss.balance.fill_(float(balance_weight(sums[0], sums[2])))
     return {"loss": float(sums[0]), "ce": float(sums[1]), "hidden": float(sums[2])}
+
+
+@torch.no_grad()
+def _measure_balance(micro_batches, step_losses, env: DistEnv, config: DistillConfig) -> float:
+    """balance_weight of the global logit and hidden means of one global batch (a forward pass, no backward)."""
+    sums = torch.zeros(2, dtype=torch.float64)
+    for input_ids in micro_batches:
+        with _autocast(env, config):
+            losses = step_losses(input_ids, 0.0)
+        sums += torch.tensor([losses.logit, losses.hidden], dtype=torch.float64)
+    sums = all_reduce_sum(sums, env)
+    return float(balance_weight(sums[0], sums[1]))

@@ -243,6 +243,14 @@ class HiddenStateLoss(nn.Module):
     student's hidden channels are a subset of the teacher's (width pruning), pass
     `kept_channels` (teacher channel index of each student channel) to initialise every
     projection as that embedding instead of the default random init.
+
+    Balancing: the training loop adds ``hidden_weight * balance * loss`` to the logit loss, where the
+    buffer `balance` (detached, saved with the training state so a resumed run continues exactly) is
+    `balance_weight` of the *global* sums of the previous optimizer step: the logit and hidden losses
+    summed over every micro-batch and process, so that the weighted hidden term tracks the logit
+    loss's size. The first step measures its own global batch with a no-grad forward pass. Why not
+    a ratio per micro-batch: it would weigh each micro-batch differently, so the gradient would
+    depend on how a global batch is split (8 x 1, 2 x 4 and 1 x 8 must give the same step).
     """
 
     def __init__(self, kind: str, student_dims: Sequence[int], teacher_dim: int,
@@ -259,6 +267,7 @@ class HiddenStateLoss(nn.Module):
                     raise ValueError(f"kept_channels has {len(kept_channels)} entries, expected {proj.in_features}")
                 with torch.no_grad():  # W[kept[i], i] = 1: proj(s) places s in the teacher's channels
                     proj.weight.zero_()[list(kept_channels), range(proj.in_features)] = 1.0
+        self.register_buffer("balance", torch.tensor(float("nan")))  # nan: not measured yet
 
     def forward(self, student_states: Sequence[Tensor], teacher_states: Sequence[Tensor],
                 mask: Tensor | None = None) -> Tensor:
@@ -288,10 +297,11 @@ class HiddenStateLoss(nn.Module):
 
 def map_layers(num_student_layers: int, num_teacher_layers: int, kept_layers: Sequence[int] | None = None,
                include_embedding: bool = False) -> list[tuple[int, int]]:
-    """(student, teacher) index pairs into HF `output_hidden_states` tuples, one per student layer.
+    """(student, teacher) index pairs into `ArchAdapter.capture_layer_states` lists, one per student layer.
 
-    Index 0 is the embedding output and index i the output of layer i - 1 (in HF the last entry is
-    taken after the final norm, for student and teacher alike). With `kept_layers` (the 0-based
+    Index 0 is the embedding output and index i the output of layer i - 1, before the final norm on
+    both sides (HF's `output_hidden_states` differs: its last entry is after the final norm, which
+    would pair a normed student state with an un-normed teacher one). With `kept_layers` (the 0-based
     teacher layers the pruned student kept, in order) student layer j maps to teacher layer
     kept_layers[j]; otherwise layers are spread evenly, student layer j -> teacher output
     round((j + 1) * Lt / Ls), so the last maps to the last. `include_embedding` prepends (0, 0).
@@ -314,7 +324,8 @@ def map_layers(num_student_layers: int, num_teacher_layers: int, kept_layers: Se
 def balance_weight(logit_loss: Tensor, other_loss: Tensor, eps: float = 1e-8) -> Tensor:
     """Dynamic balance: detached weight w = |logit_loss| / |other_loss| so w * other matches it.
 
-    Usage: ``total = kd + balance_weight(kd, inter) * inter``. The weight carries no gradient, so
-    `inter` still steers its own gradient direction but its magnitude tracks the logit loss.
+    Usage: ``total = kd + w * inter`` with w computed once per optimizer step from global means (see
+    `HiddenStateLoss`), never per micro-batch. The weight carries no gradient, so `inter` still steers
+    its own gradient direction but its magnitude tracks the logit loss.
     """
     return (logit_loss.detach().abs() / other_loss.detach().abs().clamp_min(eps)).float()

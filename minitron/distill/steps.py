@@ -1,12 +1,13 @@
 """One training step's losses: KD on logits (chunked), optional CE, optional hidden-state losses."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..arch import logits_adapter
+from ..arch import get_adapter, logits_adapter
 from ..config import DistillConfig
 from .chunked import chunked_cross_entropy, chunked_logit_loss
 from .losses import (
@@ -16,7 +17,6 @@ from .losses import (
     HiddenStateLoss,
     ReverseKL,
     TopKForwardKL,
-    balance_weight,
     map_layers,
 )
 from .vocab import logits_head, shared_vocab_size
@@ -37,8 +37,9 @@ def make_logit_loss(config: DistillConfig) -> nn.Module | None:
 class TrainModule(nn.Module):
     """Everything that is trained (student + projections), so DDP/FSDP and the optimizer see one module.
 
-    Its forward returns the student's final hidden states (and all hidden states when asked): the LM
-    head runs later, chunk by chunk, inside the loss.
+    Its forward returns the student's base-model output, whose last_hidden_state is final-normed (the LM
+    head runs later, chunk by chunk, inside the loss); with `capture_layer_states` it returns
+    (output, states) with the adapter's per-layer states (`ArchAdapter.capture_layer_states`).
     """
 
     def __init__(self, student: nn.Module, hidden_loss: HiddenStateLoss | None) -> None:
@@ -46,9 +47,14 @@ class TrainModule(nn.Module):
         self.student = student
         self.hidden_loss = hidden_loss if hidden_loss is not None else nn.Identity()
 
-    def forward(self, input_ids: torch.Tensor, output_hidden_states: bool = False):
-        base = logits_adapter(self.student).base_model(self.student)
-        return base(input_ids=input_ids, use_cache=False, output_hidden_states=output_hidden_states)
+    def forward(self, input_ids: torch.Tensor, capture_layer_states: bool = False):
+        if not capture_layer_states:  # logits only: any causal LM will do
+            return logits_adapter(self.student).base_model(self.student)(input_ids=input_ids, use_cache=False)
+        adapter = get_adapter(self.student)
+        # Captured inside this forward, so that DDP / FSDP see the states as outputs of the wrapped module.
+        with adapter.capture_layer_states(self.student) as states:
+            output = adapter.base_model(self.student)(input_ids=input_ids, use_cache=False)
+        return output, states
 
 
 def build_hidden_loss(config: DistillConfig, student: nn.Module, teacher: nn.Module,
@@ -78,9 +84,19 @@ def labels_for(input_ids: torch.Tensor) -> torch.Tensor:
 
 def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn.Module | None,
                         input_ids: torch.Tensor, config: DistillConfig, logit_loss: nn.Module | None,
-                        layer_pairs: list[tuple[int, int]], hidden_loss: HiddenStateLoss | None) -> StepLosses:
+                        layer_pairs: list[tuple[int, int]], hidden_loss: HiddenStateLoss | None,
+                        hidden_balance: float | None = None) -> StepLosses:
+    """One micro-batch's losses; `total` is what to backpropagate (before dividing by the accumulation).
+
+    hidden_balance: the detached weight of the hidden-state loss, the same for every micro-batch of an
+    optimizer step (see `HiddenStateLoss.balance`); needed when `hidden_loss` is given.
+    """
     want_states = hidden_loss is not None
-    student_out = train_module(input_ids, output_hidden_states=want_states)
+    if want_states and hidden_balance is None:
+        raise ValueError("a hidden-state loss needs its balancing weight (hidden_balance)")
+    student_out = train_module(input_ids, capture_layer_states=want_states)
+    if want_states:
+        student_out, student_states = student_out
     labels = labels_for(input_ids).reshape(-1)
     head_params = fused_head_params(student)
     s_hidden = student_out.last_hidden_state.reshape(-1, student_out.last_hidden_state.shape[-1])
@@ -90,9 +106,10 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
                                               head_params=head_params)
         ce = ce_sum / max(count, 1)
         return StepLosses(total=ce, logit=0.0, ce=float(ce.detach()), hidden=0.0)
-    with torch.no_grad():
-        teacher_out = logits_adapter(teacher).base_model(teacher)(input_ids=input_ids, use_cache=False,
-                                                                  output_hidden_states=want_states)
+    t_adapter = get_adapter(teacher) if want_states else logits_adapter(teacher)
+    with torch.no_grad(), (t_adapter.capture_layer_states(teacher) if want_states
+                           else contextlib.nullcontext([])) as teacher_states:
+        teacher_out = t_adapter.base_model(teacher)(input_ids=input_ids, use_cache=False)
     t_hidden = teacher_out.last_hidden_state.reshape(-1, teacher_out.last_hidden_state.shape[-1])
     vocab_size = shared_vocab_size(student, teacher)  # tables padded differently: compare the shared rows
     out = chunked_logit_loss(logit_loss, s_hidden, t_hidden, logits_head(student, vocab_size),
@@ -106,10 +123,8 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
         total = total + config.ce_weight * ce
         ce_value = float(ce.detach())
     if hidden_loss is not None:
-        s_states = [student_out.hidden_states[s] for s, _ in layer_pairs]
-        t_states = [teacher_out.hidden_states[t] for _, t in layer_pairs]
-        hidden = hidden_loss(s_states, t_states)
-        total = total + config.hidden_weight * balance_weight(kd, hidden) * hidden
+        hidden = hidden_loss([student_states[s] for s, _ in layer_pairs], [teacher_states[t] for _, t in layer_pairs])
+        total = total + config.hidden_weight * hidden_balance * hidden
         hidden_value = float(hidden.detach())
     return StepLosses(total=total, logit=float(kd.detach()), ce=ce_value, hidden=hidden_value)
 
