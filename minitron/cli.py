@@ -26,18 +26,25 @@ import sys
 import types
 import typing
 
-from .config import DataConfig, DistillConfig, ImportanceConfig, TargetConfig
+from .cliparse import Parser, package_version
+from .config import TEACHER_ONLY, DataConfig, DistillConfig, ImportanceConfig, TargetConfig
 from .errors import MinitronError
 from .search.config import GUIDE as SEARCH_GUIDE
 from .search.config import SearchConfig
 from .verbosity import verbosity
 
+DEFAULT_DATA = DataConfig().data
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, **defaults) -> None:
-    """One `--field-name` option per dataclass field, with the field's help text and default."""
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, fixed: dict | None = None, **defaults) -> None:
+    """One `--field-name` option per dataclass field, with the field's help text and default. Fields in
+    `fixed` get no option: the command always uses that value (it is the parser's default, for from_args)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__.replace("Config", " settings"))
+    parser.set_defaults(**(fixed or {}))
     for f in dataclasses.fields(cls):
+        if f.name in (fixed or {}):
+            continue
         kind = hints[f.name]
         if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
@@ -83,7 +90,12 @@ def command_argv(command: str, *settings, **options) -> list[str]:
     for section in settings:
         values |= dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
     values |= options
-    actions = {action.dest: action for action in _command_parser(command)._actions if action.dest != "help"}
+    parser = _command_parser(command)
+    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "version")}
+    fixed = {dest for dest in set(values) - set(actions) if dest in parser._defaults}
+    for dest in fixed:
+        if values.pop(dest) != parser._defaults[dest]:
+            raise MinitronError(f"`minitron {command}` always uses {dest}={parser._defaults[dest]!r}")
     unknown = sorted(set(values) - set(actions))
     if unknown:
         raise MinitronError(f"`minitron {command}` has no option for {', '.join(unknown)}")
@@ -138,18 +150,18 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
     return subcommands.choices[command]
 
 
-def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--model", required=required, default=None if required else "builtin:smollm2-135m",
-                        help="Hub id, local folder, .gguf file, or builtin:smollm2-135m.")
+def _model_options(parser: argparse.ArgumentParser, required: bool = True, help: str = "") -> None:
+    parser.add_argument("--model", required=required, default=None,
+                        help="Hub id, local folder, .gguf file, or builtin:smollm2-135m." + help)
     parser.add_argument("--dtype", default="auto", help="Weights to load and compute in: auto (default: the "
                         "checkpoint's dtype; GGUF: float32), float32, bfloat16 or float16.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="builtin:python-docs", help="Training text (same specs as calibration, "
-                        "or a folder from `minitron tokenize`); a deterministic held-out part of it is used for "
-                        "validation. A spec is tokenized once into the cache (--cache-dir).")
+    parser.add_argument("--data", default=None, help="Training text (same specs as calibration, or a folder "
+                        "from `minitron tokenize`); a deterministic held-out part of it is used for validation. A spec "
+                        f"is tokenized once into the cache (--cache-dir). (default: {DEFAULT_DATA})")
     parser.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
     parser.add_argument("--out", required=True, help="Run folder: checkpoints, metrics.jsonl, then the final model.")
     parser.add_argument("--resume", action="store_true", help="Continue the interrupted run in --out exactly.")
@@ -176,8 +188,8 @@ def _verbosity_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minitron", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="minitron", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     _verbosity_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -194,7 +206,9 @@ def _build_parser() -> argparse.ArgumentParser:
     add_dataclass_arguments(importance, ImportanceConfig)
 
     prune = commands.add_parser("prune", help="Prune to a target architecture; writes a standard HF checkpoint.")
-    _model_options(prune)
+    _model_options(prune, required=False, help=" Required unless --from-search gives it.")
+    prune.add_argument("--from-search", metavar="DIR", help="Prune to the winner of `minitron search --out DIR` "
+                       "(its target, and its --model, --scores and --depth-metric unless given).")
     prune.add_argument("--scores", help="Scores folder from `minitron importance`.")
     prune.add_argument("--criterion", choices=["magnitude", "random"],
                        help="Baseline criterion instead of --scores (for comparisons).")
@@ -216,7 +230,8 @@ def _build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="Teacher correction: next-token fine-tuning on your data.")
     finetune.add_argument("--model", required=True, help="Model to fine-tune: hub id, folder, .gguf, builtin:NAME.")
     _run_options(finetune)
-    add_dataclass_arguments(finetune, DistillConfig, loss="ce")
+    add_dataclass_arguments(finetune, DistillConfig, fixed={name: DistillConfig.__dataclass_fields__[name].default
+                                                            for name in TEACHER_ONLY} | {"loss": "ce"})
 
     tokenize = commands.add_parser("tokenize", help="Tokenize --data once into memory-mapped token shards that "
                                    "every --data option accepts (train / held-out split, manifest.json).")
@@ -286,22 +301,6 @@ def _print_dry_run(summary: dict) -> None:
     _print_table(rows)
 
 
-def _search(args: argparse.Namespace) -> None:
-    from .search import list_candidates, run_search
-    from .search.tables import candidates_markdown, listing_markdown
-    config = from_args(SearchConfig, args)
-    if args.dry_run:
-        print(listing_markdown(list_candidates(args.model, config, device=args.device, dtype=args.dtype)))
-        return
-    if args.out is None:
-        raise MinitronError("--out is required (or pass --dry-run to list the candidates)")
-    result = run_search(args.model, args.out, config, scores=args.scores, teacher=args.teacher,
-                        data=from_args(DataConfig, args), overwrite=args.overwrite, device=args.device,
-                        dtype=args.dtype)
-    print(candidates_markdown(result))
-    print(f"search written to {args.out}; prune to the winner with target {json.dumps(result['winner']['target'])}")
-
-
 def _tokenize(args: argparse.Namespace) -> None:
     from .data.shards import write_shards
     from .loading import check_output_folder, load_tokenizer
@@ -326,6 +325,11 @@ def _dispatch(args: argparse.Namespace) -> None:
                                   dtype=args.dtype, device=args.device, overwrite=args.overwrite)
         print(f"scores written to {out}")
     elif args.command == "prune":
+        if args.from_search:
+            from .search.commands import prune_args_from_search
+            prune_args_from_search(args)
+        if args.model is None:
+            raise MinitronError("give --model (or --from-search DIR, a `minitron search` folder)")
         target = from_args(TargetConfig, args).as_target()
         if not target:
             raise MinitronError("give at least one target: --hidden-size, --intermediate-size, "
@@ -341,9 +345,11 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif args.command in ("distill", "finetune"):
         from .distill.job import run_distill
         config = from_args(DistillConfig, args)
-        if args.command == "finetune" and config.loss != "ce":
-            raise MinitronError("finetune trains on next-token loss only; use `minitron distill` for KD losses")
         student, teacher = (args.student, args.teacher) if args.command == "distill" else (args.model, None)
+        if args.data is None:
+            args.data = DEFAULT_DATA
+            print(f"minitron {args.command}: no --data given, training on {DEFAULT_DATA} (CPython's documentation);"
+                  " pass --data for your own text", file=sys.stderr)
         record = run_distill(student, teacher, args.data, args.out, config, text_field=args.text_field,
                              resume=args.resume, overwrite=args.overwrite, device=args.device,
                              save_dtype=args.save_dtype)
@@ -367,7 +373,8 @@ def _dispatch(args: argparse.Namespace) -> None:
                                                  limit=args.limit, device=args.device)["tasks"]
         print(json.dumps(result, indent=2))
     elif args.command == "search":
-        _search(args)
+        from .search.commands import search_command
+        search_command(args)
     elif args.command == "run":
         from .recipe import runner
         if args.dry_run:

@@ -148,6 +148,8 @@ def cpu_has_amx_bf16() -> bool:
 
 
 LOSSES = ("forward_kl", "reverse_kl", "jsd", "topk_kl", "ce")
+# DistillConfig fields that only matter with a teacher: `minitron finetune` (next-token loss) has no option for them.
+TEACHER_ONLY = ("temperature", "top_k", "jsd_beta", "ce_weight", "hidden_loss", "hidden_weight", "teacher_dtype")
 
 
 @dataclass
@@ -198,6 +200,9 @@ class DistillConfig:
                           "chunk_size", "eval_samples")
         if self.steps is None and self.tokens is None:
             raise SettingsError("give a training budget: --steps N or --tokens N")
+        if self.steps is not None and self.tokens is not None:
+            raise SettingsError(f"give --steps or --tokens, not both (got steps={self.steps}, tokens={self.tokens}): "
+                                "--tokens is converted to steps of the global batch")
         for name in ("steps", "tokens"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -1,11 +1,15 @@
 """The command line end to end on a tiny model saved to a local folder (no network)."""
+import importlib.metadata
 import json
+import shlex
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from minitron.cli import main
+from minitron.cli import _build_parser, from_args, main
+from minitron.config import DistillConfig
+from minitron.errors import MinitronError
 from minitron.loading import load_model
 from tests.tiny import tiny_model, tiny_tokenizer
 
@@ -66,6 +70,10 @@ def test_dry_run_prints_architecture(workspace, capsys):
      "holds no importance scores"),
     (["importance", "--model", "{teacher}", "--data", "{tmp}/missing.txt", "--out", "{tmp}/s"], "does not exist"),
     (["importance", "--model", "{teacher}", "--samples", "0", "--out", "{tmp}/s"], "must be positive"),
+    (["finetune", "--model", "{teacher}", "--data", "{tmp}/missing.txt", "--steps", "1", "--tokens", "1k",
+      "--out", "{tmp}/x"], "--steps or --tokens, not both"),
+    (["prune", "--model", "{teacher}", "--num-attention-heads", "5", "--num-key-value-heads", "2", "--dry-run"],
+     "as a multiple of 2"),
 ])
 def test_bad_input_gets_a_clear_error(workspace, tmp_path, capsys, argv, message):
     argv = [a.format(teacher=workspace / "teacher", tmp=tmp_path) for a in argv]
@@ -97,3 +105,96 @@ def test_lm_eval_tasks_need_the_optional_extra(workspace, capsys):
     argv = ["eval", "--model", str(workspace / "teacher"), "--data", str(workspace / "corpus.txt"), "--samples", "2",
             "--seq-len", "16", "--tasks", "hellaswag"]
     assert main(argv) == 2 and "lm-eval" in capsys.readouterr().err
+
+
+# --- a command line that forgives and guides ------------------------------------------------------
+
+def _refused(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_abbreviations_are_refused_and_unknown_flags_get_a_suggestion(capsys):
+    err = _refused(["prune", "--model", "m", "--hidden", "36", "--dry-run"], capsys)
+    assert "unrecognized arguments: --hidden (did you mean --hidden-size?)" in err
+    assert "did you mean --num-attention-heads" in _refused(["prune", "--model", "m", "--num-attn-heads", "2"], capsys)
+    err = _refused(["distill", "--student", "s", "--teacher", "t", "--out", "o", "--step", "1"], capsys)
+    assert "--step (did you mean --steps" in err and err.startswith("usage: minitron distill")
+
+
+def test_hugging_face_spellings_of_options_are_accepted():
+    args = _build_parser().parse_args(["prune", "--model", "m", "--hidden_size", "36", "--num_key_value_heads=1",
+                                       "--dry_run"])
+    assert (args.hidden_size, args.num_key_value_heads, args.dry_run) == (36, 1, True)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"minitron {importlib.metadata.version('minitron')}"
+
+
+def test_steps_and_tokens_together_are_refused():
+    with pytest.raises(MinitronError, match="not both"):
+        DistillConfig(steps=10, tokens="2k")
+
+
+def test_key_value_heads_alone_take_their_query_heads_along(workspace, capsys):
+    # The tiny teacher has 6 query heads in 2 KV groups: keeping 1 group keeps its 3 query heads.
+    assert main(["prune", "--model", str(workspace / "teacher"), "--num-key-value-heads", "1", "--dry-run"]) == 0
+    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.startswith("num_"))
+    assert rows["num_key_value_heads"].strip() == "1" and rows["num_attention_heads"].strip() == "3"
+
+
+def test_training_without_data_says_which_default_it_used(workspace, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("not minitron's")  # refused after the choice of data is announced
+    argv = ["finetune", "--model", str(workspace / "teacher"), "--steps", "1", "--out", str(taken)]
+    assert main(argv) == 2
+    assert "no --data given, training on builtin:python-docs" in capsys.readouterr().err
+
+
+def test_finetune_help_lists_only_what_fine_tuning_uses(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    assert "--lr" in text and "--steps" in text and "--chunk-size" in text
+    for teacher_only in ("--loss", "--temperature", "--top-k", "--jsd-beta", "--ce-weight", "--hidden-loss",
+                         "--teacher-dtype"):
+        assert f"{teacher_only} " not in text, teacher_only
+    args = _build_parser().parse_args(["finetune", "--model", "m", "--out", "o", "--steps", "1"])
+    assert from_args(DistillConfig, args).loss == "ce"
+    with pytest.raises(SystemExit):
+        _build_parser().parse_args(["finetune", "--model", "m", "--out", "o", "--steps", "1", "--temperature", "2"])
+
+
+def test_search_prints_a_runnable_prune_command_and_prune_takes_its_winner(workspace, tmp_path, capsys):
+    teacher, scores = str(workspace / "teacher"), str(workspace / "search-scores")
+    data = ["--data", str(workspace / "corpus.txt"), "--samples", "4", "--seq-len", "16", "--batch-size", "4"]
+    assert main(["importance", "--model", teacher, "--out", scores, "--layer-loss-samples", "0", *data]) == 0
+    assert main(["search", "--model", teacher, "--scores", scores, "--target-params", "0.8", "--max-candidates", "2",
+                 "--candidate-tokens", "0", "--heldout-samples", "2", *data, "--out", str(tmp_path / "nas"), "-q"]) == 0
+    winner = json.loads((tmp_path / "nas" / "search.json").read_text())["winner"]
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines()
+               if line.strip().startswith("minitron prune --model")]
+    assert len(printed) == 1
+    argv = shlex.split(printed[0])[1:]
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "nas" / "pruned")
+    assert main(argv) == 0  # the printed command runs as printed
+    by_command = json.loads(config_of(tmp_path / "nas" / "pruned"))
+    assert main(["prune", "--from-search", str(tmp_path / "nas"), "--out", str(tmp_path / "from-search")]) == 0
+    assert json.loads(config_of(tmp_path / "from-search")) == by_command
+    assert all(by_command[key] == size for key, size in winner["target"].items())
+    assert main(["prune", "--from-search", str(tmp_path / "nas"), "--hidden-size", "8", "--dry-run"]) == 2
+    assert main(["prune", "--from-search", str(tmp_path), "--dry-run"]) == 2
+    assert "--out folder of `minitron search`" in capsys.readouterr().err
+
+
+def config_of(model_dir) -> str:
+    config = json.loads((model_dir / "config.json").read_text())
+    keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
+    return json.dumps({key: config[key] for key in keys})

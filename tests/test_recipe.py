@@ -117,6 +117,7 @@ def test_an_unknown_key_is_named_with_the_allowed_keys(tmp_path, where, bad):
     ({"distill": {"steps": 3, "lr": "fast"}}, "distill.lr must be a number"),
     ({"distill": {"steps": 0}}, "budget of zero"),
     ({"distill": {}}, "give a training budget"),
+    ({"distill": {"steps": 3, "tokens": "1k"}}, "not both"),
     ({"stages": []}, "non-empty list"),
     ({"stages": [{"name": "a", "target": {"hidden_size": 36}}, {"name": "a", "target": {"hidden_size": 24}}]},
      "two stages are named 'a'"),
@@ -139,6 +140,14 @@ def test_numbers_written_the_yaml_way_are_numbers(tmp_path):
                     "distill: {tokens: 94e9, lr: 5e-5, min_lr: 4.5e-7}\n")
     config = load_recipe(path).stages[0].distill_config(load_recipe(path))
     assert (config.tokens, config.lr, config.min_lr) == (94_000_000_000, 5e-5, 4.5e-7)
+
+
+def test_a_stage_budget_replaces_the_recipe_budget(tmp_path):
+    recipe = parse_recipe(tiny_recipe(tmp_path, distill={"tokens": "94B"},
+                                      stages=[{"name": "a", "target": {"hidden_size": 36}, "distill": {"steps": 5}},
+                                              {"name": "b", "target": {"hidden_size": 24}}]))
+    first, second = (stage.distill_config(recipe) for stage in recipe.stages)
+    assert (first.steps, first.tokens) == (5, None) and (second.steps, second.tokens) == (None, 94_000_000_000)
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])

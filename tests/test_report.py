@@ -7,6 +7,7 @@ width cut) and 02-quarter (fixed target with a depth cut, distilled from 01-half
 """
 import base64
 import copy
+import html
 import io
 import json
 import random
@@ -314,6 +315,79 @@ def test_model_cards_for_every_finished_stage(run_dir):
     first = written[0].read_text()
     assert "Architecture search:** 2 candidates" in first
     assert "base_model" not in _front_matter(first)  # a local teacher folder is no hub id
+    assert _front_matter(first)["license"] == "other"  # ... whose card (it has none) names no license
+
+
+def test_model_cards_carry_the_license_and_base_model_of_their_source(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    front = _front_matter(write_model_card(folder, {"name": "m", "teacher": "builtin:smollm2-135m"}).read_text())
+    assert front["license"] == "apache-2.0" and front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert front["library_name"] == "transformers" and "minitron" in front["tags"]
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "README.md").write_text("---\nlicense: mit\n---\n# a teacher\n")
+    front = _front_matter(write_model_card(folder, {"name": "m", "teacher": str(teacher)}).read_text())
+    assert front["license"] == "mit" and "base_model" not in front  # a folder is no hub id; its license carries
+
+
+def _page_width(css: str) -> tuple[float, float]:
+    """(the widest main column, its content width) in px, read from the report's CSS."""
+    main = re.search(r"main \{ max-width: (\d+)px; margin: 0 auto; padding: 0 (\d+)px", css)
+    return float(main[1]), float(main[1]) - 2 * float(main[2])
+
+
+def _min_table_width(page: str, css: str) -> float:
+    """A lower bound on what the browser needs for a table, in px: per column its widest unbreakable text
+    at 0.6 em a glyph (a proportional sans font runs 0.5-0.6 em), plus the cell padding. Cells don't wrap;
+    headers do where the CSS lets them."""
+    font = float(re.search(r"table \{[^}]*font-size: ([\d.]+)px", css)[1])
+    padding = float(re.search(r"th, td \{ padding: \d+px (\d+)px", css)[1])
+    headers_wrap = re.search(r"\bth \{[^}]*white-space: normal", css) is not None
+    heads = [re.sub(r"<[^>]+>", "", h) for h in re.findall(r"<th[^>]*>(.*?)</th>", page)]
+    rows = [[re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page.split("<tbody>")[1])]
+    widths = []
+    for column, head in enumerate(heads):
+        head_chars = max(map(len, head.split())) if headers_wrap else len(head)
+        cell_chars = max(len(html.unescape(row[column])) for row in rows)
+        widths.append(max(head_chars, cell_chars) * 0.6 * font + 2 * padding + (17 if column == 0 else 0))
+    return sum(widths)
+
+
+def test_the_family_table_fits_a_1400_pixel_page(tmp_path):
+    from minitron.report import family
+    from minitron.report.html import CSS
+    from minitron.report.runfolder import Run
+    arch = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3,
+            "num_hidden_layers": 30}
+    members = [{"name": name, "architecture": arch, "params": {"total": 134_515_008, "non_embedding": 106_203_456},
+                "heldout_loss": 3.1234, "perplexity": 22.73, "tokens_per_s": {"prefill": 12_345.6, "decode": 1_234.5}}
+               for name in ("teacher", "00-correction", "01-70pct-searched", "02-50pct-searched")]
+    table = family.summary(Run(tmp_path, {"members": members, "stages": []}))
+    widest, content = _page_width(CSS)
+    assert widest <= 1400 - 2 * 16  # the page's own margins and a scroll bar
+    assert _min_table_width(table, CSS) <= content  # so no column hides behind a horizontal scroll
+
+
+def test_a_chart_of_one_candidate_has_integer_axes(monkeypatch):
+    from minitron.report import plots
+    drawn = []
+    render = plots._render
+    monkeypatch.setattr(plots, "_render", lambda figure, points: (drawn.append(figure), render(figure, points))[1])
+
+    def visible_ticks(axis):
+        low, high = sorted(axis.get_view_interval())
+        return [tick for tick in axis.get_ticklocs() if low <= tick <= high]
+
+    plots.search_losses([{"loss_pruned": 3.2, "loss_distilled": 2.9, "label": "H32", "chosen": True}], "#07b")
+    ranks = drawn[-1].axes[1]
+    assert visible_ticks(ranks.yaxis) == [1]  # the one rank, not 0.95 ... 1.05
+    plots.distillation_curves([{"step": 1, "loss": 3.0, "val_student_loss": 3.1}, {"step": 2, "loss": 2.9},
+                               {"step": 3, "loss": 2.8, "val_student_loss": 2.7}], "#07b")
+    for axis in drawn[-1].axes:
+        steps = visible_ticks(axis.xaxis)
+        assert steps and all(float(step).is_integer() for step in steps), steps  # no half steps
 
 
 def test_plots_count_only_what_they_draw():

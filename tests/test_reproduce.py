@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from minitron.cli import _build_parser, command_argv, command_line, from_args, main
+from minitron.cli import _build_parser, _command_parser, command_argv, command_line, from_args, main
 from minitron.config import DataConfig, DistillConfig, ImportanceConfig, TargetConfig
 from minitron.errors import MinitronError
 from minitron.importance import ImportanceScores
@@ -57,8 +57,13 @@ def _other_value(kind, default):
 @pytest.mark.parametrize("command, settings", [(c, s) for c, classes in COMMAND_SETTINGS.items() for s in classes])
 def test_every_setting_round_trips_through_the_command_line(command, settings):
     parser, hints = _build_parser(), typing.get_type_hints(settings)
+    fixed = _command_parser(command)._defaults  # fields the command has no option for (finetune's KD settings)
     for field in dataclasses.fields(settings):
         value = _other_value(hints[field.name], field.default)
+        if field.name in fixed:
+            with pytest.raises(MinitronError, match="always uses"):
+                command_line(command, {field.name: value}, **REQUIRED[command])
+            continue
         line = command_line(command, {field.name: value}, **REQUIRED[command])
         argv = shlex.split(line)
         flag = f"--{field.name.replace('_', '-')}"

@@ -188,7 +188,7 @@ def test_cli_search_with_candidate_distillation_writes_the_tables(teacher_folder
             "--heldout-samples", "4", "--top-k", "2", "--candidate-tokens", "32", "--candidate-batch-size", "2",
             "--out", str(out), "--hidden-step", "12", "--mlp-step", "16", "--max-candidates", "3"]
     assert main(argv) == 0
-    assert "prune to the winner with target" in capsys.readouterr().out
+    assert "Prune to the winner (then distill it fully) with\n  minitron prune --model " in capsys.readouterr().out
     result = json.loads((out / "search.json").read_text())
     assert {"config", "budget", "candidates", "winner", "ranking_changed"} <= set(result)
     rows = result["candidates"]

@@ -45,6 +45,10 @@ def resolve_target(config, target: Mapping) -> ResolvedTarget:
     if target.get("num_attention_heads") is not None and target.get("num_key_value_heads") is None \
             and source["num_attention_heads"] == source["num_key_value_heads"]:
         sizes["num_key_value_heads"] = sizes["num_attention_heads"]  # multi-head attention stays MHA
+    if target.get("num_key_value_heads") is not None and target.get("num_attention_heads") is None:
+        # Whole KV groups are pruned, each with its query heads: the query heads go with them.
+        group = source["num_attention_heads"] // source["num_key_value_heads"]
+        sizes["num_attention_heads"] = sizes["num_key_value_heads"] * group
     _check_heads(sizes, source)
     drop_layers = _resolve_drop_layers(target.get("drop_layers"), source["num_hidden_layers"])
     if drop_layers is not None:
@@ -74,7 +78,8 @@ def _check_heads(sizes: dict, source: dict) -> None:
     heads, kv_heads = sizes["num_attention_heads"], sizes["num_key_value_heads"]
     if heads % kv_heads:
         raise TargetError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}; "
-                          "every KV group must keep the same number of query heads")
+                          "every KV group must keep the same number of query heads: give num_attention_heads "
+                          f"as a multiple of {kv_heads}")
     group = source["num_attention_heads"] // source["num_key_value_heads"]
     if heads // kv_heads > group:
         raise TargetError(

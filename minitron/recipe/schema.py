@@ -87,7 +87,7 @@ class Stage:
         return data, ImportanceConfig(**{k: v for k, v in settings.items() if k not in IMPORTANCE_DATA_KEYS})
 
     def distill_config(self, recipe: Recipe) -> DistillConfig:
-        return _distill_config({**recipe.distill, **self.distill}, recipe.data, f"stage {self.name!r} distill")
+        return _distill_config(_overridden(recipe.distill, self.distill), recipe.data, f"stage {self.name!r} distill")
 
     def search_config(self):
         from ..search import SearchConfig
@@ -291,6 +291,14 @@ def _eval_section(raw, where: str) -> EvalSpec:
 
 def _distill_config(settings: dict, data: RecipeData, where: str) -> DistillConfig:
     return _checked(lambda: DistillConfig(**{"seq_len": data.seq_len, **settings}), where)
+
+
+def _overridden(defaults: dict, settings: dict) -> dict:
+    """A stage's distill settings over the recipe's: a stage's budget (steps or tokens) replaces the
+    recipe's budget whichever way that was given (a run takes one or the other, not both)."""
+    if "steps" in settings or "tokens" in settings:
+        defaults = {k: v for k, v in defaults.items() if k not in ("steps", "tokens")}
+    return {**defaults, **settings}
 
 
 def _distill_from(value, where: str) -> str:

@@ -5,9 +5,10 @@
     write_model_cards("runs/family")     # every finished stage of a run, info taken from run.json
 
 `info` keys (all optional but `name`): teacher, parent, distilled_from, base_model (hub id for the front matter; derived
-from the teacher when absent), kind, target, search (search.json), importance (the scores' meta), data,
-member and teacher_member (run.json member entries), repo_id (shown in the loading snippet), commands (the
-shell lines that reproduce the model, or a sentence saying why none can). The card
+from the teacher when absent), license (default: the teacher's, see source_license), kind, target, search
+(search.json), importance (the scores' meta), data, member and teacher_member (run.json member entries), repo_id
+(shown in the loading snippet), commands (the shell lines that reproduce the model, or a sentence saying why none
+can). The card
 also reads the folder's minitron.json (the full history) and metrics.jsonl (distillation tokens).
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ from .stages import budget_description
 CARD_FILE = "README.md"
 # Built-in teachers are GGUF files of hub models; the card links the hub model they came from.
 BUILTIN_HUB_IDS = {"builtin:smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BUILTIN_LICENSES = {"builtin:smollm2-135m": "apache-2.0"}  # SmolLM2's model card
+UNKNOWN_LICENSE = "other"  # the Hub's value for a license it has no id for
 TAGS = ["minitron", "pruning", "distillation"]
 
 
@@ -41,7 +44,8 @@ def write_model_card(model_dir: str | Path, info: dict) -> Path:
     """Write `model_dir`/README.md: how the model was made, how good it is, how to load it, its limits."""
     model_dir = Path(model_dir)
     history = full_history(model_dir)
-    front = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": TAGS}
+    front = {"license": info.get("license") or source_license(info.get("teacher")), "library_name": "transformers",
+             "pipeline_tag": "text-generation", "tags": TAGS}
     base_model = info.get("base_model") or hub_id(info.get("teacher"))
     if base_model:
         front = {"base_model": base_model, **front}
@@ -76,6 +80,27 @@ def hub_id(spec) -> str | None:
         return BUILTIN_HUB_IDS[spec]
     looks_like_hub = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and not spec.endswith(".gguf")
     return spec if looks_like_hub and not Path(spec).exists() else None
+
+
+def source_license(spec) -> str:
+    """The license of the model a spec names, which a derived model inherits: from its model card (a local
+    folder's README.md, or a hub model's card already in the local cache; nothing is downloaded), the
+    built-in teacher's known license, else "other"."""
+    if not isinstance(spec, str) or not spec:
+        return UNKNOWN_LICENSE
+    if spec in BUILTIN_LICENSES:
+        return BUILTIN_LICENSES[spec]
+    card = Path(spec) / CARD_FILE
+    if not card.is_file() and hub_id(spec):
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(spec, CARD_FILE)
+        card = Path(cached) if isinstance(cached, str) else card
+    try:
+        from huggingface_hub.repocard import metadata_load
+        license_id = (metadata_load(card) or {}).get("license") if card.is_file() else None
+    except (OSError, ValueError, yaml.YAMLError):  # an unreadable card says nothing about the license
+        license_id = None
+    return license_id if isinstance(license_id, str) and license_id else UNKNOWN_LICENSE
 
 
 def _params(member) -> dict:

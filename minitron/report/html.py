@@ -25,7 +25,8 @@ CSS = """
 * { box-sizing: border-box; }
 body { margin:0; color:var(--ink); background:#fff; line-height:1.55;
   font:15px/1.55 -apple-system, BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 980px; margin: 0 auto; padding: 0 28px 64px; }
+main { max-width: 1180px; margin: 0 auto; padding: 0 28px 64px; }
+p, .lead { max-width: 980px; }
 header { padding: 36px 0 18px; border-bottom: 1px solid var(--line); margin-bottom: 8px; }
 .kicker { margin:0; color:var(--accent); font-weight:600; letter-spacing:.06em; text-transform:uppercase; font-size:12px; }
 h1 { margin: 4px 0 14px; font-size: 30px; line-height:1.2; }
@@ -47,7 +48,7 @@ figcaption { max-width: 700px; color: var(--muted); font-size: 13.5px; margin-to
 .table-wrap { overflow-x: auto; margin: 10px 0 14px; }
 table { border-collapse: collapse; font-size: 13.5px; min-width: 60%; }
 th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
-th { background: var(--soft); font-weight: 600; }
+th { background: var(--soft); font-weight: 600; white-space: normal; vertical-align: bottom; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
 tr.chosen, tr.chosen:nth-child(even) { background: var(--chosen); font-weight: 600; }

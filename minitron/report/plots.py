@@ -188,8 +188,9 @@ def search_losses(candidates: Sequence[dict], chosen_color: str) -> Plot:
                        lw=2.2 if chosen else 1.1, zorder=3 if chosen else 2)
         ranks.set_xticks([0, 1], ["after pruning", "after distillation"])
         ranks.set_ylabel("rank (1 = lowest loss)")
-        ranks.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ranks.invert_yaxis()
+        # Whole ranks only, even for one or two candidates (where an automatic axis shows 0.95 ... 1.05).
+        ranks.set_yticks(range(1, len(both) + 1))
+        ranks.set_ylim(len(both) + 0.5, 0.5)  # rank 1 on top
         ranks.set_xlim(-0.25, 1.25)
         ranks.grid(axis="x", visible=False)
         return _render(figure, 2 * len(both))
@@ -233,5 +234,6 @@ def distillation_curves(records: Sequence[dict], color: str) -> Plot:
         train.set_title("training loss")
         for axis in (validation, train):
             axis.set_xlabel("training tokens" if by_tokens else "step")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # no half steps
             axis.xaxis.set_major_formatter(EngFormatter())
         return _render(figure, points)

@@ -22,8 +22,8 @@ Budget: --target-params N (a count like 4.5e9, or a fraction like 0.5 of the sou
 non_embedding), or --target-latency MS measured on this device (--latency-batch, --latency-seq-len,
 --latency-new-tokens). No candidate over budget is ever returned.
 
-Writes OUT/search.json, OUT/candidates.csv and OUT/candidates.md. Then prune to the winner's target with
-`minitron prune` (the target is printed) and distill it fully.
+Writes OUT/search.json, OUT/candidates.csv and OUT/candidates.md. Then prune to the winner with
+`minitron prune --from-search OUT --out DIR` (the full command is printed) and distill it fully.
 
 examples:
   minitron search --model builtin:smollm2-135m --scores scores/ --target-params 0.5 --budget-on non_embedding \\

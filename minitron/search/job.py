@@ -93,7 +93,8 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
         result = search(loaded, tokenizer, loaded_scores, config, heldout=heldout, train=train,
                         teacher=teacher_model, progress=progress, batch_size=data.batch_size)
         payload = {"model": model, "teacher": teacher or model, "scores": scores or str(Path(out) / SCORES_SUBDIR),
-                   "data": data.data, "seq_len": data.seq_len, **result.to_dict()}
+                   "data": data.data, "seq_len": data.seq_len, "depth_metric": config.depth_metric,
+                   **result.to_dict()}
         write_outputs(staging, payload)
     return payload
 

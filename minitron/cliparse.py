@@ -1,0 +1,52 @@
+"""argparse as minitron's command line wants it: it forgives the spellings people bring and guides the rest.
+
+- No abbreviations: `--hidden` is not silently `--hidden-size` (nor, one day, `--hidden-loss`).
+- An unknown `--flag` is refused with the closest options of that command ("did you mean --hidden-size?").
+- The Hugging Face spelling of a known option (`--hidden_size`, as in config.json and TrainingArguments)
+  is the dash spelling (`--hidden-size`).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.metadata
+import sys
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("minitron")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and, through add_subparsers, every subcommand's) with the rules above."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        # Subcommands are parsed by this same method on their own parser, so each checks its own options.
+        args = [self._dash_spelling(word) for word in (sys.argv[1:] if args is None else args)]
+        namespace, extras = super().parse_known_args(args, namespace)
+        unknown = [word for word in extras if word.startswith("--") and word != "--"]
+        if unknown:
+            self.error("unrecognized arguments: " + " ".join(self._with_suggestion(word) for word in unknown))
+        return namespace, extras
+
+    def _dash_spelling(self, word: str) -> str:
+        if not word.startswith("--") or "_" not in word:
+            return word
+        flag, equals, value = word.partition("=")
+        dashed = flag.replace("_", "-")
+        known = self._option_string_actions
+        return dashed + equals + value if flag not in known and dashed in known else word
+
+    def _with_suggestion(self, word: str) -> str:
+        flag = word.partition("=")[0]
+        options = [o for o in self._option_string_actions if o.startswith("--")]
+        close = difflib.get_close_matches(flag.replace("_", "-"), options, n=3, cutoff=0.6)
+        close += [o for o in options if o.startswith(flag) and o not in close][:3 - len(close)]  # abbreviations
+        return f"{word} (did you mean {' or '.join(close)}?)" if close else word
