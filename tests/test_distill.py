@@ -69,10 +69,11 @@ def test_ce_training_without_teacher():
     assert records[-1]["val_student_loss"] < records[0]["val_student_loss"]
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("overrides", [{}, {"hidden_loss": "cosine"}])  # the hidden loss's balance is state too
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, overrides):
     student, teacher = _student_teacher()
     baseline = []
-    distill(student, teacher, _blocks(2, 64), _blocks(3, 4), _config(),
+    distill(student, teacher, _blocks(2, 64), _blocks(3, 4), _config(**overrides),
             on_step=lambda step, record: baseline.append(record["loss"]))
 
     student, teacher = _student_teacher()
@@ -83,12 +84,12 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
     first = []
     with pytest.raises(TrainingInterrupted):
-        distill(student, teacher, _blocks(2, 64), _blocks(3, 4), _config(), out=tmp_path,
+        distill(student, teacher, _blocks(2, 64), _blocks(3, 4), _config(**overrides), out=tmp_path,
                 on_step=lambda step, record: (first.append(record["loss"]), interrupt(step, record)))
     assert len(first) == 5
     student, teacher = _student_teacher()
     rest = []
-    distill(student, teacher, _blocks(2, 64), _blocks(3, 4), _config(), out=tmp_path, resume=True,
+    distill(student, teacher, _blocks(2, 64), _blocks(3, 4), _config(**overrides), out=tmp_path, resume=True,
             on_step=lambda step, record: rest.append(record["loss"]))
     assert len(rest) == 7
     torch.testing.assert_close(torch.tensor(first + rest), torch.tensor(baseline), rtol=1e-5, atol=1e-6)

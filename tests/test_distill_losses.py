@@ -81,7 +81,11 @@ def test_splitting_the_global_batch_changes_nothing(family, name):
         assert len(gradients) == len(reference_gradients) == 2
         for step, (got, expected) in enumerate(zip(gradients, reference_gradients), start=1):
             relative = float((got - expected).norm() / expected.norm())
-            assert relative < 1e-5, f"{micro} x {accum}: step {step} gradient off by {relative:.2e}"
-        for key, value in reference_weights.items():  # Adam's first steps magnify rounding in near-zero
-            # gradients (g / (|g| + eps)): a weight may move by ~lr * 1e-3 more or less, hence atol lr / 100
-            torch.testing.assert_close(weights[key], value, rtol=0, atol=1e-5, msg=f"{micro} x {accum}: {key}")
+            # fp32 rounding alone gives up to ~5e-6 (mse: a large balancing weight scales the hidden term's
+            # rounding); a balancing weight computed per micro-batch gives ~2e-2.
+            assert relative < 5e-5, f"{micro} x {accum}: step {step} gradient off by {relative:.2e}"
+        for key, value in reference_weights.items():
+            # Adam's first steps magnify rounding in near-zero gradients (g / (|g| + eps)): a weight may
+            # move by ~1e-5 more or less (lr 1e-3), hence atol lr / 20.
+            difference = float((weights[key] - value).abs().max())
+            assert difference < 5e-5, f"{micro} x {accum}: {key} differs by {difference:.1e}"
