@@ -371,3 +371,21 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
     assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == FILE_MODE
     assert os.stat(tmp_path / "folder").st_mode & 0o777 == DIR_MODE
     assert FILE_MODE & 0o044  # readable by others under the usual umask 022
+
+
+@pytest.mark.parametrize("name, encoding, advice", [
+    ("a.txt", "utf-16", "UTF-16 byte-order mark.*iconv -f utf-16 -t utf-8"),
+    ("big.txt", "utf-16", "UTF-16 byte-order mark.*iconv -f utf-16 -t utf-8"),
+    ("d.jsonl", "utf-32", "UTF-32 byte-order mark.*iconv -f utf-32 -t utf-8"),
+    ("a.txt", "utf-16-le", "byte 1 is a NUL byte.*iconv -f utf-16le -t utf-8"),  # valid UTF-8, read as garbage before
+    ("big.txt", "utf-16-le", "byte 1 \\(line 1\\) is a NUL byte.*iconv -f utf-16le"),
+    ("d.jsonl", "utf-16-le", "byte 1 \\(line 1\\) is a NUL byte"),
+])
+def test_utf16_and_utf32_text_is_refused_with_the_right_conversion(tmp_path, name, encoding, advice):
+    body = "\n".join(_sentence_lines(200)) if name == "big.txt" else DOCS[0]
+    if name.endswith(".jsonl"):
+        body = json.dumps({"text": DOCS[0]})
+    path = tmp_path / name
+    path.write_bytes(body.encode(encoding))
+    with pytest.raises(DataError, match=advice):
+        list(iter_documents(str(path)))

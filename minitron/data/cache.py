@@ -61,11 +61,8 @@ def source_stamp(spec: str, text_field: str = "text") -> dict:
         if local.exists():
             return {"files": _file_stamps(local), "config": config, "split": split}
         return {"revision": _hub_revision(name), "config": config, "split": split}
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise DataError(f"data path {spec!r} does not exist: give an existing file or folder, "
-                        f"'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:python-docs'")
-    return {"files": _file_stamps(path)}
+    sources.require_local_data(spec)
+    return {"files": _file_stamps(Path(spec).expanduser())}
 
 
 def _file_stamps(path: Path) -> list:

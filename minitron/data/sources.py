@@ -63,12 +63,19 @@ def _dispatch(spec: str, text_field: str) -> Iterator[str]:
 
 # --- local files ----------------------------------------------------------------------------------
 
-def _path_documents(path: Path, text_field: str) -> Iterator[str]:
-    if not path.exists():
+def require_local_data(spec: str) -> None:
+    """Raise DataNotFoundError when `spec` is a local path (not hf: / builtin:) that does not exist."""
+    if spec.startswith(("hf:", "builtin:")):
+        return
+    if not Path(spec).expanduser().exists():
         raise DataNotFoundError(
-            f"data path {str(path)!r} does not exist: give an existing file or folder, "
+            f"data path {spec!r} does not exist: give an existing file or folder, "
             f"'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:{BUILTIN_SOURCES[0]}'"
         )
+
+
+def _path_documents(path: Path, text_field: str) -> Iterator[str]:
+    require_local_data(str(path))
     if path.is_dir():
         yield from _folder_documents(path)
         return

@@ -55,16 +55,29 @@ def text_lines(path: Path) -> Iterator[str]:
             yield from lines[:-1] if lines[-1] == "" else lines
 
 
+# UTF-32 before UTF-16: the UTF-32-LE mark starts with the UTF-16-LE one.
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
 def _decode(data: bytes, path: Path, offset: int, line: int | None) -> str:
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         where = f"byte {offset + error.start}" + (f" (line {line})" if line is not None else "")
-        raise DataError(
-            f"{path} is not UTF-8 text: {where} is 0x{data[error.start]:02x}, which UTF-8 does not allow "
-            f"there; convert the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path} > converted"
-            f"{path.suffix}` if it is Latin-1 (or `-f cp1252` for Windows text)"
-        ) from None
+        wide = next((name for bom, name in _WIDE_BOMS if offset == 0 and data.startswith(bom)), None)
+        advice = (f"it starts with a {wide.upper()} byte-order mark: convert it first, e.g. "
+                  f"`iconv -f {wide} -t utf-8 {path} > converted{path.suffix}`" if wide else
+                  f"convert the file to UTF-8 first, e.g. `iconv -f latin1 -t utf-8 {path} > converted"
+                  f"{path.suffix}` if it is Latin-1 (or `-f cp1252` for Windows text)")
+        raise DataError(f"{path} is not UTF-8 text: {where} is 0x{data[error.start]:02x}, which UTF-8 does not "
+                        f"allow there; {advice}") from None
+    if "\x00" in text:  # valid UTF-8, but no text holds NUL: UTF-16 without a byte-order mark, or binary
+        where = f"byte {offset + data.index(0)}" + (f" (line {line})" if line is not None else "")
+        raise DataError(f"{path} is not UTF-8 text: {where} is a NUL byte, as in UTF-16 text without a "
+                        f"byte-order mark or a binary file; convert it first, e.g. `iconv -f utf-16le -t utf-8 "
+                        f"{path} > converted{path.suffix}` if it is UTF-16 (Windows' 'Unicode')")
+    return text
 
 
 # --- .txt documents --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ one, and redoes a changed stage with everything after it.
 """
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import asdict
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from ..data.sources import require_local_data
 from ..errors import SettingsError
 from ..io import atomic_write_text, replace_directory
 from ..outputs import check_output, is_empty_folder, pending_folder, require_text
@@ -57,6 +59,8 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, ov
         out = Path("runs") / source.stem
     run_dir = Path(require_text(out, "--out"))
     work_dir = _work_folder(run_dir, overwrite, [source, recipe.teacher, recipe.data.train, recipe.data.eval_spec])
+    for spec in {recipe.data.train, recipe.data.eval_spec}:
+        require_local_data(spec)  # before reconcile removes a changed stage: a typo must not cost it
     if check_targets:
         plan_recipe(recipe, load_config(recipe.teacher))  # impossible targets fail here, before any work
     state = RunState.open(work_dir)
@@ -65,7 +69,7 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, ov
                   "stages": state.stages, "members": state.members}
     state.reconcile(planned)
     _forget_missing_models(state)
-    atomic_write_text(work_dir / "recipe.yaml", source.read_text() if source else yaml.safe_dump(recipe.raw))
+    atomic_write_text(work_dir / "recipe.yaml", _recipe_as_run(recipe, source))
     state.save()
     command = f"minitron run {source} --out {run_dir}" if source else "the same run_recipe(...) call"
     try:
@@ -110,6 +114,28 @@ def _work_folder(run_dir: Path, overwrite: bool, inputs: list) -> Path:
         return run_dir
     pending.mkdir(parents=True)
     return pending
+
+
+def _recipe_as_run(recipe: Recipe, source: Path | None) -> str:
+    """The text of RUN/recipe.yaml, which `minitron run RUN/recipe.yaml --out RUN` resumes from.
+
+    The source text (comments kept) when its paths mean the same files from any folder; otherwise the
+    parsed recipe with the teacher and data as resolved beside the source, since read from the run
+    folder its relative paths would name other files (and redo every stage, or fail).
+    """
+    if source is None:
+        return yaml.safe_dump(recipe.raw, sort_keys=False)
+    raw = copy.deepcopy(recipe.raw)
+    data = raw.get("data") or {}
+    resolved = {"train": recipe.data.train, "eval": recipe.data.eval}
+    given = {key: data[key] for key in resolved if key in data}
+    if raw["teacher"] == recipe.teacher and all(value == resolved[key] for key, value in given.items()):
+        return source.read_text()
+    raw["teacher"] = recipe.teacher
+    if given:
+        raw["data"] = {**data, **{key: resolved[key] for key in given}}
+    return (f"# {source.resolve()} as run, its relative paths resolved beside it\n"
+            + yaml.safe_dump(raw, sort_keys=False))
 
 
 def _rebase_records(work_dir: Path, run_dir: Path) -> None:
