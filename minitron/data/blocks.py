@@ -7,7 +7,7 @@ documents are spread over the whole corpus rather than taken from its end.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import torch
 
@@ -24,6 +24,7 @@ _HASH_BITS = 32
 
 # Documents are tokenized in small batches (fast Rust tokenizers parallelize within a batch) and
 # reading stops once enough tokens are in: at most one batch is read beyond what is needed.
+T = TypeVar("T")
 _DOCS_PER_BATCH = 32
 _CHARS_PER_BATCH = 200_000
 
@@ -101,22 +102,32 @@ class DocumentTally:
     in_split: int = 0
 
 
-def _document_batches(spec: str, text_field: str, split: str, heldout_fraction: float,
-                      tally: DocumentTally) -> Iterator[list[str]]:
-    batch: list[str] = []
+def batches_of_documents(items: Iterable[T], text_of: Callable[[T], str], max_documents: int,
+                         max_chars: int) -> Iterator[list[T]]:
+    """`items` grouped for one tokenizer call: at most `max_documents` each, or about `max_chars` of text."""
+    batch: list[T] = []
     chars = 0
-    for index, document in enumerate(iter_documents(spec, text_field)):
-        tally.read = index + 1
-        if split != "all" and is_heldout(index, heldout_fraction) != (split == "heldout"):
-            continue
-        tally.in_split += 1
-        batch.append(document)
-        chars += len(document)
-        if len(batch) >= _DOCS_PER_BATCH or chars >= _CHARS_PER_BATCH:
+    for item in items:
+        batch.append(item)
+        chars += len(text_of(item))
+        if len(batch) >= max_documents or chars >= max_chars:
             yield batch
             batch, chars = [], 0
     if batch:
         yield batch
+
+
+def _document_batches(spec: str, text_field: str, split: str, heldout_fraction: float,
+                      tally: DocumentTally) -> Iterator[list[str]]:
+    def in_split() -> Iterator[str]:
+        for index, document in enumerate(iter_documents(spec, text_field)):
+            tally.read = index + 1
+            if split != "all" and is_heldout(index, heldout_fraction) != (split == "heldout"):
+                continue
+            tally.in_split += 1
+            yield document
+
+    return batches_of_documents(in_split(), lambda document: document, _DOCS_PER_BATCH, _CHARS_PER_BATCH)
 
 
 def encode_documents(tokenizer, documents: list[str]) -> list[int]:

@@ -37,7 +37,7 @@ import torch
 
 from ..errors import DataError
 from ..io import atomic_directory
-from .blocks import SPLITS, DocumentTally, encode_each, is_heldout, too_few_message
+from .blocks import SPLITS, DocumentTally, batches_of_documents, encode_each, is_heldout, too_few_message
 from .sources import iter_documents
 
 FORMAT = "minitron-token-shards"
@@ -136,16 +136,9 @@ class _SplitWriter:
 
 def _flagged_batches(spec: str, text_field: str, heldout_fraction: float) -> Iterator[list[tuple[bool, str]]]:
     """(is held out, document) pairs in document order, grouped into tokenizer batches."""
-    batch: list[tuple[bool, str]] = []
-    chars = 0
-    for index, document in enumerate(iter_documents(spec, text_field)):
-        batch.append((is_heldout(index, heldout_fraction), document))
-        chars += len(document)
-        if len(batch) >= _DOCS_PER_BATCH or chars >= _CHARS_PER_BATCH:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
+    flagged = ((is_heldout(index, heldout_fraction), document)
+               for index, document in enumerate(iter_documents(spec, text_field)))
+    return batches_of_documents(flagged, lambda pair: pair[1], _DOCS_PER_BATCH, _CHARS_PER_BATCH)
 
 
 _worker_tokenizer = None
