@@ -55,7 +55,9 @@ LOSS_SETTINGS = {"forward KL": {}, "CE (no teacher)": {"loss": "ce"}, "KD + CE":
 
 def _train_recording_gradients(family: str, settings: dict, micro: int, accum: int):
     """(gradients at every optimizer step, final student weights) of a 2-step run."""
-    student, teacher = _depth_pruned(family, drop=2)
+    # float64: the comparison must not depend on the CPU's fp32 summation order (CI machines differ), while a
+    # per-micro-batch balancing weight or a mis-scaled loss still moves gradients by ~1e-2.
+    student, teacher = (model.double() for model in _depth_pruned(family, drop=2))
     gradients = []
 
     def record(optimizer, args, kwargs):
@@ -81,11 +83,11 @@ def test_splitting_the_global_batch_changes_nothing(family, name):
         assert len(gradients) == len(reference_gradients) == 2
         for step, (got, expected) in enumerate(zip(gradients, reference_gradients), start=1):
             relative = float((got - expected).norm() / expected.norm())
-            # fp32 rounding alone gives up to ~5e-6 (mse: a large balancing weight scales the hidden term's
-            # rounding); a balancing weight computed per micro-batch gives ~2e-2.
-            assert relative < 5e-5, f"{micro} x {accum}: step {step} gradient off by {relative:.2e}"
+            # The losses still run in fp32: rounding reaches ~2e-5 here and ~1e-4 on other CPUs; a balancing
+            # weight computed per micro-batch gives ~2e-2.
+            assert relative < 1e-3, f"{micro} x {accum}: step {step} gradient off by {relative:.2e}"
         for key, value in reference_weights.items():
-            # Adam's first steps magnify rounding in near-zero gradients (g / (|g| + eps)): a weight may
-            # move by ~1e-5 more or less (lr 1e-3), hence atol lr / 20.
+            # Adam's first steps magnify rounding in near-zero gradients (g / (|g| + eps)), so weights get a
+            # looser bound than gradients; still far below the lr (1e-3) a wrong gradient would move them by.
             difference = float((weights[key] - value).abs().max())
-            assert difference < 5e-5, f"{micro} x {accum}: {key} differs by {difference:.1e}"
+            assert difference < 2e-5, f"{micro} x {accum}: {key} differs by {difference:.1e}"
