@@ -176,6 +176,14 @@ def _save_dtype_option(parser: argparse.ArgumentParser) -> None:
                              "the computation used), float32, bfloat16 or float16.")
 
 
+def _hub_options(parser: argparse.ArgumentParser, per_stage: bool = False) -> None:
+    where = ("each finished stage's model to REPO-<stage name>" if per_stage else "the finished model folder")
+    parser.add_argument("--push-to-hub", metavar="REPO", default=None,
+                        help=f"Upload {where}, with its model card, to this Hugging Face Hub repo (NAME or "
+                             "USER/NAME; created if missing) once complete. Token: HF_TOKEN or `hf auth login`.")
+    parser.add_argument("--hub-private", action="store_true", help="Create the --push-to-hub repo as private.")
+
+
 def _verbosity_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     """-q/-v before or after the command: the subcommands' copies leave the value alone unless given."""
     default = argparse.SUPPRESS if suppress else "normal"
@@ -197,6 +205,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                "correction, importance, pruning, a search, distillation, evaluation, report.")
     demo.add_argument("--out", default="runs/demo", help="Folder for scores, pruned models and the table.")
     demo.add_argument("--quick", action="store_true", help="Fewer samples: a smoke run of a few minutes.")
+    _hub_options(demo, per_stage=True)
 
     importance = commands.add_parser("importance", help="Score neurons, heads, channels and layers; save them.")
     _model_options(importance)
@@ -219,17 +228,20 @@ def _build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
     _save_dtype_option(prune)
+    _hub_options(prune)
     add_dataclass_arguments(prune, TargetConfig)
 
     distill = commands.add_parser("distill", help="Retrain a pruned student by knowledge distillation.")
     distill.add_argument("--student", required=True, help="Student folder (e.g. from `minitron prune`).")
     distill.add_argument("--teacher", required=True, help="Teacher: hub id, folder, .gguf or builtin:NAME.")
     _run_options(distill)
+    _hub_options(distill)
     add_dataclass_arguments(distill, DistillConfig)
 
     finetune = commands.add_parser("finetune", help="Teacher correction: next-token fine-tuning on your data.")
     finetune.add_argument("--model", required=True, help="Model to fine-tune: hub id, folder, .gguf, builtin:NAME.")
     _run_options(finetune)
+    _hub_options(finetune)
     add_dataclass_arguments(finetune, DistillConfig, fixed={name: DistillConfig.__dataclass_fields__[name].default
                                                             for name in TEACHER_ONLY} | {"loss": "ce"})
 
@@ -274,6 +286,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="Start again; the previous run is replaced once the new one is complete.")
     run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size only.")
     run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
+    _hub_options(run, per_stage=True)
 
     for command in (importance, distill, finetune, evaluate, search, run):
         command.add_argument("--cache-dir", default=None, help="Where data specs are tokenized once and reused "
@@ -314,12 +327,16 @@ def _tokenize(args: argparse.Namespace) -> None:
 
 def _dispatch(args: argparse.Namespace) -> None:
     from . import jobs
+    from .hub import check_command_push, push_command_output
     if getattr(args, "cache_dir", None):  # read by every data path, in this process and its children
         from .data.cache import CACHE_ENV
         os.environ[CACHE_ENV] = args.cache_dir
+    if getattr(args, "push_to_hub", None):
+        check_command_push(args)
     if args.command == "demo":
         from .demo import run_demo
         run_demo(args.out, quick=args.quick)
+        push_command_output(args)
     elif args.command == "importance":
         out = jobs.run_importance(args.model, args.out, from_args(DataConfig, args), from_args(ImportanceConfig, args),
                                   dtype=args.dtype, device=args.device, overwrite=args.overwrite)
@@ -342,6 +359,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         else:
             print(f"pruned model written to {args.out}: {result['params_after']['total']:,} parameters "
                   f"({result['params_after']['total'] / result['params_before']['total']:.1%} of the source)")
+            push_command_output(args, {"kind": "prune", "teacher": args.model, "target": target,
+                         "importance": result["scores_meta"]})
     elif args.command in ("distill", "finetune"):
         from .distill.job import run_distill
         config = from_args(DistillConfig, args)
@@ -356,6 +375,8 @@ def _dispatch(args: argparse.Namespace) -> None:
         final = record["final"]
         print(f"{args.command}: model written to {args.out}; final validation: "
               + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
+        push_command_output(args, {"kind": args.command, "teacher": teacher or student, "data": args.data,
+                     **({"parent": student, "distilled_from": teacher} if teacher else {})})
     elif args.command == "tokenize":
         _tokenize(args)
     elif args.command == "inspect":
@@ -382,6 +403,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         else:
             print(runner.format_members(runner.run_recipe(args.recipe, args.out, overwrite=args.overwrite,
                                                           device=args.device)))
+            push_command_output(args)
     elif args.command == "report":
         from .report import build_report, write_model_cards
         path = build_report(args.run_dir)
@@ -391,6 +413,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: the command in pushed model cards
     try:
         with verbosity(args.verbosity):
             _dispatch(args)

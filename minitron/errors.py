@@ -52,3 +52,7 @@ class ScoresNotFoundError(ScoresError, InputNotFoundError):
 
 class DataNotFoundError(DataError, InputNotFoundError):
     """A local data file or folder that does not exist."""
+
+
+class HubPushError(MinitronError, OSError):
+    """An upload to the Hugging Face Hub that failed; the model it was uploading is intact on disk."""

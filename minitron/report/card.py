@@ -116,9 +116,10 @@ def _intro(info: dict) -> str:
     if total is not None:
         share = f", {total / whole:.0%} of the teacher" if whole else ""
         size = f" It has {human(total)} parameters{share}."
-    made = ("the teacher after correction (light next-token fine-tuning on the distillation data)"
-            if info.get("kind") == "correction" else
-            f"a pruned and distilled version of `{teacher}`")
+    made = {"correction": "the teacher after correction (light next-token fine-tuning on the distillation data)",
+            "prune": f"a pruned version of `{teacher}`, not retrained yet (distill it before use)",
+            "finetune": f"a fine-tuned version of `{teacher}` (next-token loss)",
+            }.get(info.get("kind"), f"a pruned and distilled version of `{teacher}`")
     return (f"# {name}\n\n`{name}` is {made}, made with minitron (Minitron structured "
             f"pruning and knowledge distillation for Hugging Face models).{size} It loads with plain "
             "`transformers`, no custom code.\n")
