@@ -286,6 +286,33 @@ def test_a_search_stage_prunes_to_the_winner(inputs, tmp_path):
     assert member["tokens_per_s"] is None
 
 
+def test_a_changed_search_budget_reuses_the_stage_importance(inputs, tmp_path, capsys):
+    """Fingerprints per step: a new candidate_tokens redoes the search (and what follows), not importance;
+    new importance settings redo importance."""
+    search = {"target_params": 0.7, "max_candidates": 2, "top_k": 1, "candidate_batch_size": 2, "heldout_samples": 2}
+
+    def run(name: str, candidate_tokens: int, samples: int) -> str:
+        recipe = tiny_recipe(inputs, correction=None, eval={"samples": 2, "throughput": False},
+                             importance={"samples": samples, "batch_size": 4, "layer_loss_samples": 0},
+                             stages=[{"name": "searched", "search": {**search, "candidate_tokens": candidate_tokens},
+                                      "distill": {"steps": 1}}])
+        capsys.readouterr()
+        run_recipe(write_recipe(tmp_path / name, recipe), tmp_path / "run", device="cpu", report=False)
+        return capsys.readouterr().out
+
+    scores, result = tmp_path / "run/01-searched/scores/scores.json", tmp_path / "run/01-searched/search/search.json"
+    run("first.yaml", candidate_tokens=0, samples=8)  # 0: the winner by its loss after pruning
+    scored, searched = scores.stat().st_mtime_ns, result.stat().st_mtime_ns
+    printed = run("budget.yaml", candidate_tokens=32, samples=8)
+    assert "the recipe changed at 01-searched: reusing its importance scores, redoing the rest" in printed
+    assert "reusing the importance scores" in printed and "importance on" not in printed
+    assert scores.stat().st_mtime_ns == scored and result.stat().st_mtime_ns != searched
+    assert "searching architectures" in printed and "distilling from" in printed
+    printed = run("importance.yaml", candidate_tokens=32, samples=4)
+    assert "redoing it and every later stage" in printed and "[01-searched] importance on" in printed
+    assert scores.stat().st_mtime_ns != scored and json.loads(scores.read_text())["num_samples"] == 4
+
+
 def test_a_folder_that_is_not_a_run_is_refused(inputs, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(MinitronError, match="not written by minitron"):

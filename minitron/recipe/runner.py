@@ -9,7 +9,8 @@
 Run folder: recipe.yaml (the recipe as run), run.json (state, rewritten atomically after every step),
 one folder per stage (00-correction, 01-<name>, ...: scores/, search/, pruned/, model/) and report.html.
 Running the same recipe again skips finished stages (matched by fingerprint), resumes an interrupted
-one, and redoes a changed stage with everything after it.
+one, and redoes a changed stage with everything after it, from the first of its steps (importance,
+search, prune, distill) whose settings changed: a new search budget reuses the stage's importance scores.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ..jobs import load_config
 from .plan import describe_plan, format_members, plan_recipe
 from .schema import Recipe, load_recipe, recipe_path
 from .stages import evaluate_member, run_correction, run_prune_distill
-from .state import RUN_FILE, RunState, fingerprint, model_stamp, new_stage_entry, now
+from .state import RUN_FILE, RunState, fingerprint, model_stamp, new_stage_entry, now, step_fingerprints
 
 __all__ = ["RecipeInterrupted", "describe_plan", "format_members", "plan_recipe", "plan_stages", "run_recipe"]
 
@@ -157,6 +158,7 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> tuple[list[dict], dict]:
         settings = {"kind": "correction", "data": data, "distill": asdict(recipe.correction_config())}
         entry = {"name": "correction", "kind": "correction", "dir": "00-correction", "parent": recipe.teacher,
                  "fingerprint": fingerprint(settings, teacher_fp)}
+        entry["steps"] = {"model": entry["fingerprint"]}
         planned.append(entry)
         work[entry["dir"]] = {"stage": None, "parent": recipe.teacher, "teacher": None, "fingerprint": entry["fingerprint"]}
         parent_shown, parent_spec, parent_fp = "00-correction/model", str(run_dir / "00-correction/model"), \
@@ -166,14 +168,15 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> tuple[list[dict], dict]:
         data_config, importance = stage.importance_configs(recipe)
         source = stage.teacher_source(recipe)
         distill_teacher = teacher if source == "teacher" else (parent_shown, parent_spec, parent_fp)
-        settings = {"kind": "prune_distill", "name": stage.name, "data": data,
-                    "importance": {**asdict(importance), "samples": data_config.samples,
-                                   "batch_size": data_config.batch_size},
+        importance_settings = {**asdict(importance), "samples": data_config.samples,
+                               "batch_size": data_config.batch_size}
+        settings = {"kind": "prune_distill", "name": stage.name, "data": data, "importance": importance_settings,
                     "target": stage.target, "search": stage.search, "depth_metric": stage.depth_metric,
                     "distill": asdict(stage.distill_config(recipe)), "distill_from": source,
                     "distill_teacher": distill_teacher[2]}
         entry = {"name": stage.name, "kind": "prune_distill", "dir": f"{index:02d}-{stage.name}",
-                 "parent": parent_shown, "target": stage.target, "fingerprint": fingerprint(settings, parent_fp)}
+                 "parent": parent_shown, "target": stage.target, "fingerprint": fingerprint(settings, parent_fp),
+                 "steps": step_fingerprints(settings, parent_fp)}
         planned.append(entry)
         work[entry["dir"]] = {"stage": stage, "parent": parent_spec, "teacher": distill_teacher[1],
                               "teacher_shown": distill_teacher[0], "fingerprint": entry["fingerprint"]}

@@ -2,6 +2,9 @@
 
 A stage's fingerprint hashes its resolved settings together with its parent's fingerprint, so a
 change anywhere up the chain (teacher, data, an earlier stage's target) changes every later one.
+Each step of a stage (importance scores, search, pruned model, trained model: one folder each) has its
+own fingerprint too, of the settings that step reads, chained on the step before it: a changed stage
+keeps the outputs of the steps before the change (a new search budget reuses the importance scores).
 """
 from __future__ import annotations
 
@@ -16,12 +19,28 @@ from ..io import atomic_write_text
 
 RUN_FILE = "run.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
-_PLANNED_KEYS = ("name", "kind", "dir", "fingerprint", "parent")
+_PLANNED_KEYS = ("name", "kind", "dir", "fingerprint", "parent", "steps")
+# The steps of a prune + distill stage, in order: the folder each writes, and the stage settings it reads.
+STEP_SETTINGS = {"scores": ("data", "importance"), "search": ("search", "distill_teacher"),
+                 "pruned": ("target", "depth_metric"), "model": ("distill", "distill_from", "distill_teacher")}
+STEP_WORDS = {"scores": "importance scores", "search": "search results", "pruned": "pruned model",
+              "model": "trained model"}
 
 
 def fingerprint(settings: dict, parent: str = "") -> str:
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(f"{parent}|{text}".encode()).hexdigest()[:16]
+
+
+def step_fingerprints(settings: dict, parent: str) -> dict[str, str]:
+    """{step folder: fingerprint} of a prune + distill stage whose settings are `settings`; each step's
+    fingerprint covers what it reads and chains on the step before it (the first on the parent model)."""
+    steps, previous = {}, parent
+    for step, keys in STEP_SETTINGS.items():
+        if step == "search" and settings["search"] is None:
+            continue  # a fixed target: no search step
+        previous = steps[step] = fingerprint({key: settings[key] for key in keys}, previous)
+    return steps
 
 
 def model_stamp(spec: str) -> dict:
@@ -45,8 +64,8 @@ def new_stage_entry(planned: dict) -> dict:
     """A stage not started yet, with every field of the run.json schema."""
     return {"name": planned["name"], "kind": planned["kind"], "status": "pending",
             "fingerprint": planned["fingerprint"], "dir": planned["dir"], "parent": planned["parent"],
-            "target": planned.get("target"), "search": None, "scores": None, "pruned": None,
-            "model": f"{planned['dir']}/model", "seconds": 0.0, "started": None, "finished": None}
+            "steps": planned.get("steps") or {}, "target": planned.get("target"), "search": None, "scores": None,
+            "pruned": None, "model": f"{planned['dir']}/model", "seconds": 0.0, "started": None, "finished": None}
 
 
 class RunState:
@@ -81,29 +100,42 @@ class RunState:
         atomic_write_text(self.run_dir / RUN_FILE, json.dumps(self.data, indent=2, default=str) + "\n")
 
     def reconcile(self, planned: list[dict]) -> None:
-        """Keep the recorded stages that still match the recipe; drop the first changed one and all later.
+        """Keep the recorded stages that still match the recipe, and in a changed stage the steps that did not.
 
-        A recorded stage survives when its folder and fingerprint are those of the planned stage at the
-        same position. Every other stage starts afresh: its folder is removed, so nothing stale is reused.
+        A recorded stage survives when its folder and fingerprint are those of a planned stage. A changed
+        stage starts afresh but keeps each step output (scores/, search/, pruned/, model/) whose step
+        fingerprint is unchanged; everything else in its folder, and every stage no longer planned, goes.
         """
-        old, kept = self.stages, []
-        for index, stage in enumerate(planned):
-            previous = old[index] if index < len(old) else None
-            if previous and previous["dir"] == stage["dir"] and previous["fingerprint"] == stage["fingerprint"]:
+        old = {stage["dir"]: stage for stage in self.stages}
+        kept, announced = [], False
+        for stage in planned:
+            previous = old.pop(stage["dir"], None)
+            if previous and previous["fingerprint"] == stage["fingerprint"]:
                 kept.append({**previous, **{key: stage[key] for key in _PLANNED_KEYS}})
                 continue
-            if previous:
-                print(f"the recipe changed at {previous['dir']}: redoing it and every later stage", flush=True)
-            break
-        planned_dirs = {stage["dir"] for stage in planned}
-        for previous in old[len(kept):]:
-            if previous["dir"] not in planned_dirs:
-                print(f"{previous['dir']} is no longer in the recipe: removing it", flush=True)
-            self.remove_stage_folder(previous["dir"])
-        for stage in planned[len(kept):]:
-            self.remove_stage_folder(stage["dir"])  # also leftovers of an attempt run.json never recorded
+            reused = self._keep_unchanged_steps(stage, previous)  # also clears leftovers run.json never recorded
+            if previous and not announced:
+                words = [STEP_WORDS[step] for step in reused]
+                print(f"the recipe changed at {previous['dir']}: " + (f"reusing its {', '.join(words)}, redoing the "
+                      "rest of it" if words else "redoing it") + " and every later stage", flush=True)
+                announced = True
             kept.append(new_stage_entry(stage))
+        for previous in old.values():
+            print(f"{previous['dir']} is no longer in the recipe: removing it", flush=True)
+            self.remove_stage_folder(previous["dir"])
         self.data["stages"] = kept
+
+    def _keep_unchanged_steps(self, stage: dict, previous: dict | None) -> list[str]:
+        """Remove what a changed stage's folder holds except the outputs of unchanged steps; return those."""
+        folder = self.run_dir / stage["dir"]
+        recorded = (previous or {}).get("steps") or {}
+        planned = stage.get("steps") or {}
+        reused = [step for step, mark in planned.items() if recorded.get(step) == mark and (folder / step).exists()]
+        if folder.exists():
+            for item in folder.iterdir():
+                if item.name not in reused:
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        return reused
 
     def remove_stage_folder(self, name: str) -> None:
         folder = self.run_dir / name
