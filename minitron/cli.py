@@ -31,7 +31,7 @@ from .config import TEACHER_ONLY, DataConfig, DistillConfig, ImportanceConfig, T
 from .errors import MinitronError
 from .search.config import GUIDE as SEARCH_GUIDE
 from .search.config import SearchConfig
-from .verbosity import verbosity
+from .verbosity import is_main_process, verbosity
 
 DEFAULT_DATA = DataConfig().data
 
@@ -360,7 +360,7 @@ def _dispatch(args: argparse.Namespace) -> None:
             print(f"pruned model written to {args.out}: {result['params_after']['total']:,} parameters "
                   f"({result['params_after']['total'] / result['params_before']['total']:.1%} of the source)")
             push_command_output(args, {"kind": "prune", "teacher": args.model, "target": target,
-                         "importance": result["scores_meta"]})
+                                       "importance": result["scores_meta"]})
     elif args.command in ("distill", "finetune"):
         from .distill.job import run_distill
         config = from_args(DistillConfig, args)
@@ -373,10 +373,11 @@ def _dispatch(args: argparse.Namespace) -> None:
                              resume=args.resume, overwrite=args.overwrite, device=args.device,
                              save_dtype=args.save_dtype)
         final = record["final"]
-        print(f"{args.command}: model written to {args.out}; final validation: "
-              + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
+        if is_main_process():  # every rank returns the same record; one line says so
+            print(f"{args.command}: model written to {args.out}; final validation: "
+                  + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
         push_command_output(args, {"kind": args.command, "teacher": teacher or student, "data": args.data,
-                     **({"parent": student, "distilled_from": teacher} if teacher else {})})
+                                   **({"parent": student, "distilled_from": teacher} if teacher else {})})
     elif args.command == "tokenize":
         _tokenize(args)
     elif args.command == "inspect":

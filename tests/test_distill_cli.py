@@ -83,6 +83,26 @@ def test_two_processes_match_one(run_dir, sharding):
     shutil.rmtree(double)
 
 
+@pytest.mark.slow  # as long as the torchrun test above (~1.5 min on 2 busy cores), and the same DDP path
+def test_accelerate_launch_runs_the_same_distillation(run_dir, tmp_path):
+    """The README's `accelerate launch` line: accelerate's launcher starts the same processes as torchrun
+    (`--multi_gpu` is its name for "several processes"; on CPUs they talk over gloo), and the result is the
+    one-process run's."""
+    single = run_dir / "single"
+    if not single.exists():
+        assert main(_distill_args(run_dir, single, "--micro-batch-size", "2")) == 0
+    launched = tmp_path / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}  # no user accelerate config
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               "29534", "-m", "minitron.cli", *_distill_args(run_dir, launched, "--micro-batch-size", "1", "--quiet")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("distill: model written to") == 1  # rank 0 alone reports (and writes)
+    torch.testing.assert_close(torch.tensor(_losses(launched), dtype=torch.float64),
+                               torch.tensor(_losses(single), dtype=torch.float64), rtol=1e-3, atol=1e-4)
+
+
 def test_missing_student_folder_is_refused(run_dir, tmp_path, capsys):
     argv = ["distill", "--student", str(tmp_path / "nowhere"), "--teacher", str(run_dir / "teacher"),
             "--data", str(run_dir / "corpus.txt"), "--out", str(tmp_path / "out"), *COMMON]
