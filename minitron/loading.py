@@ -235,12 +235,15 @@ def check_output_folder(out: str | Path, overwrite: bool, inputs=()) -> Path:
     return out
 
 
-def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict, *,
+def save_checkpoint(model: nn.Module, tokenizer, out: str | Path, record: dict | None = None, *,
                     save_dtype: str | torch.dtype | None = None) -> Path:
-    """A standard HF checkpoint (safetensors, config, tokenizer) plus `minitron.json`, written atomically.
+    """A standard HF checkpoint (safetensors, config, tokenizer) plus `minitron.json`, written atomically:
+    a folder every command takes as a model (the tokenizer is what `save_pretrained` alone would leave out).
 
-    The weights are written in `save_dtype`, by default the dtype of the checkpoint the model came from.
+    record: what made the model, kept in minitron.json (default: {"stage": "python"}). The weights are
+    written in `save_dtype`, by default the dtype of the checkpoint the model came from.
     """
+    record = {"stage": "python"} if record is None else record
     if not isinstance(model, nn.Module):
         raise SettingsError(f"save_checkpoint needs a model (torch.nn.Module), got {type(model).__name__}")
     check_replaceable(out)
