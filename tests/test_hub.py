@@ -119,3 +119,12 @@ def test_a_recipe_run_pushes_every_stage(workspace, hub, tmp_path):
     files = hub.repos["me/family-small"]["files"]
     _same_files(run_dir / "01-small/model", files)
     assert "from_pretrained('me/family-small')" in files["README.md"].decode()
+
+
+def test_demo_checks_every_stage_repo_before_any_work(monkeypatch, tmp_path, capsys):
+    """A recipe pushes to REPO-<stage>: each of those ids is checked up front (here one grows past 96 characters)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--push-to-hub", "me/" + "x" * 88]) == 2
+    assert "me/" + "x" * 88 + "-correction" in capsys.readouterr().err and not out.exists()
