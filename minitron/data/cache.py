@@ -5,12 +5,12 @@
 
 The key hashes the spec, its files' sizes and modification times (a Hugging Face hub dataset: its
 revision), the text field, the chat-template mode and the tokenizer's chat template, the tokenizer
-fingerprint, the split rule and the code that reads documents, so any change to one of them makes a new entry. Entries live under `--cache-dir`, else $MINITRON_DATA_CACHE,
-else $MINITRON_CACHE/tokens (default ~/.cache/minitron/tokens). Distillation stages, resumes, search
-candidates, recipes and every rank share them. Under torch.distributed, rank 0 builds while the others
-wait for it (bounded by the process group's timeout: tokenize a very large corpus beforehand with
-`minitron tokenize`; the cache folder must be one every rank sees). Entries are written atomically
-(see `shards.write_shards`).
+fingerprint, the split rule and the code that reads documents, so any change to one of them makes a new
+entry. Entries live under `--cache-dir`, else $MINITRON_DATA_CACHE, else $MINITRON_CACHE/tokens (default
+~/.cache/minitron/tokens). Distillation stages, resumes, search candidates, recipes and every rank share
+them. Under torch.distributed, rank 0 builds while the others wait for it (bounded by the process group's
+timeout: tokenize a very large corpus beforehand with `minitron tokenize`; the cache folder must be one
+every rank sees). Entries are written atomically (see `shards.write_shards`).
 """
 from __future__ import annotations
 

@@ -26,8 +26,9 @@ class ChatNeedsTokenizerError(DataError):
 
 def check_chat_template_mode(mode: str) -> str:
     if mode not in CHAT_TEMPLATE_MODES:
-        raise SettingsError(f"--chat-template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {mode!r}: auto "
-                            "renders rows with a 'messages' list through the tokenizer's chat template, off refuses them")
+        raise SettingsError(f"--chat-template must be one of {', '.join(CHAT_TEMPLATE_MODES)}, got {mode!r}: "
+                            "auto renders rows with a 'messages' list through the tokenizer's chat template, "
+                            "off refuses them")
     return mode
 
 

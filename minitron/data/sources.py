@@ -12,8 +12,8 @@ Specs understood by `iter_documents`:
 
 Everything is yielded in a deterministic order so that train / held-out splits are reproducible.
 Chat rows (`{"messages": [...]}`) are rendered with the tokenizer's chat template (see
-`minitron.data.chat`). Files are read as strict UTF-8 with any BOM dropped, and big `.txt` files are cut into many documents
-(see `minitron.data.textfiles`).
+`minitron.data.chat`). Files are read as strict UTF-8 with any BOM dropped, and big `.txt` files are cut
+into many documents (see `minitron.data.textfiles`).
 """
 from __future__ import annotations
 
