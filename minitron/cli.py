@@ -27,7 +27,8 @@ import types
 import typing
 
 from .cliparse import Parser, package_version
-from .config import TEACHER_ONLY, DataConfig, DistillConfig, ImportanceConfig, TargetConfig
+from .config import (CHAT_TEMPLATE_HELP, TEACHER_ONLY, TEXT_FIELD_HELP, DataConfig, DistillConfig, ImportanceConfig,
+                     TargetConfig)
 from .errors import MinitronError
 from .search.config import GUIDE as SEARCH_GUIDE
 from .search.config import SearchConfig
@@ -162,12 +163,18 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="Training text (same specs as calibration, or a folder "
                         "from `minitron tokenize`); a deterministic held-out part of it is used for validation. A spec "
                         f"is tokenized once into the cache (--cache-dir). (default: {DEFAULT_DATA})")
-    parser.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
+    _text_options(parser)
     parser.add_argument("--out", required=True, help="Run folder: checkpoints, metrics.jsonl, then the final model.")
     parser.add_argument("--resume", action="store_true", help="Continue the interrupted run in --out exactly.")
     parser.add_argument("--overwrite", action="store_true", help="Replace the previous run in --out once this one is complete.")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
     _save_dtype_option(parser)
+
+
+def _text_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text-field", default="text", help=f"{TEXT_FIELD_HELP} (default: text)")
+    parser.add_argument("--chat-template", default="auto", choices=["auto", "off"],
+                        help=f"{CHAT_TEMPLATE_HELP} (default: auto)")
 
 
 def _save_dtype_option(parser: argparse.ArgumentParser) -> None:
@@ -253,7 +260,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--out", required=True,
                           help="Folder for train.bin, heldout.bin, their .idx and manifest.json.")
     tokenize.add_argument("--num-proc", type=int, default=1, help="Tokenizer processes (default: 1).")
-    tokenize.add_argument("--text-field", default="text", help="Field holding the text in JSON/Parquet/HF records.")
+    _text_options(tokenize)
     tokenize.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
 
     inspect = commands.add_parser("inspect", help="Parameter counts and the size of every axis.")
@@ -315,11 +322,13 @@ def _print_dry_run(summary: dict) -> None:
 
 
 def _tokenize(args: argparse.Namespace) -> None:
+    from .data.checks import check_data
     from .data.shards import write_shards
     from .loading import check_output_folder, load_tokenizer
     check_output_folder(args.out, args.overwrite, inputs=[args.data, args.tokenizer])
+    check_data(args.data, args.text_field, chat_template=args.chat_template, tokenizer_of=args.tokenizer)
     shards = write_shards(args.data, load_tokenizer(args.tokenizer), args.out, text_field=args.text_field,
-                          num_proc=args.num_proc)
+                          num_proc=args.num_proc, chat_template=args.chat_template)
     sizes = ", ".join(f"{name} {split['tokens']:,} tokens in {split['documents']:,} documents"
                       for name, split in shards.manifest["splits"].items())
     print(f"prepared data written to {args.out}: {sizes} ({shards.manifest['seconds']} s); use --data {args.out}")
@@ -370,8 +379,8 @@ def _dispatch(args: argparse.Namespace) -> None:
             print(f"minitron {args.command}: no --data given, training on {DEFAULT_DATA} (CPython's documentation);"
                   " pass --data for your own text", file=sys.stderr)
         record = run_distill(student, teacher, args.data, args.out, config, text_field=args.text_field,
-                             resume=args.resume, overwrite=args.overwrite, device=args.device,
-                             save_dtype=args.save_dtype)
+                             chat_template=args.chat_template, resume=args.resume, overwrite=args.overwrite,
+                             device=args.device, save_dtype=args.save_dtype)
         final = record["final"]
         if is_main_process():  # every rank returns the same record; one line says so
             print(f"{args.command}: model written to {args.out}; final validation: "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .data.chat import check_chat_template_mode
 from .errors import SettingsError
 from .importance.aggregate import REDUCTIONS
 from .verbosity import check_report_to
@@ -78,18 +79,26 @@ def _require_positive(obj, *names: str) -> None:
             raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
+TEXT_FIELD_HELP = "Field (JSON, HF datasets) or column (CSV/TSV, Parquet) holding the text."
+CHAT_TEMPLATE_HELP = ("auto: rows with a 'messages' list of {role, content} are rendered with the tokenizer's chat "
+                      "template; off: such rows are refused.")
+
+
 @dataclass
 class DataConfig:
-    data: str = _help("Text to read: a .txt file or folder, .jsonl/.json, .parquet, hf:NAME[:CONFIG][:SPLIT], "
-                      "builtin:python-docs (CPython's own documentation), or a folder from `minitron tokenize`.",
+    data: str = _help("Text to read: a .txt/.md, .jsonl/.json, .csv/.tsv or .parquet file (.gz/.zst compressed "
+                      "too), a folder of such shards (one format), hf:NAME[:CONFIG][:SPLIT], builtin:python-docs "
+                      "(CPython's own documentation), or a folder from `minitron tokenize`.",
                       default="builtin:python-docs")
-    text_field: str = _help("Field holding the text in JSON/Parquet/HF records.", default="text")
+    text_field: str = _help(TEXT_FIELD_HELP, default="text")
+    chat_template: str = _help(CHAT_TEMPLATE_HELP, default="auto")
     samples: int = _help("Number of blocks (sequences) to use.", default=1024)
     seq_len: int = _help("Tokens per block.", default=512)
     batch_size: int = _help("Blocks per forward pass.", default=8)
 
     def __post_init__(self) -> None:
         _require_positive(self, "samples", "seq_len", "batch_size")
+        check_chat_template_mode(self.chat_template)
 
 
 @dataclass

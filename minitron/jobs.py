@@ -15,6 +15,7 @@ from .arch import get_adapter
 from .config import DataConfig, ImportanceConfig
 from .data import iter_batches
 from .data.cache import load_blocks
+from .data.checks import check_data, check_seq_len
 from .errors import MinitronError, ModelLoadError, SettingsError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
@@ -32,12 +33,18 @@ def compute_scores(model, tokenizer, data: DataConfig, settings: ImportanceConfi
     if settings.criterion == "random":
         return random_scores(model, settings.seed)
     blocks = load_blocks(data.data, tokenizer, data.seq_len, data.samples, split="train",
-                         text_field=data.text_field)
+                         text_field=data.text_field, chat_template=data.chat_template)
     layer_loss_batches = -(-settings.layer_loss_samples // data.batch_size)
     return estimate_importance(
         model, list(iter_batches(blocks, data.batch_size)), seq_reduction=settings.seq_reduction,
         batch_reduction=settings.batch_reduction, layer_loss_batches=layer_loss_batches, progress=progress,
         meta={"model": model.config._name_or_path, "data": data.data, "seq_len": data.seq_len})
+
+
+def check_data_config(model: str, data: DataConfig) -> None:
+    """Before `model` loads: its --data can be read, and --seq-len fits it (see `minitron.data.checks`)."""
+    check_data(data.data, data.text_field, chat_template=data.chat_template, tokenizer_of=model)
+    check_seq_len(model, data.seq_len)
 
 
 def run_importance(model: str, out: str, data: DataConfig | None = None,
@@ -47,7 +54,9 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
     data, settings = data or DataConfig(), settings or ImportanceConfig()
     require_text(model, "--model")
     check_output_folder(out, overwrite, inputs=[model, data.data])
+    check_data_config(model, data)
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    check_seq_len(loaded, data.seq_len)
     get_adapter(loaded)  # importance reads family-specific modules: "not supported yet" before any work
     start = time.perf_counter()
     scores = compute_scores(loaded, tokenizer, data, settings)
@@ -127,9 +136,12 @@ def run_eval(model: str, data: DataConfig | None = None, split: str = "heldout",
              dtype: str | None = None, device: str | None = None) -> dict:
     """Held-out loss, perplexity and token count of `model` on `data`."""
     data = data or DataConfig(samples=64, seq_len=512)
+    require_text(model, "--model")
+    check_data_config(model, data)
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    check_seq_len(loaded, data.seq_len)
     blocks = load_blocks(data.data, tokenizer, data.seq_len, data.samples, split=split,
-                         text_field=data.text_field)
+                         text_field=data.text_field, chat_template=data.chat_template)
     return {"model": model, "data": data.data, "split": split,
             **evaluate_loss(loaded, blocks, data.batch_size, progress=True)}
 

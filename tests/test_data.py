@@ -83,13 +83,14 @@ def test_folder_of_txt_is_recursive_and_sorted(tmp_path):
     (tmp_path / "a.txt").write_text("ay")
     (tmp_path / "sub" / "c.txt").write_text("sea")
     (tmp_path / "empty.txt").write_text("  \n")
-    (tmp_path / "notes.md").write_text("ignored")
-    assert list(iter_documents(str(tmp_path))) == ["ay", "bee", "sea"]
+    (tmp_path / "notes.md").write_text("markdown is text too")
+    (tmp_path / ".hidden.bin").write_text("skipped: hidden")
+    assert list(iter_documents(str(tmp_path))) == ["ay", "bee", "markdown is text too", "sea"]
 
 
-def test_folder_without_txt_files(tmp_path):
-    (tmp_path / "data.md").write_text("x")
-    with pytest.raises(DataError, match="no .txt files"):
+def test_folder_without_data_files(tmp_path):
+    (tmp_path / ".DS_Store").write_text("x")
+    with pytest.raises(DataError, match="holds no data files"):
         list(iter_documents(str(tmp_path)))
 
 
@@ -202,9 +203,9 @@ def test_eval_on_latin1_jsonl_is_a_clear_cli_error(tmp_path, capsys):
 
 
 def test_unknown_extension(tmp_path):
-    path = tmp_path / "d.csv"
+    path = tmp_path / "d.docx"
     path.write_text("a,b")
-    with pytest.raises(DataError, match=r"unknown extension '\.csv'.*\.jsonl"):
+    with pytest.raises(DataError, match=r"unknown extension '\.docx'.*\.jsonl"):
         list(iter_documents(str(path)))
 
 

@@ -138,7 +138,7 @@ def test_resume_refuses_changed_settings_and_records_safe_ones(run_dir, capsys):
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert "lr (--lr): 0.001 in the checkpoint, now 0.005" in error and "another --out" in error
-    assert main([*_distill_args(run_dir, out, "--steps", "40", "--resume"), "--data", str(run_dir / "student")]) == 2
+    assert main([*_distill_args(run_dir, out, "--steps", "40", "--resume"), "--data", "builtin:python-topics"]) == 2
     assert "data (--data)" in capsys.readouterr().err and (out / "checkpoint" / "state.pt").is_file()
     assert main(_distill_args(run_dir, out, "--steps", "40", "--save-every", "7", "--resume")) == 0
     record = json.loads((out / "minitron.json").read_text())

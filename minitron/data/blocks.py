@@ -46,19 +46,22 @@ def token_blocks(
     heldout_fraction: float = 0.1,
     text_field: str = "text",
     allow_fewer: bool = False,
+    chat_template: str = "auto",
 ) -> torch.LongTensor:
     """A (num_blocks, seq_len) LongTensor of consecutive tokens from the documents of `spec`.
 
     Each document is tokenized without special tokens and followed by the tokenizer's EOS token
     (when it has one); the stream is cut into consecutive blocks and the incomplete tail is dropped.
-    `split` is "train", "heldout" (see `is_heldout`) or "all". With `allow_fewer`, a corpus too small
+    `split` is "train", "heldout" (see `is_heldout`) or "all". Chat rows are rendered with the tokenizer's
+    chat template unless `chat_template` is "off" (see `minitron.data.chat`). With `allow_fewer`, a corpus too small
     for `num_blocks` gives every whole block it has (training cycles over them) instead of an error.
     """
     _validate(seq_len, num_blocks, split, heldout_fraction, tokenizer)
     needed = seq_len * num_blocks
     ids: list[int] = []
     tally = DocumentTally()
-    for batch in _document_batches(spec, text_field, split, heldout_fraction, tally):
+    documents = iter_documents(spec, text_field, chat_template=chat_template, tokenizer=tokenizer)
+    for batch in _document_batches(documents, split, heldout_fraction, tally):
         ids.extend(encode_documents(tokenizer, batch))
         if len(ids) >= needed:
             break
@@ -117,10 +120,10 @@ def batches_of_documents(items: Iterable[T], text_of: Callable[[T], str], max_do
         yield batch
 
 
-def _document_batches(spec: str, text_field: str, split: str, heldout_fraction: float,
+def _document_batches(documents: Iterable[str], split: str, heldout_fraction: float,
                       tally: DocumentTally) -> Iterator[list[str]]:
     def in_split() -> Iterator[str]:
-        for index, document in enumerate(iter_documents(spec, text_field)):
+        for index, document in enumerate(documents):
             tally.read = index + 1
             if split != "all" and is_heldout(index, heldout_fraction) != (split == "heldout"):
                 continue

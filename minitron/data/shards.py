@@ -72,7 +72,7 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def write_shards(spec: str, tokenizer, out: str | Path, *, text_field: str = "text",
-                 heldout_fraction: float = 0.1, num_proc: int = 1) -> "TokenShards":
+                 heldout_fraction: float = 0.1, num_proc: int = 1, chat_template: str = "auto") -> "TokenShards":
     """Tokenize every document of `spec` into the prepared folder `out` (replaced atomically when it exists)."""
     if not 0 <= heldout_fraction < 1:
         raise DataError(f"held-out fraction must be in [0, 1), got {heldout_fraction}")
@@ -83,7 +83,8 @@ def write_shards(spec: str, tokenizer, out: str | Path, *, text_field: str = "te
     with atomic_directory(Path(out).expanduser()) as staging:
         writers = {split: _SplitWriter(staging, split, dtype) for split in SHARD_SPLITS}
         try:
-            for encoded in _encoded_batches(spec, tokenizer, text_field, heldout_fraction, num_proc):
+            documents = iter_documents(spec, text_field, chat_template=chat_template, tokenizer=tokenizer)
+            for encoded in _encoded_batches(documents, tokenizer, heldout_fraction, num_proc):
                 for split in SHARD_SPLITS:
                     writers[split].add(encoded[split])
         finally:
@@ -91,6 +92,7 @@ def write_shards(spec: str, tokenizer, out: str | Path, *, text_field: str = "te
                 writer.close()
         manifest = {
             "format": FORMAT, "version": FORMAT_VERSION, "source": spec, "text_field": text_field,
+            "chat_template": chat_template,
             "tokenizer": {"fingerprint": tokenizer_fingerprint(tokenizer), "name": tokenizer.name_or_path,
                           "vocab_size": len(tokenizer)},
             "dtype": dtype.name, "eos_token_id": tokenizer.eos_token_id,
@@ -134,10 +136,9 @@ class _SplitWriter:
         return {"documents": self.num_documents, "tokens": self.num_tokens}
 
 
-def _flagged_batches(spec: str, text_field: str, heldout_fraction: float) -> Iterator[list[tuple[bool, str]]]:
+def _flagged_batches(documents: Iterator[str], heldout_fraction: float) -> Iterator[list[tuple[bool, str]]]:
     """(is held out, document) pairs in document order, grouped into tokenizer batches."""
-    flagged = ((is_heldout(index, heldout_fraction), document)
-               for index, document in enumerate(iter_documents(spec, text_field)))
+    flagged = ((is_heldout(index, heldout_fraction), document) for index, document in enumerate(documents))
     return batches_of_documents(flagged, lambda pair: pair[1], _DOCS_PER_BATCH, _CHARS_PER_BATCH)
 
 
@@ -158,9 +159,9 @@ def _encode_batch(batch: list[tuple[bool, str]], tokenizer=None) -> dict[str, li
     return result
 
 
-def _encoded_batches(spec: str, tokenizer, text_field: str, heldout_fraction: float,
+def _encoded_batches(documents: Iterator[str], tokenizer, heldout_fraction: float,
                      num_proc: int) -> Iterator[dict[str, list[np.ndarray]]]:
-    batches = _flagged_batches(spec, text_field, heldout_fraction)
+    batches = _flagged_batches(documents, heldout_fraction)
     if num_proc == 1:
         for batch in batches:
             yield _encode_batch(batch, tokenizer)

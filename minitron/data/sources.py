@@ -2,44 +2,48 @@
 
 Specs understood by `iter_documents`:
 
-* a path to a `.txt` file, or a folder searched recursively for `.txt` files;
-* a path to a `.jsonl` / `.json` file (objects holding the text in `text_field`) or a `.parquet` file;
+* a path to a local file: `.txt` / `.md`, `.jsonl` / `.json` (objects holding the text in `text_field`,
+  or chat turns), `.csv` / `.tsv` (the `text_field` column), `.parquet`; all but Parquet may be compressed
+  (`.gz`, `.zst`); see `minitron.data.formats`;
+* a folder of such files, all of one format (shards), read recursively in sorted order;
 * `hf:NAME[:CONFIG][:SPLIT]`: a Hugging Face dataset, streamed with `datasets.load_dataset`;
 * `builtin:python-docs` (`builtin:python-topics` + `builtin:python-docstrings`): text that ships
   with CPython itself, so that examples and tests work offline with no download.
 
 Everything is yielded in a deterministic order so that train / held-out splits are reproducible.
-Files are read as strict UTF-8 with any BOM dropped, and big `.txt` files are cut into many documents
-(see `minitron.data.textfiles`).
+Chat rows (`{"messages": [...]}`) are rendered with the tokenizer's chat template (see
+`minitron.data.chat`). Files are read as strict UTF-8 with any BOM dropped, and big `.txt` files are cut
+into many documents (see `minitron.data.textfiles`).
 """
 from __future__ import annotations
 
 import ast
 import functools
-import json
 import os
 import sysconfig
 from pathlib import Path
 from typing import Any, Iterator
 
-from minitron.data.textfiles import read_text, strip_bom, text_lines, txt_documents
+from minitron.data.chat import RecordText
+from minitron.data.formats import FILE_EXTENSIONS, file_documents, folder_files  # noqa: F401 (re-exported)
 from minitron.errors import DataError, DataNotFoundError
 
 BUILTIN_SOURCES = ("python-docs", "python-topics", "python-docstrings")
-FILE_EXTENSIONS = (".txt", ".jsonl", ".json", ".parquet")
 
 _MIN_DOCSTRING_CHARS = 200
 _SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages",
                                   "lib2to3", "__pycache__"})
 
 
-def iter_documents(spec: str, text_field: str = "text") -> Iterator[str]:
+def iter_documents(spec: str, text_field: str = "text", *, chat_template: str = "auto",
+                   tokenizer: Any = None) -> Iterator[str]:
     """Yield the documents of `spec` (see the module docstring) in a deterministic order.
 
-    Raises DataError when the spec cannot be read or holds no document at all.
+    `tokenizer` renders chat rows (with `chat_template` "auto"); "off" refuses them. Raises DataError when
+    the spec cannot be read or holds no document at all.
     """
     count = 0
-    for document in _dispatch(spec, text_field):
+    for document in _dispatch(spec, RecordText(text_field, chat_template, tokenizer)):
         if document.strip():  # blank documents would only add separators
             count += 1
             yield document
@@ -47,18 +51,18 @@ def iter_documents(spec: str, text_field: str = "text") -> Iterator[str]:
         raise DataError(f"data spec {spec!r} holds no text: give a file or dataset with documents in it")
 
 
-def _dispatch(spec: str, text_field: str) -> Iterator[str]:
+def _dispatch(spec: str, text: RecordText) -> Iterator[str]:
     if not isinstance(spec, (str, os.PathLike)) or not str(spec).strip():
         # An empty path would read the current folder: refuse it instead.
         raise DataError(f"the data spec is {'empty' if isinstance(spec, str) else type(spec).__name__}: give a "
                         f"file or folder, 'hf:NAME[:CONFIG][:SPLIT]' or 'builtin:{BUILTIN_SOURCES[0]}'")
     spec = os.fspath(spec)
     if spec.startswith("hf:"):
-        yield from _hf_documents(*parse_hf_spec(spec), text_field=text_field)
+        yield from _hf_documents(*parse_hf_spec(spec), text=text)
     elif spec.startswith("builtin:"):
         yield from _builtin_documents(spec[len("builtin:"):])
     else:
-        yield from _path_documents(Path(spec).expanduser(), text_field)
+        yield from _path_documents(Path(spec).expanduser(), text)
 
 
 # --- local files ----------------------------------------------------------------------------------
@@ -74,103 +78,17 @@ def require_local_data(spec: str) -> None:
         )
 
 
-def _path_documents(path: Path, text_field: str) -> Iterator[str]:
+def _path_documents(path: Path, text: RecordText) -> Iterator[str]:
     require_local_data(str(path))
     if path.is_dir():
-        yield from _folder_documents(path)
+        from minitron.data.shards import is_prepared  # shards reads documents from here
+        if is_prepared(path):
+            raise DataError(f"{str(path)!r} holds prepared tokens (from `minitron tokenize`), not text: pass it as "
+                            "--data to a command, which reads it as it is")
+        for file in folder_files(path):
+            yield from file_documents(file, text)
         return
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        yield from txt_documents(path)
-    elif suffix == ".jsonl":
-        yield from _jsonl_documents(path, text_field)
-    elif suffix == ".json":
-        yield from _json_documents(path, text_field)
-    elif suffix == ".parquet":
-        yield from _parquet_documents(path, text_field)
-    else:
-        raise DataError(
-            f"cannot read {str(path)!r}: unknown extension {suffix or '(none)'!r}; "
-            f"use one of {', '.join(FILE_EXTENSIONS)}, a folder of .txt files, or 'hf:NAME'"
-        )
-
-
-def _folder_documents(folder: Path) -> Iterator[str]:
-    files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
-    if not files:
-        raise DataError(
-            f"folder {str(folder)!r} holds no .txt files: put .txt files in it, or load a folder of "
-            f"json/parquet shards with 'hf:{folder}'"
-        )
-    for file in files:
-        yield from txt_documents(file)
-
-
-def _record_text(record: Any, text_field: str, where: str) -> str:
-    """The text of one JSON / dataset record; plain strings are accepted as documents too."""
-    if isinstance(record, str):
-        return strip_bom(record)
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: expected a JSON object with a {text_field!r} field, got {type(record).__name__}")
-    if text_field not in record:
-        keys = ", ".join(repr(k) for k in record) or "none"
-        raise DataError(
-            f"{where}: record has no {text_field!r} field (keys found: {keys}); "
-            f"pass the right field with --text-field"
-        )
-    text = record[text_field]
-    if text is None:
-        return ""
-    if not isinstance(text, str):
-        raise DataError(f"{where}: field {text_field!r} holds {type(text).__name__}, not text; "
-                        f"pass a text field with --text-field")
-    return strip_bom(text)
-
-
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    for number, line in enumerate(text_lines(path), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg}); each line must be one JSON object") from exc
-        yield _record_text(record, text_field, where)
-
-
-def _json_documents(path: Path, text_field: str) -> Iterator[str]:
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError:
-        # Not a single JSON value: many `.json` files are JSON lines in disguise.
-        yield from _jsonl_documents(path, text_field)
-        return
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a list of JSON objects, got {type(data).__name__}")
-    for index, record in enumerate(data):
-        yield _record_text(record, text_field, f"{path}[{index}]")
-
-
-def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq  # installed with `datasets`; imported here because it is slow
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise DataError(f"cannot read parquet file {str(path)!r}: {exc}") from exc
-    columns = parquet.schema_arrow.names
-    if text_field not in columns:
-        raise DataError(
-            f"{path}: no {text_field!r} column (columns found: {', '.join(map(repr, columns))}); "
-            f"pass the right column with --text-field"
-        )
-    # Read in batches so that a big file is never loaded whole when only a few blocks are needed.
-    for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            yield _record_text({text_field: text}, text_field, str(path))
+    yield from file_documents(path, text)
 
 
 # --- Hugging Face datasets ------------------------------------------------------------------------
@@ -191,7 +109,7 @@ def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
     return name, config, split
 
 
-def _hf_documents(name: str, config: str | None, split: str, text_field: str) -> Iterator[str]:
+def _hf_documents(name: str, config: str | None, split: str, text: RecordText) -> Iterator[str]:
     label = f"Hugging Face dataset {name!r} (config {config!r}, split {split!r})"
     hint = ("check the name, config and split on huggingface.co, your network connection, and that "
             "HF_DATASETS_OFFLINE / HF_HUB_OFFLINE are unset (or use a local file)")
@@ -211,7 +129,7 @@ def _hf_documents(name: str, config: str | None, split: str, text_field: str) ->
             return
         except Exception as exc:
             raise DataError(f"could not read {label} at record {index}: {exc}; {hint}") from exc
-        yield _record_text(record, text_field, f"{label}, record {index}")
+        yield text(record, f"{label}, record {index}")
         index += 1
 
 

@@ -1,5 +1,8 @@
 """Reading text files: strict UTF-8 with the BOM dropped, and big `.txt` files cut into documents.
 
+Files compressed with gzip (`.gz`) or zstandard (`.zst`) are read through a decompressing stream
+(pyarrow's codecs, installed with `datasets`), so `corpus.jsonl.zst` reads like `corpus.jsonl`.
+
 Text that is not valid UTF-8 is refused with the file, the byte offset and a way to convert it:
 reading it with replacement characters would silently train on garbage, and guessing an encoding
 would silently train on the wrong characters.
@@ -13,9 +16,10 @@ than that is cut into fixed-size pieces.
 from __future__ import annotations
 
 import codecs
+import io
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from minitron.errors import DataError
 
@@ -35,9 +39,38 @@ def strip_bom(text: str) -> str:
     return text.removeprefix(BOM)
 
 
+# Compression suffixes and pyarrow's names for their codecs.
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+
+
+def compression_of(path: Path) -> str | None:
+    """pyarrow's codec name for a compressed file (by its last suffix), else None."""
+    return COMPRESSIONS.get(path.suffix.lower())
+
+
+def open_binary(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed when its name ends in .gz or .zst; buffered, so it iterates by line."""
+    codec = compression_of(path)
+    if codec is None:
+        return path.open("rb")
+    import pyarrow as pa  # installed with `datasets`; imported here because it is slow
+
+    return io.BufferedReader(pa.input_stream(str(path), compression=codec))
+
+
+def read_bytes(path: Path, limit: int = -1) -> bytes:
+    """The file's (decompressed) bytes, at most `limit` of them (-1: all)."""
+    try:
+        with open_binary(path) as handle:
+            return handle.read(limit)
+    except OSError as error:  # pyarrow reports a corrupt .gz / .zst as OSError (ArrowIOError)
+        raise DataError(f"cannot read {path}: {error}; check that the file is complete and what its name "
+                        f"says it is") from None
+
+
 def read_text(path: Path) -> str:
     """The whole file as text: strict UTF-8, BOM dropped, line ends turned into "\\n"."""
-    data = path.read_bytes()
+    data = read_bytes(path)
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     return _LINE_END.sub("\n", _decode(data[bom:], path, offset=bom, line=None))
 
@@ -45,14 +78,26 @@ def read_text(path: Path) -> str:
 def text_lines(path: Path) -> Iterator[str]:
     """The lines of the file without their line ends, read one at a time (strict UTF-8, BOM dropped)."""
     offset = 0
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+    with open_binary(path) as handle:
+        for number, raw in enumerate(_checked_lines(handle, path), start=1):
             text = _decode(raw, path, offset, number)
             if number == 1:
                 text = strip_bom(text)
             offset += len(raw)
             lines = _LINE_END.split(text)
             yield from lines[:-1] if lines[-1] == "" else lines
+
+
+def _checked_lines(handle: BinaryIO, path: Path) -> Iterator[bytes]:
+    lines = iter(handle)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except OSError as error:  # a truncated or corrupt .gz / .zst fails part-way
+            raise DataError(f"cannot read {path}: {error}; check that the file is complete") from None
+        yield line
 
 
 # UTF-32 before UTF-16: the UTF-32-LE mark starts with the UTF-16-LE one.
@@ -83,8 +128,10 @@ def _decode(data: bytes, path: Path, offset: int, line: int | None) -> str:
 # --- .txt documents --------------------------------------------------------------------------------
 
 def txt_documents(path: Path) -> Iterator[str]:
-    """The documents of one `.txt` file (see the module docstring)."""
-    if path.stat().st_size <= TXT_SPLIT_ABOVE_BYTES:
+    """The documents of one `.txt` (or `.md`) file (see the module docstring)."""
+    small = (path.stat().st_size <= TXT_SPLIT_ABOVE_BYTES if compression_of(path) is None
+             else len(read_bytes(path, TXT_SPLIT_ABOVE_BYTES + 1)) <= TXT_SPLIT_ABOVE_BYTES)  # the text's size
+    if small:
         yield read_text(path).strip()
         return
     yield from _group_paragraphs(_paragraphs(_cut_long_lines(text_lines(path))), TXT_CHUNK_CHARS)

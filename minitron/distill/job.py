@@ -9,6 +9,7 @@ from pathlib import Path
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from ..data.cache import prepare_data
+from ..data.checks import check_data, check_seq_len
 from ..errors import MinitronError, OutputError
 from ..io import replace_directory
 from ..loading import load_model, load_tokenizer, locate_model, publish_into
@@ -66,8 +67,8 @@ def _source_history(student_spec: str) -> list:
 
 
 def run_distill(student: str, teacher: str | None, data: str, out: str, config: DistillConfig, *,
-                text_field: str = "text", resume: bool = False, overwrite: bool = False,
-                device: str | None = None, save_dtype: str | None = None) -> dict:
+                text_field: str = "text", chat_template: str = "auto", resume: bool = False,
+                overwrite: bool = False, device: str | None = None, save_dtype: str | None = None) -> dict:
     """Distill (or, with teacher None and loss "ce", fine-tune) and publish the student into `out`.
 
     The student trains in fp32 (with bf16 autocast where `config.student_bf16`) and is saved in
@@ -80,6 +81,8 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
     out = require_text(out, "--out")
     for spec in filter(None, (student, teacher)):
         locate_model(spec)  # a missing folder fails at once, before the run folder is touched
+        check_seq_len(spec, config.seq_len)
+    check_data(data, text_field, chat_template=chat_template, tokenizer_of=student)
     check_output(out, inputs=[student, teacher, data], replace=overwrite)
     if resume and resumable_folder(out) == pending_folder(Path(out)):
         check_output(out, inputs=[student, teacher, data], replace=True)  # completing it will replace out
@@ -92,18 +95,20 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         if distilling:
             check_same_tokenizer(student_tokenizer, teacher_tokenizer)
         folder = prepare_run_folder(out, resume, overwrite, env.is_main)
-        identity = model_identity(student, teacher if distilling else None, data, text_field)
+        identity = model_identity(student, teacher if distilling else None, data, text_field, chat_template)
         resumes = check_resume(saved_settings(folder), run_settings(config, env.world_size, env.device.type, identity),
                                out) if resume else []
         barrier(env)
         # Tokenized once into the cache (rank 0 builds, the others wait), or a folder from `minitron tokenize`;
         # before the weights load, so that a data problem costs no model loading.
-        shards = prepare_data(data, student_tokenizer, text_field=text_field)
+        shards = prepare_data(data, student_tokenizer, text_field=text_field, chat_template=chat_template)
         student_model, tokenizer = load_model(student, device=str(env.device), dtype="float32")
+        check_seq_len(student_model, config.seq_len)  # a GGUF file's config comes with its weights
         teacher_model = None
         if distilling:
             teacher_dtype = "bfloat16" if config.teacher_bf16(env.device.type) else "float32"
             teacher_model, _ = load_model(teacher, device=str(env.device), dtype=teacher_dtype)
+            check_seq_len(teacher_model, config.seq_len)
         needed = config.total_steps(env.world_size) * config.global_batch(env.world_size)
         train = shards.dataset("train", config.seq_len)
         heldout = shards.blocks("heldout", config.seq_len, config.eval_samples, allow_fewer=True)

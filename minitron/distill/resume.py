@@ -48,11 +48,15 @@ def run_settings(config: DistillConfig, world_size: int, device_type: str, ident
     return json.loads(json.dumps(settings, default=str))
 
 
-def model_identity(student: str, teacher: str | None, data: str, text_field: str) -> dict:
+def model_identity(student: str, teacher: str | None, data: str, text_field: str,
+                   chat_template: str = "auto") -> dict:
     """How a file-level run names its inputs, with local paths made absolute (the same folder named
     from another working directory is the same input)."""
-    return {"student": _absolute(student), "teacher": _absolute(teacher), "data": _absolute(data),
-            "text_field": text_field}
+    identity = {"student": _absolute(student), "teacher": _absolute(teacher), "data": _absolute(data),
+                "text_field": text_field}
+    if chat_template != "auto":  # only when set: checkpoints written before the option still resume
+        identity["chat_template"] = chat_template
+    return identity
 
 
 def _absolute(spec: str | None) -> str | None:

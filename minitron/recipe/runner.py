@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from ..data.sources import require_local_data
+from ..data.checks import check_data, check_seq_len
 from ..errors import SettingsError
 from ..io import atomic_write_text, replace_directory
 from ..outputs import check_output, is_empty_folder, pending_folder, require_text
@@ -60,10 +60,15 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, ov
         out = Path("runs") / source.stem
     run_dir = Path(require_text(out, "--out"))
     work_dir = _work_folder(run_dir, overwrite, [source, recipe.teacher, recipe.data.train, recipe.data.eval_spec])
-    for spec in {recipe.data.train, recipe.data.eval_spec}:
-        require_local_data(spec)  # before reconcile removes a changed stage: a typo must not cost it
+    for spec in sorted({recipe.data.train, recipe.data.eval_spec}):
+        # before reconcile removes a changed stage: a typo must not cost it
+        check_data(spec, recipe.data.text_field, chat_template=recipe.data.chat_template, tokenizer_of=recipe.teacher)
     if check_targets:
-        plan_recipe(recipe, load_config(recipe.teacher))  # impossible targets fail here, before any work
+        teacher_config = load_config(recipe.teacher)
+        for seq_len, where in ((recipe.data.seq_len, "data.seq_len"), (recipe.eval.seq_len, "eval.seq_len")):
+            if seq_len is not None:
+                check_seq_len(teacher_config, seq_len, f"the recipe's {where}")
+        plan_recipe(recipe, teacher_config)  # impossible targets fail here, before any work
     state = RunState.open(work_dir)
     planned, work = plan_stages(recipe, work_dir)
     state.data = {"recipe": recipe.raw, "teacher": recipe.teacher, "data": asdict(recipe.data),
@@ -154,6 +159,8 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> tuple[list[dict], dict]:
     planned, work = [], {}
     parent_shown, parent_spec, parent_fp = recipe.teacher, recipe.teacher, teacher_fp
     data = {"train": recipe.data.train, "seq_len": recipe.data.seq_len, "text_field": recipe.data.text_field}
+    if recipe.data.chat_template != "auto":  # only when set: stages of runs made before the option stay done
+        data["chat_template"] = recipe.data.chat_template
     if recipe.correction is not None:
         settings = {"kind": "correction", "data": data, "distill": asdict(recipe.correction_config())}
         entry = {"name": "correction", "kind": "correction", "dir": "00-correction", "parent": recipe.teacher,
@@ -220,6 +227,8 @@ def evaluate_members(recipe: Recipe, state: RunState, work: dict, device: str | 
     """Teacher and every stage's model on the held-out data; members already measured are kept."""
     settings = {"eval": asdict(recipe.eval), "data": recipe.data.eval_spec, "text_field": recipe.data.text_field,
                 "seq_len": recipe.data.seq_len}
+    if recipe.data.chat_template != "auto":
+        settings["chat_template"] = recipe.data.chat_template
     previous = {m.get("name"): m for m in state.members}
     members = [("teacher", recipe.teacher, recipe.teacher, work["teacher"]["fingerprint"])]
     members += [(s["name"], str(state.run_dir / s["model"]), s["model"], s["fingerprint"]) for s in state.stages]

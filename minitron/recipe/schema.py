@@ -21,12 +21,13 @@ from pathlib import Path
 import yaml
 
 from ..config import DataConfig, DistillConfig, ImportanceConfig
+from ..data.chat import check_chat_template_mode
 from ..errors import InputNotFoundError, MinitronError, SettingsError
 from ..prune.target import TARGET_KEYS, check_layer_indices, parse_layer_list
 
 TOP_KEYS = ("teacher", "description", "data", "importance", "correction", "distill", "distill_from", "stages",
             "eval")
-DATA_KEYS = ("train", "eval", "seq_len", "text_field")
+DATA_KEYS = ("train", "eval", "seq_len", "text_field", "chat_template")
 STAGE_KEYS = ("name", "target", "search", "importance", "distill", "distill_from", "depth_metric")
 EVAL_KEYS = ("samples", "batch_size", "seq_len", "throughput")
 THROUGHPUT_KEYS = ("batch_size", "seq_len", "new_tokens", "repeats")
@@ -45,6 +46,7 @@ class RecipeData:
     eval: str | None = None  # None: the held-out split of `train`
     seq_len: int = 512
     text_field: str = "text"
+    chat_template: str = "auto"  # see minitron.data.chat
 
     @property
     def eval_spec(self) -> str:
@@ -82,7 +84,8 @@ class Stage:
     def importance_configs(self, recipe: Recipe) -> tuple[DataConfig, ImportanceConfig]:
         settings = {**recipe.importance, **self.importance}
         data_part = {k: v for k, v in settings.items() if k in IMPORTANCE_DATA_KEYS}
-        data = DataConfig(data=recipe.data.train, text_field=recipe.data.text_field, seq_len=recipe.data.seq_len,
+        data = DataConfig(data=recipe.data.train, text_field=recipe.data.text_field,
+                          chat_template=recipe.data.chat_template, seq_len=recipe.data.seq_len,
                           **{"samples": 64, **data_part})
         return data, ImportanceConfig(**{k: v for k, v in settings.items() if k not in IMPORTANCE_DATA_KEYS})
 
@@ -173,6 +176,7 @@ def parse_recipe(raw, where: str = "recipe") -> Recipe:
     data = RecipeData(**_typed(_mapping(top.get("data") or {}, f"{where}: data", DATA_KEYS), RecipeData,
                                f"{where}: data"))
     _require_positive(data.seq_len, f"{where}: data.seq_len")
+    _checked(lambda: check_chat_template_mode(data.chat_template), f"{where}: data.chat_template")
     recipe = Recipe(
         teacher=top["teacher"], stages=[], data=data,
         importance=_importance_section(top.get("importance"), f"{where}: importance"),

@@ -107,13 +107,14 @@ def distill_into(student: str, teacher: str | None, recipe: Recipe, model_dir: P
     if resume:
         print(f"  resuming the interrupted training in {model_dir}", flush=True)
     run_distill(student, teacher, recipe.data.train, str(model_dir), config, text_field=recipe.data.text_field,
-                resume=resume, overwrite=not resume, device=device)
+                chat_template=recipe.data.chat_template, resume=resume, overwrite=not resume, device=device)
 
 
 def heldout_blocks(recipe: Recipe, tokenizer):
     spec = recipe.eval
     return load_blocks(recipe.data.eval_spec, tokenizer, spec.seq_len or recipe.data.seq_len, spec.samples,
-                       split="heldout", text_field=recipe.data.text_field, allow_fewer=True)
+                       split="heldout", text_field=recipe.data.text_field, allow_fewer=True,
+                       chat_template=recipe.data.chat_template)
 
 
 def evaluate_member(name: str, model_spec: str, shown: str, recipe: Recipe, heldout, *,

@@ -66,7 +66,7 @@ def _stage_lines(run: Run, recipe: Recipe, entry: dict, work: dict | None) -> li
     if entry.get("kind") == "correction":
         return [heading, command_line("finetune", recipe.correction_config(), model=work["parent"],
                                       data=recipe.data.train, text_field=recipe.data.text_field,
-                                      out=str(folder / "model"))]
+                                      chat_template=recipe.data.chat_template, out=str(folder / "model"))]
     stage, parent, teacher = work["stage"], work["parent"], work["teacher"]
     data, importance = stage.importance_configs(recipe)
     scores = str(folder / "scores")
@@ -83,7 +83,7 @@ def _stage_lines(run: Run, recipe: Recipe, entry: dict, work: dict | None) -> li
                                   depth_metric=stage.depth_metric, out=str(folder / "pruned")))
     lines.append(command_line("distill", stage.distill_config(recipe), student=str(folder / "pruned"),
                               teacher=teacher, data=recipe.data.train, text_field=recipe.data.text_field,
-                              out=str(folder / "model")))
+                              chat_template=recipe.data.chat_template, out=str(folder / "model")))
     return lines
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from ..arch import get_adapter
 from ..config import DataConfig, ImportanceConfig
 from ..data.cache import load_blocks
+from ..data.checks import check_seq_len
 from ..errors import MinitronError, SettingsError
 from ..importance.scores import ImportanceScores
 from ..io import atomic_directory
@@ -66,24 +67,32 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
         if value is not None:
             require_text(value, flag)
     check_output_folder(out, overwrite, inputs=[model, scores, teacher, data.data])
+    from ..jobs import check_data_config
+    check_data_config(model, data)
+    if teacher is not None:
+        check_seq_len(teacher, data.seq_len)
     loaded_scores = ImportanceScores.load(scores) if scores else None
     if config.target_params is not None:
         list_candidates(model, config)  # an impossible budget fails here, before any weights or data
     # Candidates are trained briefly: fp32 weights unless --dtype says otherwise (AdamW on bf16 weights stalls).
     dtype = dtype if dtype not in (None, "auto") else "float32"
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+    check_seq_len(loaded, data.seq_len)
     get_adapter(loaded)
     teacher_model = load_model(teacher, dtype=dtype, device=device)[0] if teacher else None
+    if teacher_model is not None:
+        check_seq_len(teacher_model, data.seq_len)
     if teacher_model is not None and teacher_model.config.vocab_size != loaded.config.vocab_size:
         raise MinitronError(f"teacher and model vocabularies differ ({teacher_model.config.vocab_size} vs "
                             f"{loaded.config.vocab_size}): logit distillation needs the same tokenizer")
     heldout = load_blocks(data.data, tokenizer, data.seq_len, config.heldout_samples, split="heldout",
-                          text_field=data.text_field, allow_fewer=True)
+                          text_field=data.text_field, allow_fewer=True, chat_template=data.chat_template)
     train = None
     if config.distills:
         blocks = max(math.ceil(config.candidate_tokens / data.seq_len), config.candidate_batch_size)
         train = load_blocks(data.data, tokenizer, data.seq_len, blocks,
-                            split="train", text_field=data.text_field, allow_fewer=True)
+                            split="train", text_field=data.text_field, allow_fewer=True,
+                            chat_template=data.chat_template)
     # Everything is written in a staging folder that replaces `out` only once the search is complete.
     with atomic_directory(out) as staging:
         if loaded_scores is None:
