@@ -4,6 +4,7 @@ MixedPrecisionPolicy vs bf16 autocast (peak memory, tokens/s).
 Usage:
     python bench/fsdp2_step.py collectives               # this checkout
     python bench/fsdp2_step.py collectives --tree /tmp/old   # another checkout (e.g. `git archive main`)
+    python bench/fsdp2_step.py collectives --teacher-sharding shard --grad-accum 4 --chunks 1,8   # a part
     python bench/fsdp2_step.py precision --steps 6
 
 Models (built in each process, seed 0): a Llama teacher (hidden 128, 4 layers, vocabulary 4096, untied LM
@@ -180,8 +181,8 @@ BASE = dict(seq_len=32, micro_batch_size=1, steps=3, lr=1e-3, warmup_steps=1, ev
 def collectives(args) -> dict:
     rows = []
     for sharding in args.teacher_sharding.split(","):
-        for grad_accum in (1, 4):
-            for chunk_size in (32, 8, 4):
+        for grad_accum in map(int, args.grad_accum.split(",")):
+            for chunk_size in (32 // int(chunks) for chunks in args.chunks.split(",")):
                 settings = {**BASE, "chunk_size": chunk_size, "grad_accum": grad_accum, "teacher_sharding": sharding}
                 step = torchrun(args.tree, settings)[1]
                 rows.append({"teacher_sharding": sharding, "grad_accum": grad_accum, "chunks": 32 // chunk_size,
@@ -211,6 +212,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="precision: variant pairs, alternating")
     parser.add_argument("--teacher-sharding", default="shard,replicate",
                         help="collectives: the settings to run (older code has only shard)")
+    parser.add_argument("--grad-accum", default="1,4", help="collectives: accumulation steps to run")
+    parser.add_argument("--chunks", default="1,4,8", help="collectives: loss chunks per micro-batch to run")
     parser.add_argument("--settings", default="{}")
     args = parser.parse_args()
     if args.part == "child":

@@ -68,3 +68,9 @@ def test_fsdp_bf16_is_a_mixed_precision_policy_with_the_fused_head(process_group
     cosine = torch.nn.functional.cosine_similarity(head.grad.full_tensor().flatten().double(),
                                                    reference_grad.flatten().double(), dim=0)
     assert cosine > 0.99
+
+
+def test_an_unknown_teacher_sharding_is_refused():
+    from minitron.errors import SettingsError
+    with pytest.raises(SettingsError, match="--teacher-sharding takes replicate or shard"):
+        DistillConfig(steps=1, teacher_sharding="auto")
