@@ -35,7 +35,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def count_collectives(student, teacher) -> tuple[collections.Counter, list]:
 def use_autocast_instead_of_the_policy() -> None:
     """The autocast path: fp32 parameters under FSDP2, the student's forward and loss in bf16 autocast."""
     import torch
-    from minitron.distill import loop, sharding
+    from minitron.distill import sharding
     from torch.distributed.fsdp import MixedPrecisionPolicy
     sharding.mixed_precision_policy = lambda config, env: MixedPrecisionPolicy()  # fp32 parameters
     sharding.autocast = lambda env, config: torch.autocast(env.device.type, dtype=torch.bfloat16,

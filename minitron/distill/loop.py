@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from ..arch import check_logits_adapter, get_adapter, logits_adapter
+from ..arch import check_logits_adapter, get_adapter
 from ..config import DistillConfig
 from ..errors import MinitronError
 from .checkpoint import load_training_state, save_training_state, saved_settings
