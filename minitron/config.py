@@ -158,7 +158,8 @@ def cpu_has_amx_bf16() -> bool:
 
 LOSSES = ("forward_kl", "reverse_kl", "jsd", "topk_kl", "ce")
 # DistillConfig fields that only matter with a teacher: `minitron finetune` (next-token loss) has no option for them.
-TEACHER_ONLY = ("temperature", "top_k", "jsd_beta", "ce_weight", "hidden_loss", "hidden_weight", "teacher_dtype")
+TEACHER_ONLY = ("temperature", "top_k", "jsd_beta", "ce_weight", "hidden_loss", "hidden_weight", "teacher_dtype",
+                "teacher_sharding")
 
 
 @dataclass
@@ -192,12 +193,17 @@ class DistillConfig:
     save_every: int = _help("Write a resumable checkpoint every N steps (0: only on Ctrl-C and at the end).",
                             default=100)
     seed: int = _help("Seed for initialisation of projections and any sampling.", default=0)
-    precision: str = _help("auto (bf16 autocast on CUDA and on CPUs with AMX bf16 units, else fp32), bf16 or fp32.",
+    precision: str = _help("auto (bf16 on CUDA and on CPUs with AMX bf16 units, else fp32), bf16 or fp32; bf16 is "
+                           "autocast, or FSDP2's mixed precision under --fsdp.",
                            default="auto")
     teacher_dtype: str = _help("Teacher weights: auto (bf16 where training autocasts to bf16, else fp32), bf16 "
                                "or fp32.", default="auto")
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", default=False)
-    fsdp: bool = _help("Shard student and teacher with FSDP2 (under torchrun).", default=False)
+    fsdp: bool = _help("Shard the student with FSDP2 (under torchrun; bf16 parameters and fp32 gradient "
+                       "reductions where the student trains in bf16).", default=False)
+    teacher_sharding: str = _help("Under torchrun: replicate (a full teacher on every process, bf16 where the "
+                                  "student trains in bf16: no communication) or shard (FSDP2: for a teacher "
+                                  "too big for one device).", default="replicate")
     data_workers: int = _help("DataLoader processes reading training blocks ahead of the step (0: the training "
                               "process reads them).", default=1)
     report_to: str = _help("Also send metrics to none, tensorboard (OUT/tensorboard) or wandb, as transformers' "
@@ -224,6 +230,8 @@ class DistillConfig:
             raise SettingsError("--hidden-loss must be none, cosine or mse")
         if self.precision not in ("auto", "bf16", "fp32") or self.teacher_dtype not in ("auto", "bf16", "fp32"):
             raise SettingsError("--precision and --teacher-dtype take auto, bf16 or fp32")
+        if self.teacher_sharding not in ("replicate", "shard"):
+            raise SettingsError(f"--teacher-sharding takes replicate or shard, got {self.teacher_sharding!r}")
         check_report_to(self.report_to)
         if not 0 < self.jsd_beta < 1:
             raise SettingsError("--jsd-beta must be strictly between 0 and 1")

@@ -64,18 +64,29 @@ def test_finetune_trains_the_teacher(run_dir):
     assert (out / "config.json").is_file() and len(_losses(out)) == 3
 
 
-@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp2"])
+# A hidden-state loss, accumulation (gradients reduced on the last micro-batch only) and 3 held-out blocks,
+# which 2 processes cannot split evenly (validation must still run the same forwards on both).
+SPLIT = ["--hidden-loss", "cosine", "--grad-accum", "2", "--eval-samples", "3"]
+
+
+@pytest.mark.parametrize("sharding", [[], ["--fsdp", "--teacher-sharding", "shard"]], ids=["ddp", "fsdp2"])
 def test_two_processes_match_one(run_dir, sharding):
     single = run_dir / "single"
     if not single.exists():
-        assert main(_distill_args(run_dir, single, "--micro-batch-size", "2")) == 0
+        assert main(_distill_args(run_dir, single, "--micro-batch-size", "2", *SPLIT)) == 0
     double = run_dir / "double"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-               "-m", "minitron.cli", *_distill_args(run_dir, double, "--micro-batch-size", "1", *sharding)]
+               "-m", "minitron.cli", *_distill_args(run_dir, double, "--micro-batch-size", "1", *SPLIT, *sharding)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    torch.testing.assert_close(torch.tensor(_losses(double)), torch.tensor(_losses(single)), rtol=1e-4, atol=1e-5)
+    records = [[json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+               for folder in (double, single)]
+    for key in ("loss", "hidden"):
+        torch.testing.assert_close(*(torch.tensor([r[key] for r in rs], dtype=torch.float64) for rs in records),
+                                   rtol=1e-4, atol=1e-5, msg=key)
+    for key in ("val_student_loss", "val_teacher_loss", "val_kl"):  # all 3 blocks, not 2 or 4
+        torch.testing.assert_close(records[0][-1][key], records[1][-1][key], rtol=1e-4, atol=1e-5, msg=key)
     from transformers import AutoModelForCausalLM
     one, two = (AutoModelForCausalLM.from_pretrained(folder) for folder in (single, double))
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):

@@ -7,7 +7,8 @@
 Two ways to get gradients without keeping every chunk's logits:
 - fused (pass `head_params`; see `fused.py`): each chunk's gradient w.r.t. the hidden states and the
   head's parameters is computed during the forward pass, so backward recomputes no head matmul.
-- checkpoint (head_params=None; the only way for FSDP2-sharded heads): each chunk runs under
+- checkpoint (head_params=None; for a head whose parameters are FSDP2 shards between calls, which
+  `distill` avoids by gathering the head with the FSDP2 root): each chunk runs under
   `torch.utils.checkpoint`, and backward recomputes the chunk's student and teacher logits.
 Both return the same values and gradients. Memory is O(chunk_size x V) for logits either way; the
 fused path adds O(N x H + head parameters) for the gradients it holds until backward, and skips the

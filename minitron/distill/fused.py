@@ -121,7 +121,9 @@ def _accumulate(totals: list[Tensor | None], wrt: Sequence[int], got: Sequence[T
                 totals[k] = torch.zeros_like(hidden)
             totals[k][rows] = grad
         elif totals[k] is None:
-            totals[k] = grad.clone()  # private: later chunks add into it in place
+            # Private (later chunks add into it in place) and fp32: with bf16 parameters (FSDP2's mixed
+            # precision) a bf16 sum over chunks would round at every add; autograd casts the result back.
+            totals[k] = grad.to(torch.float32, copy=True)
         else:
             totals[k].add_(grad)
 

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from ..arch import check_logits_adapter, get_adapter, logits_adapter
+from ..arch import check_logits_adapter, get_adapter
 from ..config import DistillConfig
 from ..errors import MinitronError
 from .checkpoint import load_training_state, save_training_state, saved_settings
 from .dist import DistEnv, all_reduce_sum, init_distributed
 from .losses import balance_weight
 from .metrics import MetricsLog, ProgressBar
+from . import sharding
 from .resume import check_resume, run_settings
 from .steps import TrainModule, build_hidden_loss, compute_step_losses, make_logit_loss
 from .validate import validate
@@ -54,29 +55,14 @@ class _StopFlag:
 
 
 def _autocast(env: DistEnv, config: DistillConfig):
-    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=config.student_bf16(env.device.type))
+    return sharding.autocast(env, config)  # module attribute: the FSDP2 bench swaps it for the old path
 
 
-def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig, teacher: nn.Module | None) -> nn.Module:
-    if config.fsdp:
-        from torch.distributed.fsdp import fully_shard
-        for model in filter(None, (train_module.student, teacher)):
-            for layer in logits_adapter(model).layers(model):
-                fully_shard(layer)
-            head = model.get_output_embeddings()
-            if head is not None and head.weight is not model.get_input_embeddings().weight:
-                # The head runs outside the root's forward (chunk by chunk in the loss): as its own
-                # FSDP unit it gathers its weights and reduce-scatters its gradient around each call.
-                fully_shard(head)
-        if teacher is not None:
-            # The teacher is called through its base model (its LM head runs chunk by chunk in the
-            # loss), so the base model is the FSDP root that gathers the embedding.
-            fully_shard(logits_adapter(teacher).base_model(teacher))
-        return fully_shard(train_module)
-    if env.distributed:
-        device_ids = [env.device.index] if env.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(train_module, device_ids=device_ids)
-    return train_module
+def _wrap(train_module: TrainModule, env: DistEnv, config: DistillConfig,
+          teacher: nn.Module | None) -> tuple[nn.Module, nn.Module | None]:
+    """(the student's step module: DDP, FSDP2 or itself; the teacher's forward: replicated or FSDP2-sharded)."""
+    teacher_module = sharding.wrap_teacher(teacher, env, config) if teacher is not None else None
+    return sharding.wrap_student(train_module, env, config), teacher_module
 
 
 def _train_dataset(train_blocks, seq_len: int):
@@ -123,7 +109,7 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     train_module = TrainModule(student, hidden_loss).to(env.device)
     total_steps = config.total_steps(env.world_size)
     # Wrap first: FSDP2 replaces parameters with sharded ones, and the optimizer must hold those.
-    wrapped = _wrap(train_module, env, config, teacher)
+    wrapped, teacher_module = _wrap(train_module, env, config, teacher)
     optimizer = torch.optim.AdamW(train_module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.95))
     warmup = min(config.warmup_steps, max(total_steps // 10, 1)) if total_steps > 1 else 0
@@ -139,7 +125,7 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
         global_batch=config.global_batch(env.world_size), settings=settings, is_main=env.is_main)
     try:
         with _batches(_train_dataset(train_blocks, config.seq_len), config, env, start_step) as batches:
-            _train(wrapped, train_module, student, teacher, batches, heldout_blocks, config, env, optimizer,
+            _train(wrapped, train_module, student, (teacher, teacher_module), batches, heldout_blocks, config, env, optimizer,
                    scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoint, log,
                    on_step)
     finally:
@@ -198,23 +184,25 @@ def _batches(dataset, config: DistillConfig, env: DistEnv, start_step: int):
         getattr(batches, "_shutdown_workers", lambda: None)()
 
 
-def _train(wrapped, train_module, student, teacher, batches, heldout_blocks, config, env, optimizer,
+def _train(wrapped, train_module, student, teachers, batches, heldout_blocks, config, env, optimizer,
            scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoint, log,
            on_step) -> None:
+    """teachers: (the teacher model, the module that runs its forward: replicated or FSDP2-sharded)."""
     tokens_per_step = config.global_batch(env.world_size) * config.seq_len
     bar = ProgressBar(total_steps, start_step, env.is_main)
     with _StopFlag() as stop:
         for step in range(start_step, total_steps):
             started = time.perf_counter()
             micro_batches = [next(batches) for _ in range(config.grad_accum)]
-            losses = _optimizer_step(wrapped, train_module, student, teacher, micro_batches, config, env,
+            losses = _optimizer_step(wrapped, train_module, student, teachers, micro_batches, config, env,
                                      optimizer, scheduler, logit_loss, hidden_loss, layer_pairs)
             seconds = time.perf_counter() - started
             record = {"step": step + 1, "tokens": (step + 1) * tokens_per_step, "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": tokens_per_step / seconds, **losses}
             last = step + 1 == total_steps
             if (config.eval_every and (step + 1) % config.eval_every == 0) or last:
-                record |= validate(wrapped, student, teacher, heldout_blocks, config, env)
+                record |= validate(wrapped, student, teachers[0], heldout_blocks, config, env,
+                                   teacher_module=teachers[1])
             log.write(record)
             bar.update(record)
             if on_step is not None:
@@ -233,22 +221,23 @@ def _agreed(flag: bool, env: DistEnv) -> bool:
     return bool(all_reduce_sum(torch.tensor([float(flag)]), env).item() > 0)
 
 
-def _optimizer_step(wrapped, train_module, student, teacher, micro_batches, config, env, optimizer,
+def _optimizer_step(wrapped, train_module, student, teachers, micro_batches, config, env, optimizer,
                     scheduler, logit_loss, hidden_loss, layer_pairs) -> dict:
     sums = torch.zeros(3, dtype=torch.float64)
     step_losses = lambda input_ids, balance: compute_step_losses(  # noqa: E731
-        wrapped, student, teacher, input_ids.to(env.device, non_blocking=True), config, logit_loss, layer_pairs,
-        hidden_loss, balance)
+        wrapped, student, teachers[0], input_ids.to(env.device, non_blocking=True), config, logit_loss, layer_pairs,
+        hidden_loss, balance, teacher_module=teachers[1])
     balance = None
     if hidden_loss is not None:
         if torch.isnan(hidden_loss.balance):  # first step: measure this step's own global batch
             hidden_loss.balance.fill_(_measure_balance(micro_batches, step_losses, env, config))
         balance = float(hidden_loss.balance)
     for index, input_ids in enumerate(micro_batches):
-        sync = index == len(micro_batches) - 1 or not hasattr(wrapped, "no_sync")
-        with (contextlib.nullcontext() if sync else wrapped.no_sync()), _autocast(env, config):
-            losses = step_losses(input_ids, balance)
-        (losses.total / config.grad_accum).backward()
+        # Gradients are reduced on the last micro-batch only (FSDP2 decides in backward, DDP in forward).
+        with sharding.gradient_sync(wrapped, index == len(micro_batches) - 1):
+            with _autocast(env, config):
+                losses = step_losses(input_ids, balance)
+            (losses.total / config.grad_accum).backward()
         sums += torch.tensor([losses.logit or losses.ce, losses.ce, losses.hidden], dtype=torch.float64)
     if config.clip_grad > 0:
         torch.nn.utils.clip_grad_norm_(train_module.parameters(), config.clip_grad)

@@ -10,6 +10,7 @@ from torch import nn
 from ..arch import get_adapter, logits_adapter
 from ..config import DistillConfig
 from .chunked import chunked_cross_entropy, chunked_logit_loss
+from .sharding import TeacherModule, release_teacher
 from .losses import (
     IGNORE_INDEX,
     ForwardKL,
@@ -85,11 +86,14 @@ def labels_for(input_ids: torch.Tensor) -> torch.Tensor:
 def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn.Module | None,
                         input_ids: torch.Tensor, config: DistillConfig, logit_loss: nn.Module | None,
                         layer_pairs: list[tuple[int, int]], hidden_loss: HiddenStateLoss | None,
-                        hidden_balance: float | None = None) -> StepLosses:
+                        hidden_balance: float | None = None, *,
+                        teacher_module: nn.Module | None = None) -> StepLosses:
     """One micro-batch's losses; `total` is what to backpropagate (before dividing by the accumulation).
 
     hidden_balance: the detached weight of the hidden-state loss, the same for every micro-batch of an
     optimizer step (see `HiddenStateLoss.balance`); needed when `hidden_loss` is given.
+    teacher_module: what runs the teacher's base model (`sharding.TeacherModule`, FSDP2-sharded or not);
+    None: the teacher's base model itself.
     """
     want_states = hidden_loss is not None
     if want_states and hidden_balance is None:
@@ -107,15 +111,18 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
         ce = ce_sum / max(count, 1)
         return StepLosses(total=ce, logit=0.0, ce=float(ce.detach()), hidden=0.0)
     t_adapter = get_adapter(teacher) if want_states else logits_adapter(teacher)
+    teacher_module = teacher_module or TeacherModule(teacher)
     with torch.no_grad(), (t_adapter.capture_layer_states(teacher) if want_states
                            else contextlib.nullcontext([])) as teacher_states:
-        teacher_out = t_adapter.base_model(teacher)(input_ids=input_ids, use_cache=False)
+        teacher_out = teacher_module(input_ids)
     t_hidden = teacher_out.last_hidden_state.reshape(-1, teacher_out.last_hidden_state.shape[-1])
     vocab_size = shared_vocab_size(student, teacher)  # tables padded differently: compare the shared rows
     out = chunked_logit_loss(logit_loss, s_hidden, t_hidden, logits_head(student, vocab_size),
                              logits_head(teacher, vocab_size), chunk_size=config.chunk_size,
                              labels=labels if config.ce_weight > 0 else None, ce_weight=config.ce_weight,
                              head_params=head_params, backward_through_mean=True)  # total weighs the sums as mean()
+    if head_params is not None:  # fused: backward runs no teacher head, so a sharded teacher may let go now
+        release_teacher(teacher_module)
     kd = out.kd_sum / max(out.count, 1)
     total, ce_value, hidden_value = kd, 0.0, 0.0
     if config.ce_weight > 0:
@@ -131,16 +138,17 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
 
 def fused_head_params(student: nn.Module) -> list[nn.Parameter] | None:
     """The student's LM-head parameters, which switch the chunked losses to their fused path (no head
-    recompute in backward), or None for the checkpoint path when any part of the student is FSDP2-sharded.
+    recompute in backward), or None for the checkpoint path while the head's parameters are FSDP2 shards.
 
-    Why not under FSDP2: it gathers the head's weight in a forward pre-hook and reduce-scatters the
-    gradient from hooks on the head's autograd graph into a sharded DTensor `.grad`. The fused loss
-    differentiates the head inside the forward pass with `torch.autograd.grad`, which fills no `.grad`
-    for those hooks to reduce, and it would hand backward a gradient of the gathered weight rather than
-    of the shard. DDP is fine: its hooks fire when backward accumulates the returned gradient into `.grad`.
+    Call it after the student's forward. Under `sharding.wrap_student` the head belongs to the FSDP2 root,
+    which stays gathered from the forward to the backward: its parameters are then plain tensors, the
+    fused loss accumulates their gradient into `.grad` (as under DDP), and the root's post-backward
+    reduce-scatters it. A head that is its own FSDP2 unit is sharded between chunk calls: its hooks
+    gather and reduce around each call, and only the checkpoint path goes through them.
     """
+    params = logits_adapter(student).lm_head_parameters(student)
     if torch.distributed.is_available():
-        from torch.distributed.fsdp import FSDPModule
-        if any(isinstance(module, FSDPModule) for module in student.modules()):
+        from torch.distributed.tensor import DTensor
+        if any(isinstance(param, DTensor) for param in params):
             return None
-    return logits_adapter(student).lm_head_parameters(student)
+    return params

@@ -1,0 +1,117 @@
+"""How the student and the teacher are spread over the processes: DDP or FSDP2 for the student, the
+teacher replicated (default) or FSDP2-sharded (`--teacher-sharding shard`).
+
+Under FSDP2 (`--fsdp` under torchrun) each decoder layer is a unit and the rest of the model (embedding,
+final norm, LM head, the hidden-loss projections) is the root unit. FSDP2 keeps a root's parameters
+gathered from its forward until its backward, and the LM head runs in the loss after the base model's
+forward, chunk by chunk: as part of the root, the head is all-gathered once per micro-batch and its
+gradient reduce-scattered once, with the root's, however many loss chunks there are (as its own unit it
+was gathered per chunk, twice with the backward's recompute). Gathered, its weight is a plain tensor, so
+the fused chunked loss (no head recompute in backward) runs under FSDP2 as under DDP.
+
+bf16 under FSDP2 is a `MixedPrecisionPolicy`: bf16 parameters gathered and computed with, fp32 gradient
+reductions into fp32 shards (which the optimizer updates), no autocast; DDP keeps fp32 weights and autocast.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..arch import logits_adapter
+from ..config import DistillConfig
+from .dist import DistEnv
+
+
+def uses_fsdp(config: DistillConfig, env: DistEnv) -> bool:
+    """FSDP2 shards over a process group: without one (a single process) `--fsdp` changes nothing, so the
+    same recipe runs on 1 or N processes."""
+    return config.fsdp and _process_group()
+
+
+def shards_teacher(config: DistillConfig, env: DistEnv) -> bool:
+    return config.teacher_sharding == "shard" and _process_group()
+
+
+def _process_group() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def autocast(env: DistEnv, config: DistillConfig):
+    """bf16 autocast around the student's forward and loss, unless FSDP2's mixed precision does the casting."""
+    enabled = config.student_bf16(env.device.type) and not uses_fsdp(config, env)
+    return torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def mixed_precision_policy(config: DistillConfig, env: DistEnv):
+    """bf16 parameters, fp32 gradient reductions where the student trains in bf16; else the default (fp32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    if not config.student_bf16(env.device.type):
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+class TeacherModule(nn.Module):
+    """The teacher's base model behind one forward (final-normed hidden states; the LM head runs later in
+    the loss), so that a sharded teacher's root unit holds its embedding, final norm and LM head."""
+
+    def __init__(self, teacher: nn.Module) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, input_ids: torch.Tensor):
+        return logits_adapter(self.teacher).base_model(self.teacher)(input_ids=input_ids, use_cache=False)
+
+
+def wrap_student(train_module: nn.Module, env: DistEnv, config: DistillConfig) -> nn.Module:
+    """The module the training step calls: FSDP2-sharded, DDP, or `train_module` itself on one process."""
+    if uses_fsdp(config, env):
+        return _fully_shard(train_module, train_module.student, mixed_precision_policy(config, env))
+    if env.distributed:
+        device_ids = [env.device.index] if env.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(train_module, device_ids=device_ids)
+    return train_module
+
+
+def wrap_teacher(teacher: nn.Module, env: DistEnv, config: DistillConfig) -> TeacherModule:
+    """The teacher's forward: replicated on every process (its own dtype), or FSDP2-sharded when asked."""
+    module = TeacherModule(teacher)
+    if not shards_teacher(config, env):
+        return module
+    dtype = torch.bfloat16 if config.student_bf16(env.device.type) else None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    return _fully_shard(module, teacher, MixedPrecisionPolicy(param_dtype=dtype))
+
+
+def _fully_shard(root: nn.Module, model: nn.Module, policy) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+    for layer in logits_adapter(model).layers(model):
+        fully_shard(layer, mp_policy=policy)
+    return fully_shard(root, mp_policy=policy)
+
+
+@contextlib.contextmanager
+def gradient_sync(wrapped: nn.Module, enabled: bool) -> Iterator[None]:
+    """Reduce gradients only on an optimizer step's last micro-batch; the others accumulate locally.
+
+    Wrap the micro-batch's forward and backward: FSDP2 decides in backward, DDP in forward.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    if isinstance(wrapped, FSDPModule):
+        wrapped.set_requires_gradient_sync(enabled)
+        yield
+    elif isinstance(wrapped, nn.parallel.DistributedDataParallel) and not enabled:
+        with wrapped.no_sync():
+            yield
+    else:
+        yield
+
+
+def release_teacher(teacher_module: nn.Module | None) -> None:
+    """Free a sharded teacher's gathered root (embedding, norm, LM head) once its loss chunks have run:
+    FSDP2 keeps a root gathered until its backward, and a teacher has none."""
+    from torch.distributed.fsdp import FSDPModule
+    if isinstance(teacher_module, FSDPModule):
+        teacher_module.reshard()
