@@ -189,6 +189,8 @@ class DistillConfig:
                                "or fp32.", default="auto")
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", default=False)
     fsdp: bool = _help("Shard student and teacher with FSDP2 (under torchrun).", default=False)
+    async_checkpoint: bool = _help("Write checkpoints in the background (copied to CPU memory first) while "
+                                   "training goes on.", default=False)
     data_workers: int = _help("DataLoader processes reading training blocks ahead of the step (0: the training "
                               "process reads them).", default=1)
     report_to: str = _help("Also send metrics to none, tensorboard (OUT/tensorboard) or wandb, as transformers' "

@@ -13,10 +13,17 @@ from pathlib import Path
 
 from ..errors import MinitronError
 from ..io import atomic_write_text
+from ..verbosity import is_main_process
 
 RUN_FILE = "run.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 _PLANNED_KEYS = ("name", "kind", "dir", "fingerprint", "parent")
+
+
+def say(*args, **kwargs) -> None:
+    """print() on rank 0 only (N processes would print every progress line N times), flushed."""
+    if is_main_process():
+        print(*args, **{"flush": True, **kwargs})
 
 
 def fingerprint(settings: dict, parent: str = "") -> str:
@@ -52,9 +59,10 @@ def new_stage_entry(planned: dict) -> dict:
 class RunState:
     """run.json in memory; `save()` after every change a resumed run must see."""
 
-    def __init__(self, run_dir: Path, data: dict) -> None:
+    def __init__(self, run_dir: Path, data: dict, *, writes: bool = True) -> None:
         self.run_dir = run_dir
         self.data = data
+        self.writes = writes  # rank 0 under torchrun; every rank keeps the same run.json in memory
 
     @classmethod
     def open(cls, run_dir: Path) -> RunState:
@@ -78,6 +86,8 @@ class RunState:
         return self.data.setdefault("members", [])
 
     def save(self) -> None:
+        if not self.writes:
+            return
         atomic_write_text(self.run_dir / RUN_FILE, json.dumps(self.data, indent=2, default=str) + "\n")
 
     def reconcile(self, planned: list[dict]) -> None:
@@ -93,12 +103,12 @@ class RunState:
                 kept.append({**previous, **{key: stage[key] for key in _PLANNED_KEYS}})
                 continue
             if previous:
-                print(f"the recipe changed at {previous['dir']}: redoing it and every later stage", flush=True)
+                say(f"the recipe changed at {previous['dir']}: redoing it and every later stage", flush=True)
             break
         planned_dirs = {stage["dir"] for stage in planned}
         for previous in old[len(kept):]:
             if previous["dir"] not in planned_dirs:
-                print(f"{previous['dir']} is no longer in the recipe: removing it", flush=True)
+                say(f"{previous['dir']} is no longer in the recipe: removing it", flush=True)
             self.remove_stage_folder(previous["dir"])
         for stage in planned[len(kept):]:
             self.remove_stage_folder(stage["dir"])  # also leftovers of an attempt run.json never recorded
