@@ -183,10 +183,12 @@ def _distill_top(model, teacher, scores, rows, top, train, heldout, config: Sear
 def _distill_and_score(model, teacher, scores, row, train, heldout, config: SearchConfig, batch_size, device) -> float:
     """Held-out loss of a fresh prune of this candidate after the short distillation."""
     student = prune(model, scores, row["target"], depth_metric=config.depth_metric).requires_grad_(True)
-    # Validation inside the loop is only its last step's; one block keeps it cheap (scored below instead).
-    settings = _candidate_distill_config(config, train.shape[1], 1)
+    # Validation inside the loop is only its last step's; one block per process keeps it cheap (scored below
+    # instead), and gives every process the same number of forward passes.
     env = init_distributed(str(device))
-    student = distill(student, teacher, train, heldout[:1], settings, kept_layers=row["kept_layers"], env=env)
+    settings = _candidate_distill_config(config, train.shape[1], env.world_size)
+    student = distill(student, teacher, train, heldout[:env.world_size], settings, kept_layers=row["kept_layers"],
+                      env=env)
     loss = evaluate_loss(student, heldout, batch_size)["loss"]
     del student
     return loss
