@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ POSITION_FILE = "position.json"
 SETTINGS_FILE = "settings.json"
 LEGACY_FILE = "state.pt"  # minitron before sharded checkpoints: the whole state, pickled by rank 0
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+# dcp warns that it assumes one process whenever no process group runs (also from the thread of an
+# asynchronous save, out of reach of warnings.catch_warnings): for minitron that is the intent.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 def checkpoint_path(out: str | Path) -> Path:
