@@ -3,6 +3,7 @@
     minitron run recipes/smollm2-cpu.yaml                 # writes runs/smollm2-cpu/
     minitron run recipes/smollm2-cpu.yaml --dry-run       # every stage's architecture and size, no work
     minitron run smollm2-cpu                              # a shipped recipe, by name
+    torchrun --nproc-per-node 8 -m minitron run recipe.yaml  # one process group for every stage; rank 0 writes
     from minitron.recipe import run_recipe
     run_recipe("recipes/smollm2-cpu.yaml", "runs/family")
 
