@@ -17,11 +17,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import os
 import shlex
+import signal
 import sys
 import types
 import typing
@@ -411,8 +413,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         if args.dry_run:
             print(runner.describe_plan(args.recipe))
         else:
-            print(runner.format_members(runner.run_recipe(args.recipe, args.out, overwrite=args.overwrite,
-                                                          device=args.device)))
+            members = runner.format_members(runner.run_recipe(args.recipe, args.out, overwrite=args.overwrite,
+                                                              device=args.device))
+            if is_main_process():  # under torchrun, one table rather than one per process
+                print(members)
             push_command_output(args)
     elif args.command == "report":
         from .report import build_report, write_model_cards
@@ -421,11 +425,28 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(f"report written to {path}" + (f"; {len(cards)} model card(s) updated" if cards else ""))
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (a cluster preempting the job) stops a command as Ctrl-C does: training checkpoints first,
+    a recipe saves its progress, and the exit code says it did not finish."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt("stopped by SIGTERM")
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave the default
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: the command in pushed model cards
     try:
-        with verbosity(args.verbosity):
+        with verbosity(args.verbosity), _sigterm_as_ctrl_c():
             _dispatch(args)
     except MinitronError as error:
         print(f"minitron {args.command}: error: {error}", file=sys.stderr)

@@ -204,6 +204,8 @@ class DistillConfig:
     teacher_sharding: str = _help("Under torchrun: replicate (a full teacher on every process, bf16 where the "
                                   "student trains in bf16: no communication) or shard (FSDP2: for a teacher "
                                   "too big for one device).", default="replicate")
+    async_checkpoint: bool = _help("Write checkpoints in the background (copied to CPU memory first) while "
+                                   "training goes on.", default=False)
     data_workers: int = _help("DataLoader processes reading training blocks ahead of the step (0: the training "
                               "process reads them).", default=1)
     report_to: str = _help("Also send metrics to none, tensorboard (OUT/tensorboard) or wandb, as transformers' "

@@ -23,6 +23,7 @@ from .importance import ImportanceScores, estimate_importance, magnitude_scores,
 from .loading import check_output_folder, load_model, locate_model, save_checkpoint
 from .outputs import require_text
 from .params import count_parameters, count_parameters_from_config
+from .verbosity import is_main_process
 from .prune import describe_pruning, prune, resolve_target
 
 
@@ -62,6 +63,8 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
     scores = compute_scores(loaded, tokenizer, data, settings)
     scores.meta["seconds"] = round(time.perf_counter() - start, 2)
     scores.meta["architecture"] = architecture_summary(loaded.config)
+    if not is_main_process():
+        return Path(out)  # under torchrun every rank computes the scores and rank 0 writes them
     return scores.save(out)
 
 

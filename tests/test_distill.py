@@ -140,7 +140,7 @@ def test_resume_refuses_a_changed_trajectory_and_honours_a_safe_change(tmp_path)
                 resume=True, on_step=lambda step, record: pytest.fail("trained with changed settings"))
     assert "lr (--lr): 0.003 in the checkpoint, now 0.005" in str(error.value)
     assert "loss (--loss): 'forward_kl' in the checkpoint, now 'jsd'" in str(error.value)
-    assert "another --out" in str(error.value) and (tmp_path / "checkpoint" / "state.pt").is_file()
+    assert "another --out" in str(error.value) and (tmp_path / "checkpoint" / "position.json").is_file()
     # The same global batch split into two micro-batches, and another checkpoint interval: the same run.
     rest = []
     distill(student, teacher, _blocks(2, 64), _blocks(3, 4), _config(micro_batch_size=1, grad_accum=2, save_every=4),

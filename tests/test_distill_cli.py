@@ -150,7 +150,7 @@ def test_resume_refuses_changed_settings_and_records_safe_ones(run_dir, capsys):
     error = capsys.readouterr().err
     assert "lr (--lr): 0.001 in the checkpoint, now 0.005" in error and "another --out" in error
     assert main([*_distill_args(run_dir, out, "--steps", "40", "--resume"), "--data", "builtin:python-topics"]) == 2
-    assert "data (--data)" in capsys.readouterr().err and (out / "checkpoint" / "state.pt").is_file()
+    assert "data (--data)" in capsys.readouterr().err and (out / "checkpoint" / "position.json").is_file()
     assert main(_distill_args(run_dir, out, "--steps", "40", "--save-every", "7", "--resume")) == 0
     record = json.loads((out / "minitron.json").read_text())
     assert record["config"]["lr"] == 1e-3 and len(_losses(out)) == 40

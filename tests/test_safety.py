@@ -197,7 +197,7 @@ def test_an_overwrite_run_trains_beside_the_old_output_and_resumes_there(tmp_pat
     assert folder != out and folder.parent == out.parent and (out / "minitron.json").is_file()
     assert resumable_folder(out) is None
     (folder / "checkpoint").mkdir()
-    (folder / "checkpoint" / "state.pt").write_bytes(b"")
+    (folder / "checkpoint" / "position.json").write_text("{}")
     assert resumable_folder(out) == folder
     assert prepare_run_folder(out, resume=True, overwrite=False, is_main=True) == folder
 

@@ -105,9 +105,11 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group: the training process finishes its step and checkpoints
-    # (see distill.loop), so its readers must live on until it stops them.
+    # Ctrl-C reaches the whole process group, and so does SIGTERM from a cluster or torchrun: the training
+    # process finishes its step and checkpoints (see distill.loop), so its readers must live on until it
+    # stops them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train_loader(dataset: Dataset, *, micro_batch_size: int, grad_accum: int, rank: int, world_size: int,

@@ -14,8 +14,8 @@ from ..errors import MinitronError, OutputError
 from ..io import replace_directory
 from ..loading import load_model, load_tokenizer, locate_model, publish_into
 from ..outputs import check_output, is_empty_folder, pending_folder, require_text
-from .checkpoint import CHECKPOINT_DIR, checkpoint_path, saved_settings
-from .dist import barrier, close_distributed, init_distributed
+from .checkpoint import CHECKPOINT_DIR, checkpoint_path, has_checkpoint, saved_settings
+from .dist import distributed_session, on_main
 from .loop import distill
 from .resume import check_resume, model_identity, run_settings
 from .vocab import check_same_tokenizer
@@ -29,7 +29,7 @@ def resumable_folder(out: str | Path) -> Path | None:
     new one is complete), so that folder is looked at first.
     """
     for folder in (pending_folder(Path(out)), Path(out)):
-        if (checkpoint_path(folder) / "state.pt").is_file():
+        if has_checkpoint(folder):
             return folder
     return None
 
@@ -83,22 +83,18 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         locate_model(spec)  # a missing folder fails at once, before the run folder is touched
         check_seq_len(spec, config.seq_len)
     check_data(data, text_field, chat_template=chat_template, tokenizer_of=student)
-    check_output(out, inputs=[student, teacher, data], replace=overwrite)
-    if resume and resumable_folder(out) == pending_folder(Path(out)):
-        check_output(out, inputs=[student, teacher, data], replace=True)  # completing it will replace out
-    env = init_distributed(device)
-    try:
+    with distributed_session(device) as env:
         distilling = teacher is not None and config.loss != "ce"
         # Cheap checks first: the tokenizers (no weights), then the folder and a resume's settings.
         teacher_tokenizer = load_tokenizer(teacher) if distilling else None
         student_tokenizer = load_tokenizer(student)
         if distilling:
             check_same_tokenizer(student_tokenizer, teacher_tokenizer)
-        folder = prepare_run_folder(out, resume, overwrite, env.is_main)
+        # Rank 0 checks and prepares the folder; the others wait and train in the folder it chose.
+        folder, saved = on_main(env, lambda: _prepare_output(student, teacher, data, out, resume, overwrite))
         identity = model_identity(student, teacher if distilling else None, data, text_field, chat_template)
-        resumes = check_resume(saved_settings(folder), run_settings(config, env.world_size, env.device.type, identity),
+        resumes = check_resume(saved, run_settings(config, env.world_size, env.device.type, identity),
                                out) if resume else []
-        barrier(env)
         # Tokenized once into the cache (rank 0 builds, the others wait), or a folder from `minitron tokenize`;
         # before the weights load, so that a data problem costs no model loading.
         shards = prepare_data(data, student_tokenizer, text_field=text_field, chat_template=chat_template)
@@ -122,18 +118,30 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
                   "prepared_data": str(shards.folder), "train_blocks": len(train),
                   "epochs": round(needed / max(len(train), 1), 3),
                   **({"resumes": resumes} if resumes else {})}  # settings changed on resume, from which step
-        # Under FSDP the student's parameters are shards: every rank helps gather the full tensors.
+        # The published model is whole: under FSDP every rank helps gather the full tensors.
         full_state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if env.is_main:
-            publish_into(trained, tokenizer, folder, {**record, "history": [*_source_history(student), record]},
-                         state_dict=full_state, save_dtype=save_dtype)
-            shutil.rmtree(checkpoint_path(folder), ignore_errors=True)
-            if folder != Path(out):
-                replace_directory(folder, Path(out))  # the previous output goes only now, with the new one complete
-        barrier(env)
+        history = [*_source_history(student), record]
+        on_main(env, lambda: _publish(trained, tokenizer, folder, Path(out), {**record, "history": history},
+                                      full_state, save_dtype))
         return record
-    finally:
-        close_distributed(env)
+
+
+def _prepare_output(student: str, teacher: str | None, data: str, out: str, resume: bool,
+                    overwrite: bool) -> tuple[Path, dict | None]:
+    """The folder to train in (see prepare_run_folder) and the settings of the checkpoint it holds."""
+    check_output(out, inputs=[student, teacher, data], replace=overwrite)
+    if resume and resumable_folder(out) == pending_folder(Path(out)):
+        check_output(out, inputs=[student, teacher, data], replace=True)  # completing it will replace out
+    folder = prepare_run_folder(out, resume, overwrite, is_main=True)
+    return folder, saved_settings(folder)
+
+
+def _publish(trained, tokenizer, folder: Path, out: Path, record: dict, full_state: dict,
+             save_dtype: str | None) -> None:
+    publish_into(trained, tokenizer, folder, record, state_dict=full_state, save_dtype=save_dtype)
+    shutil.rmtree(checkpoint_path(folder), ignore_errors=True)
+    if folder != out:
+        replace_directory(folder, out)  # the previous output goes only now, with the new one complete
 
 
 def _kept_layers(student_spec: str, teacher) -> list[int] | None:

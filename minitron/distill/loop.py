@@ -18,7 +18,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from ..arch import check_logits_adapter, get_adapter
 from ..config import DistillConfig
 from ..errors import MinitronError
-from .checkpoint import load_training_state, save_training_state, saved_settings
+from .checkpoint import Checkpointer, load_training_state, saved_settings
 from .dist import DistEnv, all_reduce_sum, init_distributed
 from .losses import balance_weight
 from .metrics import MetricsLog, ProgressBar
@@ -30,28 +30,33 @@ from .vocab import check_vocabularies
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Raised after Ctrl-C once a resumable checkpoint has been written."""
+    """Raised after Ctrl-C or SIGTERM once a resumable checkpoint has been written."""
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current step, checkpoint, stop. Second Ctrl-C: stop at once."""
+    """First Ctrl-C, or SIGTERM (a cluster's preemption): finish the current step, checkpoint, stop.
+    Second Ctrl-C: stop at once. SIGTERM never stops at once: schedulers send it to every process of a
+    job and torchrun forwards it again, so a second one is no request to hurry."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.requested: str | None = None  # the name of the signal that asked to stop
+        self._previous: dict = {}
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.requested:
+            if self.requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self.requested = True
-        with contextlib.suppress(ValueError):  # not the main thread: keep the default behaviour
-            self._previous = signal.signal(signal.SIGINT, handler)
+            self.requested = self.requested or signal.Signals(signum).name
+        for signum in self._SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: keep the default behaviour
+                self._previous[signum] = signal.signal(signum, handler)
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _autocast(env: DistEnv, config: DistillConfig):
@@ -120,14 +125,16 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
         start_step = position.resume_step(config, env.world_size)
     log = MetricsLog(out, env.is_main, resume_step=start_step if resume else None, report_to=config.report_to,
                      settings=vars(config))
-    checkpoint = lambda step: out is not None and save_training_state(  # noqa: E731
-        out, trainable=train_module, optimizer=optimizer, scheduler=scheduler, step=step,
-        global_batch=config.global_batch(env.world_size), settings=settings, is_main=env.is_main)
+    checkpoints = None if out is None else Checkpointer(
+        out, env, trainable=train_module, optimizer=optimizer, scheduler=scheduler, settings=settings,
+        global_batch=config.global_batch(env.world_size), asynchronous=config.async_checkpoint)
     try:
         with _batches(_train_dataset(train_blocks, config.seq_len), config, env, start_step) as batches:
             _train(wrapped, train_module, student, (teacher, teacher_module), batches, heldout_blocks, config, env, optimizer,
-                   scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoint, log,
+                   scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoints, log,
                    on_step)
+        if checkpoints is not None:
+            checkpoints.wait()  # an asynchronous save still being written
     finally:
         log.close()
     return student
@@ -185,7 +192,7 @@ def _batches(dataset, config: DistillConfig, env: DistEnv, start_step: int):
 
 
 def _train(wrapped, train_module, student, teachers, batches, heldout_blocks, config, env, optimizer,
-           scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoint, log,
+           scheduler, logit_loss, hidden_loss, layer_pairs, start_step, total_steps, checkpoints, log,
            on_step) -> None:
     """teachers: (the teacher model, the module that runs its forward: replicated or FSDP2-sharded)."""
     tokens_per_step = config.global_batch(env.world_size) * config.seq_len
@@ -207,12 +214,16 @@ def _train(wrapped, train_module, student, teachers, batches, heldout_blocks, co
             bar.update(record)
             if on_step is not None:
                 on_step(step + 1, record)
-            if _agreed(stop.requested, env):
-                checkpoint(step + 1)
+            if _agreed(bool(stop.requested), env):
+                if checkpoints is not None:
+                    checkpoints.save(step + 1, wait=True)
                 bar.close()
-                raise TrainingInterrupted(f"interrupted after step {step + 1}; resume with --resume")
-            if config.save_every and (step + 1) % config.save_every == 0 and not last:
-                checkpoint(step + 1)
+                raise TrainingInterrupted(f"interrupted ({stop.requested or 'on another rank'}) after step "
+                                          f"{step + 1}; resume with --resume")
+            if checkpoints is not None and config.save_every and (step + 1) % config.save_every == 0 and not last:
+                checkpoints.save(step + 1)
+            if checkpoints is not None:
+                checkpoints.poll()
     bar.close()
 
 

@@ -20,7 +20,7 @@ from ..errors import MinitronError
 # Settings a resume may change: none of them moves the trajectory. Every other setting must match the
 # checkpoint's, so that a setting added later is refused until it is known to be safe here.
 SAFE_SETTINGS = (
-    "save_every", "eval_every", "chunk_size", "gradient_checkpointing", "fsdp", "teacher_sharding",
+    "save_every", "eval_every", "chunk_size", "gradient_checkpointing", "fsdp", "teacher_sharding", "async_checkpoint",
     "report_to",  # where metrics are also sent (metrics.jsonl is always written)
     # how the global batch and the budget are spelled; global_batch and total_steps must match
     "micro_batch_size", "grad_accum", "processes", "steps", "tokens",

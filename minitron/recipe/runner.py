@@ -3,6 +3,7 @@
     minitron run recipes/smollm2-cpu.yaml                 # writes runs/smollm2-cpu/
     minitron run recipes/smollm2-cpu.yaml --dry-run       # every stage's architecture and size, no work
     minitron run smollm2-cpu                              # a shipped recipe, by name
+    torchrun --nproc-per-node 8 -m minitron run recipe.yaml  # one process group for every stage; rank 0 writes
     from minitron.recipe import run_recipe
     run_recipe("recipes/smollm2-cpu.yaml", "runs/family")
 
@@ -23,6 +24,8 @@ from pathlib import Path
 import yaml
 
 from ..data.checks import check_data, check_seq_len
+from ..data.sources import require_local_data
+from ..distill.dist import DistEnv, distributed_session, on_main
 from ..errors import SettingsError
 from ..io import atomic_write_text, replace_directory
 from ..outputs import check_output, is_empty_folder, pending_folder, require_text
@@ -30,7 +33,7 @@ from ..jobs import load_config
 from .plan import describe_plan, format_members, plan_recipe
 from .schema import Recipe, load_recipe, recipe_path
 from .stages import evaluate_member, run_correction, run_prune_distill
-from .state import RUN_FILE, RunState, fingerprint, model_stamp, new_stage_entry, now, step_fingerprints
+from .state import RUN_FILE, RunState, fingerprint, model_stamp, new_stage_entry, now, step_fingerprints, say
 
 __all__ = ["RecipeInterrupted", "describe_plan", "format_members", "plan_recipe", "plan_stages", "run_recipe"]
 
@@ -59,6 +62,34 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, ov
             raise SettingsError("give the run folder (out=...) for a recipe that is not read from a file")
         out = Path("runs") / source.stem
     run_dir = Path(require_text(out, "--out"))
+    command = f"minitron run {source} --out {run_dir}" if source else "the same run_recipe(...) call"
+    # One process group for the whole run (under torchrun), every stage on this rank's device; rank 0
+    # writes run.json, models and reports while the others wait (on_main).
+    with distributed_session(device) as env:
+        work_dir, data = on_main(env, lambda: _start_run(recipe, source, run_dir, overwrite, check_targets))
+        state = RunState(work_dir, data, writes=env.is_main)
+        _, work = plan_stages(recipe, work_dir)
+        device = str(env.device)
+        try:
+            for entry in state.stages:
+                if entry["status"] == "done":
+                    say(f"skipping {entry['dir']} (done)")
+                    continue
+                _run_stage(entry, work[entry["dir"]], recipe, state, device, env)
+            evaluate_members(recipe, state, work, device, env)
+        except KeyboardInterrupt as interrupt:
+            state.save()
+            running = next((s["dir"] for s in state.stages if s["status"] != "done"), "the evaluation")
+            detail = str(interrupt).split(";")[0] or "Ctrl-C"  # the loop's own advice (--resume) is not for recipes
+            raise RecipeInterrupted(f"interrupted in {running} ({detail}); progress is saved in {work_dir}. "
+                                    f"Run the same command again to resume: {command}") from interrupt
+        on_main(env, lambda: _finish_run(work_dir, run_dir, report))
+    return state.data
+
+
+def _start_run(recipe: Recipe, source: Path | None, run_dir: Path, overwrite: bool,
+               check_targets: bool) -> tuple[Path, dict]:
+    """Rank 0: the work folder, checked inputs, run.json reconciled with the recipe; returns both."""
     work_dir = _work_folder(run_dir, overwrite, [source, recipe.teacher, recipe.data.train, recipe.data.eval_spec])
     for spec in sorted({recipe.data.train, recipe.data.eval_spec}):
         # before reconcile removes a changed stage: a typo must not cost it
@@ -70,33 +101,22 @@ def run_recipe(recipe: Recipe | str | Path, out: str | Path | None = None, *, ov
                 check_seq_len(teacher_config, seq_len, f"the recipe's {where}")
         plan_recipe(recipe, teacher_config)  # impossible targets fail here, before any work
     state = RunState.open(work_dir)
-    planned, work = plan_stages(recipe, work_dir)
+    planned, _ = plan_stages(recipe, work_dir)
     state.data = {"recipe": recipe.raw, "teacher": recipe.teacher, "data": asdict(recipe.data),
                   "stages": state.stages, "members": state.members}
     state.reconcile(planned)
     _forget_missing_models(state)
     atomic_write_text(work_dir / "recipe.yaml", _recipe_as_run(recipe, source))
     state.save()
-    command = f"minitron run {source} --out {run_dir}" if source else "the same run_recipe(...) call"
-    try:
-        for entry in state.stages:
-            if entry["status"] == "done":
-                print(f"skipping {entry['dir']} (done)", flush=True)
-                continue
-            _run_stage(entry, work[entry["dir"]], recipe, state, device)
-        evaluate_members(recipe, state, work, device)
-    except KeyboardInterrupt as interrupt:
-        state.save()
-        running = next((s["dir"] for s in state.stages if s["status"] != "done"), "the evaluation")
-        detail = str(interrupt).split(";")[0] or "Ctrl-C"  # the loop's own advice (--resume) is not for recipes
-        raise RecipeInterrupted(f"interrupted in {running} ({detail}); progress is saved in {work_dir}. "
-                                f"Run the same command again to resume: {command}") from interrupt
+    return work_dir, state.data
+
+
+def _finish_run(work_dir: Path, run_dir: Path, report: bool) -> None:
     if work_dir != run_dir:
         _rebase_records(work_dir, run_dir)
         replace_directory(work_dir, run_dir)  # the previous run goes only now, with the new one complete
     if report:
         _report(run_dir)
-    return state.data
 
 
 def _work_folder(run_dir: Path, overwrite: bool, inputs: list) -> Path:
@@ -110,8 +130,7 @@ def _work_folder(run_dir: Path, overwrite: bool, inputs: list) -> Path:
     resumes_pending = not overwrite and (pending / RUN_FILE).is_file()
     if resumes_pending:
         check_output(run_dir, inputs=inputs, replace=True)  # completing it will replace run_dir
-        print(f"continuing the run started with --overwrite in {pending}; it replaces {run_dir} once complete",
-              flush=True)
+        say(f"continuing the run started with --overwrite in {pending}; it replaces {run_dir} once complete")
         return pending
     if not overwrite:
         return run_dir
@@ -197,25 +216,25 @@ def _forget_missing_models(state: RunState) -> None:
     """A stage recorded as done whose model folder is gone is redone, and so is every later stage."""
     for index, entry in enumerate(state.stages):
         if entry["status"] == "done" and not (state.run_dir / entry["model"] / "config.json").is_file():
-            print(f"{entry['dir']} is recorded as done but its model is missing: redoing it and every later stage")
+            say(f"{entry['dir']} is recorded as done but its model is missing: redoing it and every later stage")
             for later in state.stages[index:]:
                 state.remove_stage_folder(later["dir"])
                 later.update(new_stage_entry(later))
             return
 
 
-def _run_stage(entry: dict, work: dict, recipe: Recipe, state: RunState, device: str | None) -> None:
-    print(f"== {entry['dir']}" + (" (resuming)" if entry["status"] == "running" else ""), flush=True)
+def _run_stage(entry: dict, work: dict, recipe: Recipe, state: RunState, device: str, env: DistEnv) -> None:
+    say(f"== {entry['dir']}" + (" (resuming)" if entry["status"] == "running" else ""))
     entry["status"], entry["started"] = "running", entry.get("started") or now()
     state.save()
     started = time.perf_counter()
     try:
         if entry["kind"] == "correction":
-            run_correction(entry, recipe, state.run_dir, device=device)
+            run_correction(entry, recipe, state.run_dir, device=device, env=env)
         else:
             entry["teacher"] = work["teacher_shown"]
             run_prune_distill(entry, work["stage"], recipe, state.run_dir, parent=work["parent"],
-                              teacher=work["teacher"], device=device, save=state.save)
+                              teacher=work["teacher"], device=device, env=env, save=state.save)
     finally:
         entry["seconds"] = round(entry.get("seconds", 0.0) + time.perf_counter() - started, 2)
         state.save()
@@ -223,8 +242,10 @@ def _run_stage(entry: dict, work: dict, recipe: Recipe, state: RunState, device:
     state.save()
 
 
-def evaluate_members(recipe: Recipe, state: RunState, work: dict, device: str | None) -> None:
-    """Teacher and every stage's model on the held-out data; members already measured are kept."""
+def evaluate_members(recipe: Recipe, state: RunState, work: dict, device: str, env: DistEnv) -> None:
+    """Teacher and every stage's model on the held-out data; members already measured are kept.
+
+    Every rank evaluates (the held-out loss is data-parallel where minitron.eval makes it so)."""
     settings = {"eval": asdict(recipe.eval), "data": recipe.data.eval_spec, "text_field": recipe.data.text_field,
                 "seq_len": recipe.data.seq_len}
     if recipe.data.chat_template != "auto":
@@ -238,9 +259,8 @@ def evaluate_members(recipe: Recipe, state: RunState, work: dict, device: str | 
         if previous.get(name, {}).get("fingerprint") == member_fp:
             results.append(previous[name])
             continue
-        print(f"[evaluation] {name}: held-out loss" + (" and throughput" if recipe.eval.throughput else ""),
-              flush=True)
-        member, heldout = evaluate_member(name, spec, shown, recipe, heldout, device=device)
+        say(f"[evaluation] {name}: held-out loss" + (" and throughput" if recipe.eval.throughput else ""))
+        member, heldout = evaluate_member(name, spec, shown, recipe, heldout, device=device, env=env)
         results.append({**member, "fingerprint": member_fp})
         state.data["members"] = results + [m for m in state.members if m.get("name") not in
                                            {r["name"] for r in results}]
@@ -254,9 +274,9 @@ def _report(run_dir: Path) -> Path | None:
         from ..report import build_report, write_model_cards
     except ImportError:
         # minitron.report is optional here only so that a partial install still trains its models.
-        print("report skipped: minitron.report is not available", flush=True)
+        say("report skipped: minitron.report is not available")
         return None
     cards = write_model_cards(run_dir)  # README.md of every finished stage's model, from run.json
     path = build_report(run_dir)
-    print(f"report: {path} ({len(cards)} model card(s) written)", flush=True)
+    say(f"report: {path} ({len(cards)} model card(s) written)")
     return path

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..config import DistillConfig
 from ..data.cache import load_blocks
+from ..distill.dist import DistEnv, barrier, on_main
 from ..errors import MinitronError, ScoresError
 from ..eval import evaluate_loss
 from ..importance import ImportanceScores
@@ -19,50 +20,59 @@ from ..jobs import run_importance, run_prune
 from ..loading import load_model
 from ..params import count_parameters
 from .schema import Recipe, Stage
+from .state import say
 
 ARCHITECTURE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                      "num_hidden_layers")
 
 
-def run_correction(entry: dict, recipe: Recipe, run_dir: Path, *, device: str | None) -> None:
+def run_correction(entry: dict, recipe: Recipe, run_dir: Path, *, device: str | None, env: DistEnv) -> None:
     """Teacher correction: next-token fine-tuning of the teacher on the recipe's data."""
-    print(f"[{entry['dir']}] teacher correction of {recipe.teacher}", flush=True)
-    distill_into(recipe.teacher, None, recipe, run_dir / entry["model"], recipe.correction_config(), device)
+    say(f"[{entry['dir']}] teacher correction of {recipe.teacher}")
+    distill_into(recipe.teacher, None, recipe, run_dir / entry["model"], recipe.correction_config(), device, env)
 
 
 def run_prune_distill(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, *, parent: str,
-                      teacher: str, device: str | None, save: Callable[[], None]) -> None:
-    """Importance on the parent, prune (fixed target or search winner), distill from `teacher`."""
+                      teacher: str, device: str | None, env: DistEnv, save: Callable[[], None]) -> None:
+    """Importance on the parent, prune (fixed target or search winner), distill from `teacher`.
+
+    Under torchrun every rank takes part in importance, search and distillation; rank 0 alone prunes and
+    decides from the files what is left to do, and the others wait for it (on_main)."""
     stage_dir = run_dir / entry["dir"]
     scores_dir = stage_dir / "scores"
-    if _has_scores(scores_dir):
-        print(f"[{entry['dir']}] reusing the importance scores in {scores_dir}", flush=True)
+    if on_main(env, lambda: _has_scores(scores_dir)):
+        say(f"[{entry['dir']}] reusing the importance scores in {scores_dir}")
     else:
         data, settings = stage.importance_configs(recipe)
-        print(f"[{entry['dir']}] importance on {entry['parent']} ({data.samples} x {data.seq_len} tokens)", flush=True)
+        say(f"[{entry['dir']}] importance on {entry['parent']} ({data.samples} x {data.seq_len} tokens)")
         run_importance(parent, str(scores_dir), data, settings, device=device, overwrite=True)
+        barrier(env)  # rank 0 writes the scores: the others read them only once they are there
     entry["scores"] = f"{entry['dir']}/scores"
     save()
     if stage.search is not None:
         entry["target"] = search_target(entry, stage, recipe, run_dir, parent=parent, teacher=teacher,
-                                        device=device)
+                                        device=device, env=env)
         entry["search"] = f"{entry['dir']}/search/search.json"
         save()
     pruned_dir = stage_dir / "pruned"
-    if (pruned_dir / "config.json").is_file():
-        print(f"[{entry['dir']}] reusing the pruned model in {pruned_dir}", flush=True)
-    else:
-        print(f"[{entry['dir']}] pruning to {entry['target']}", flush=True)
-        run_prune(parent, str(pruned_dir), entry["target"], scores=str(scores_dir), depth_metric=stage.depth_metric,
-                  device=device, overwrite=True)
+    on_main(env, lambda: _prune_once(entry, stage, parent, scores_dir, pruned_dir, device))
     entry["pruned"] = f"{entry['dir']}/pruned"
     save()
     config = stage.distill_config(recipe)
     if config.hidden_loss != "none" and teacher != parent:
         from ..jobs import load_config
         check_layer_mapping(stage.name, load_config(parent).num_hidden_layers, load_config(teacher).num_hidden_layers)
-    print(f"[{entry['dir']}] distilling from {entry['teacher']}", flush=True)
-    distill_into(str(pruned_dir), teacher, recipe, run_dir / entry["model"], config, device)
+    say(f"[{entry['dir']}] distilling from {entry['teacher']}")
+    distill_into(str(pruned_dir), teacher, recipe, run_dir / entry["model"], config, device, env)
+
+
+def _prune_once(entry: dict, stage: Stage, parent: str, scores_dir: Path, pruned_dir: Path, device: str | None) -> None:
+    if (pruned_dir / "config.json").is_file():
+        say(f"[{entry['dir']}] reusing the pruned model in {pruned_dir}")
+        return
+    say(f"[{entry['dir']}] pruning to {entry['target']}")
+    run_prune(parent, str(pruned_dir), entry["target"], scores=str(scores_dir), depth_metric=stage.depth_metric,
+              device=device, overwrite=True)
 
 
 def check_layer_mapping(stage_name: str, parent_layers: int, teacher_layers: int) -> None:
@@ -76,17 +86,17 @@ def check_layer_mapping(stage_name: str, parent_layers: int, teacher_layers: int
 
 
 def search_target(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, *, parent: str, teacher: str,
-                  device: str | None) -> dict:
+                  device: str | None, env: DistEnv) -> dict:
     """The winner of the stage's architecture search (reused when search.json is already there)."""
     search_dir = run_dir / entry["dir"] / "search"
     result_file = search_dir / "search.json"
-    if result_file.is_file():
-        print(f"[{entry['dir']}] reusing the search results in {result_file}", flush=True)
+    if on_main(env, result_file.is_file):
+        say(f"[{entry['dir']}] reusing the search results in {result_file}")
         result = json.loads(result_file.read_text())
     else:
         from ..search import run_search
         data, _ = stage.importance_configs(recipe)
-        print(f"[{entry['dir']}] searching architectures on {entry['parent']}", flush=True)
+        say(f"[{entry['dir']}] searching architectures on {entry['parent']}")
         result = run_search(parent, str(search_dir), stage.search_config(), scores=str(run_dir / entry["scores"]),
                             teacher=teacher, data=data, overwrite=True, device=device)
     winner = result.get("winner")
@@ -97,15 +107,15 @@ def search_target(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, *, p
 
 
 def distill_into(student: str, teacher: str | None, recipe: Recipe, model_dir: Path, config: DistillConfig,
-                 device: str | None) -> None:
+                 device: str | None, env: DistEnv) -> None:
     """Train into `model_dir`: resume its checkpoint if there is one; skip if it already holds the result."""
     from ..distill.job import resumable_folder, run_distill
-    resume = resumable_folder(model_dir) is not None
-    if not resume and _is_model(model_dir):
-        print(f"  {model_dir} already holds the trained model", flush=True)
+    resume, done = on_main(env, lambda: (resumable_folder(model_dir) is not None, _is_model(model_dir)))
+    if not resume and done:
+        say(f"  {model_dir} already holds the trained model")
         return
     if resume:
-        print(f"  resuming the interrupted training in {model_dir}", flush=True)
+        say(f"  resuming the interrupted training in {model_dir}")
     run_distill(student, teacher, recipe.data.train, str(model_dir), config, text_field=recipe.data.text_field,
                 chat_template=recipe.data.chat_template, resume=resume, overwrite=not resume, device=device)
 
@@ -118,7 +128,7 @@ def heldout_blocks(recipe: Recipe, tokenizer):
 
 
 def evaluate_member(name: str, model_spec: str, shown: str, recipe: Recipe, heldout, *,
-                    device: str | None) -> tuple[dict, object]:
+                    device: str | None, env: DistEnv) -> tuple[dict, object]:
     """Held-out loss, parameters, architecture and throughput of one family member.
 
     `heldout` may be None: the blocks are then made with this member's tokenizer and returned.
@@ -131,7 +141,7 @@ def evaluate_member(name: str, model_spec: str, shown: str, recipe: Recipe, held
               "heldout_loss": metrics["loss"], "perplexity": metrics["perplexity"],
               "heldout_tokens": metrics["tokens"], "tokens_per_s": None, "latency_ms": None,
               "architecture": {key: getattr(model.config, key) for key in ARCHITECTURE_KEYS}}
-    member |= _throughput(model, recipe)
+    member |= on_main(env, lambda: _throughput(model, recipe))  # one device's speed: measured by rank 0 alone
     return member, heldout
 
 
@@ -143,7 +153,7 @@ def _throughput(model, recipe: Recipe) -> dict:
         from ..speed import measure_throughput
     except ImportError:
         # TODO(recipe): minitron.speed comes with the search work; until then throughput is left out.
-        print("  throughput skipped: minitron.speed is not available", flush=True)
+        say("  throughput skipped: minitron.speed is not available")
         return {}
     result = measure_throughput(model, settings.batch_size, settings.seq_len, new_tokens=settings.new_tokens,
                                 repeats=settings.repeats)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import MinitronError
 from ..io import atomic_write_text
+from ..verbosity import is_main_process
 
 RUN_FILE = "run.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
@@ -25,6 +26,12 @@ STEP_SETTINGS = {"scores": ("data", "importance"), "search": ("search", "distill
                  "pruned": ("target", "depth_metric"), "model": ("distill", "distill_from", "distill_teacher")}
 STEP_WORDS = {"scores": "importance scores", "search": "search results", "pruned": "pruned model",
               "model": "trained model"}
+
+
+def say(*args, **kwargs) -> None:
+    """print() on rank 0 only (N processes would print every progress line N times), flushed."""
+    if is_main_process():
+        print(*args, **{"flush": True, **kwargs})
 
 
 def fingerprint(settings: dict, parent: str = "") -> str:
@@ -71,9 +78,10 @@ def new_stage_entry(planned: dict) -> dict:
 class RunState:
     """run.json in memory; `save()` after every change a resumed run must see."""
 
-    def __init__(self, run_dir: Path, data: dict) -> None:
+    def __init__(self, run_dir: Path, data: dict, *, writes: bool = True) -> None:
         self.run_dir = run_dir
         self.data = data
+        self.writes = writes  # rank 0 under torchrun; every rank keeps the same run.json in memory
 
     @classmethod
     def open(cls, run_dir: Path) -> RunState:
@@ -97,6 +105,8 @@ class RunState:
         return self.data.setdefault("members", [])
 
     def save(self) -> None:
+        if not self.writes:
+            return
         atomic_write_text(self.run_dir / RUN_FILE, json.dumps(self.data, indent=2, default=str) + "\n")
 
     def reconcile(self, planned: list[dict]) -> None:
@@ -116,12 +126,12 @@ class RunState:
             reused = self._keep_unchanged_steps(stage, previous)  # also clears leftovers run.json never recorded
             if previous and not announced:
                 words = [STEP_WORDS[step] for step in reused]
-                print(f"the recipe changed at {previous['dir']}: " + (f"reusing its {', '.join(words)}, redoing the "
+                say(f"the recipe changed at {previous['dir']}: " + (f"reusing its {', '.join(words)}, redoing the "
                       "rest of it" if words else "redoing it") + " and every later stage", flush=True)
                 announced = True
             kept.append(new_stage_entry(stage))
         for previous in old.values():
-            print(f"{previous['dir']} is no longer in the recipe: removing it", flush=True)
+            say(f"{previous['dir']} is no longer in the recipe: removing it", flush=True)
             self.remove_stage_folder(previous["dir"])
         self.data["stages"] = kept
 

@@ -17,6 +17,7 @@ from ..arch import get_adapter
 from ..config import DataConfig, ImportanceConfig
 from ..data.cache import load_blocks
 from ..data.checks import check_seq_len
+from ..distill.dist import distributed_session, on_main
 from ..errors import MinitronError, SettingsError
 from ..importance.scores import ImportanceScores
 from ..io import atomic_directory
@@ -74,36 +75,47 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
     loaded_scores = ImportanceScores.load(scores) if scores else None
     if config.target_params is not None:
         list_candidates(model, config)  # an impossible budget fails here, before any weights or data
-    # Candidates are trained briefly: fp32 weights unless --dtype says otherwise (AdamW on bf16 weights stalls).
-    dtype = dtype if dtype not in (None, "auto") else "float32"
-    loaded, tokenizer = load_model(model, dtype=dtype, device=device)
-    check_seq_len(loaded, data.seq_len)
-    get_adapter(loaded)
-    teacher_model = load_model(teacher, dtype=dtype, device=device)[0] if teacher else None
-    if teacher_model is not None:
-        check_seq_len(teacher_model, data.seq_len)
-    if teacher_model is not None and teacher_model.config.vocab_size != loaded.config.vocab_size:
-        raise MinitronError(f"teacher and model vocabularies differ ({teacher_model.config.vocab_size} vs "
-                            f"{loaded.config.vocab_size}): logit distillation needs the same tokenizer")
-    heldout = load_blocks(data.data, tokenizer, data.seq_len, config.heldout_samples, split="heldout",
-                          text_field=data.text_field, allow_fewer=True, chat_template=data.chat_template)
-    train = None
-    if config.distills:
-        blocks = max(math.ceil(config.candidate_tokens / data.seq_len), config.candidate_batch_size)
-        train = load_blocks(data.data, tokenizer, data.seq_len, blocks,
-                            split="train", text_field=data.text_field, allow_fewer=True,
-                            chat_template=data.chat_template)
-    # Everything is written in a staging folder that replaces `out` only once the search is complete.
-    with atomic_directory(out) as staging:
-        if loaded_scores is None:
+    # One process group for the search under torchrun (candidates are distilled data-parallel), each rank
+    # on its own device.
+    with distributed_session(device) as env:
+        device = str(env.device)
+        # Candidates are trained briefly: fp32 weights unless --dtype says otherwise (AdamW on bf16 weights stalls).
+        dtype = dtype if dtype not in (None, "auto") else "float32"
+        loaded, tokenizer = load_model(model, dtype=dtype, device=device)
+        check_seq_len(loaded, data.seq_len)
+        get_adapter(loaded)
+        teacher_model = load_model(teacher, dtype=dtype, device=device)[0] if teacher else None
+        if teacher_model is not None:
+            check_seq_len(teacher_model, data.seq_len)
+        if teacher_model is not None and teacher_model.config.vocab_size != loaded.config.vocab_size:
+            raise MinitronError(f"teacher and model vocabularies differ ({teacher_model.config.vocab_size} vs "
+                                f"{loaded.config.vocab_size}): logit distillation needs the same tokenizer")
+        heldout = load_blocks(data.data, tokenizer, data.seq_len, config.heldout_samples, split="heldout",
+                              text_field=data.text_field, allow_fewer=True, chat_template=data.chat_template)
+        train = None
+        if config.distills:
+            blocks = max(math.ceil(config.candidate_tokens / data.seq_len), config.candidate_batch_size)
+            train = load_blocks(data.data, tokenizer, data.seq_len, blocks,
+                                split="train", text_field=data.text_field, allow_fewer=True,
+                                chat_template=data.chat_template)
+        computed_scores = loaded_scores is None
+        if computed_scores:
             from ..jobs import compute_scores
             loaded_scores = compute_scores(loaded, tokenizer, data, ImportanceConfig(), progress=progress)
-            loaded_scores.save(staging / SCORES_SUBDIR)
         result = search(loaded, tokenizer, loaded_scores, config, heldout=heldout, train=train,
                         teacher=teacher_model, progress=progress, batch_size=data.batch_size)
         payload = {"model": model, "teacher": teacher or model, "scores": scores or str(Path(out) / SCORES_SUBDIR),
                    "data": data.data, "seq_len": data.seq_len, "depth_metric": config.depth_metric,
                    **result.to_dict()}
-        write_outputs(staging, payload)
-    return payload
 
+        def write() -> dict:
+            # Everything is written in a staging folder that replaces `out` only once the search is complete.
+            with atomic_directory(out) as staging:
+                if computed_scores:
+                    loaded_scores.save(staging / SCORES_SUBDIR)
+                write_outputs(staging, payload)
+            return payload
+
+        # Under torchrun every rank searched (candidates are distilled together); rank 0 writes, and its
+        # results are every rank's.
+        return on_main(env, write)

@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from ..config import DistillConfig
-from ..distill.dist import init_distributed
+from ..distill.dist import current_env, init_distributed, on_main
 from ..distill.loop import distill
 from ..errors import MinitronError
 from ..eval import evaluate_loss
@@ -113,20 +113,26 @@ def search(model: nn.Module, tokenizer, scores: ImportanceScores, config: Search
         raise MinitronError("candidate distillation needs training blocks (train=...), or candidate_tokens=0")
     scores.check_matches(model_fingerprint(model))
     device = next(model.parameters()).device
-    budget, shortlisted, counts = plan(model.config, config, device=device, dtype=model.dtype, log=log)
+    # Under torchrun every rank distills the same candidates together: rank 0 plans (it alone measures
+    # latencies) and its losses decide the order, so no rank can pick other candidates than the rest.
+    env = current_env()
+    budget, shortlisted, counts = on_main(env, lambda: plan(model.config, config, device=device, dtype=model.dtype,
+                                                            log=log))
     source = Architecture.of(model.config)
     log(f"{counts['grid']} architectures in the grid, {counts['valid']} valid, {counts['under_budget']} within "
         f"{budget.describe(budget.limit)}; scoring {len(shortlisted)}")
     source_info = {"architecture": source.as_dict(), "params": count_parameters(model).as_dict(),
                    "loss": evaluate_loss(model, heldout, batch_size)["loss"],
                    "latency_ms": budget.source if budget.metric == "latency_ms" else None}
-    rows = _score_pruned(model, scores, shortlisted, source, heldout, config, batch_size, log)
+    scored = _score_pruned(model, scores, shortlisted, source, heldout, config, batch_size, log)
+    rows = on_main(env, lambda: scored)
     by_pruned = sorted(range(len(rows)), key=lambda i: rows[i]["loss_pruned"])
     for rank, index in enumerate(by_pruned, 1):
         rows[index]["rank_pruned"] = rank
     top = by_pruned[:config.top_k] if config.distills else []
     _distill_top(model, teacher if teacher is not None else model, scores, rows, top, train, heldout, config,
                  batch_size, log)
+    rows = on_main(env, lambda: rows)  # rank 0's losses after distillation choose the winner everywhere
     by_distilled = sorted(top, key=lambda i: rows[i]["loss_distilled"])
     for rank, index in enumerate(by_distilled, 1):
         rows[index]["rank_distilled"] = rank
@@ -177,10 +183,12 @@ def _distill_top(model, teacher, scores, rows, top, train, heldout, config: Sear
 def _distill_and_score(model, teacher, scores, row, train, heldout, config: SearchConfig, batch_size, device) -> float:
     """Held-out loss of a fresh prune of this candidate after the short distillation."""
     student = prune(model, scores, row["target"], depth_metric=config.depth_metric).requires_grad_(True)
-    # Validation inside the loop is only its last step's; one block keeps it cheap (scored below instead).
-    settings = _candidate_distill_config(config, train.shape[1], 1)
+    # Validation inside the loop is only its last step's; one block per process keeps it cheap (scored below
+    # instead), and gives every process the same number of forward passes.
     env = init_distributed(str(device))
-    student = distill(student, teacher, train, heldout[:1], settings, kept_layers=row["kept_layers"], env=env)
+    settings = _candidate_distill_config(config, train.shape[1], env.world_size)
+    student = distill(student, teacher, train, heldout[:env.world_size], settings, kept_layers=row["kept_layers"],
+                      env=env)
     loss = evaluate_loss(student, heldout, batch_size)["loss"]
     del student
     return loss
