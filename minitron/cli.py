@@ -150,12 +150,19 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
     return subcommands.choices[command]
 
 
-def _model_options(parser: argparse.ArgumentParser, required: bool = True, help: str = "") -> None:
+def _model_options(parser: argparse.ArgumentParser, required: bool = True, help: str = "",
+                   forward_only: bool = False) -> None:
     parser.add_argument("--model", required=required, default=None,
                         help="Hub id, local folder, .gguf file, or builtin:smollm2-135m." + help)
-    parser.add_argument("--dtype", default="auto", help="Weights to load and compute in: auto (default: the "
-                        "checkpoint's dtype; GGUF: float32), float32, bfloat16 or float16.")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+    auto = "bfloat16 on a GPU, else the checkpoint's dtype" if forward_only else "the checkpoint's dtype"
+    parser.add_argument("--dtype", default="auto", help=f"Weights to load and compute in: auto (default: {auto}; "
+                        "GGUF: float32), float32, bfloat16 or float16.")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; "
+                        "under torchrun each process's own GPU).")
+    if forward_only:
+        parser.add_argument("--device-map", default=None, choices=["auto"],
+                            help="auto: spread one model over every GPU (accelerate), for models bigger than one "
+                            "device; one process, not under torchrun (default: the whole model on --device).")
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -198,8 +205,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="Folder for scores, pruned models and the table.")
     demo.add_argument("--quick", action="store_true", help="Fewer samples: a smoke run of a few minutes.")
 
-    importance = commands.add_parser("importance", help="Score neurons, heads, channels and layers; save them.")
-    _model_options(importance)
+    importance = commands.add_parser("importance", help="Score neurons, heads, channels and layers; save them "
+                                     "(data-parallel under torchrun).")
+    _model_options(importance, forward_only=True)
     importance.add_argument("--out", required=True, help="Folder to write the scores to.")
     importance.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
     add_dataclass_arguments(importance, DataConfig)
@@ -248,8 +256,9 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", help="Hub id, local folder, config.json, .gguf file or builtin:NAME.")
     inspect.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
 
-    evaluate = commands.add_parser("eval", help="Held-out loss and perplexity on a data spec.")
-    _model_options(evaluate)
+    evaluate = commands.add_parser("eval", help="Held-out loss and perplexity on a data spec (data-parallel "
+                                   "under torchrun).")
+    _model_options(evaluate, forward_only=True)
     evaluate.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
     evaluate.add_argument("--tasks", default=None, help="Comma-separated lm-eval harness tasks (needs lm-eval).")
     evaluate.add_argument("--limit", type=int, default=None, help="Examples per lm-eval task (for quick checks).")
@@ -312,6 +321,11 @@ def _tokenize(args: argparse.Namespace) -> None:
     print(f"prepared data written to {args.out}: {sizes} ({shards.manifest['seconds']} s); use --data {args.out}")
 
 
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (and any plain process): the one that prints results."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     from . import jobs
     if getattr(args, "cache_dir", None):  # read by every data path, in this process and its children
@@ -322,8 +336,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         run_demo(args.out, quick=args.quick)
     elif args.command == "importance":
         out = jobs.run_importance(args.model, args.out, from_args(DataConfig, args), from_args(ImportanceConfig, args),
-                                  dtype=args.dtype, device=args.device, overwrite=args.overwrite)
-        print(f"scores written to {out}")
+                                  dtype=args.dtype, device=args.device, overwrite=args.overwrite,
+                                  device_map=args.device_map)
+        if _is_main_process():
+            print(f"scores written to {out}")
     elif args.command == "prune":
         if args.from_search:
             from .search.commands import prune_args_from_search
@@ -367,7 +383,9 @@ def _dispatch(args: argparse.Namespace) -> None:
             _print_table([*info.items(), *((f"params {k}", v) for k, v in params.items())])
     elif args.command == "eval":
         result = jobs.run_eval(args.model, from_args(DataConfig, args), args.split, dtype=args.dtype,
-                               device=args.device)
+                               device=args.device, device_map=args.device_map)
+        if not _is_main_process():
+            return
         if args.tasks:
             result["lm_eval"] = jobs.run_lm_eval(args.model, args.tasks, batch_size=args.batch_size,
                                                  limit=args.limit, device=args.device)["tasks"]
