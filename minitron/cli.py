@@ -27,6 +27,7 @@ import types
 import typing
 
 from .cliparse import Parser, package_version
+from .dryrun import add_fit_options, layout_from_args
 from .config import TEACHER_ONLY, DataConfig, DistillConfig, ImportanceConfig, TargetConfig
 from .errors import MinitronError
 from .search.config import GUIDE as SEARCH_GUIDE
@@ -224,7 +225,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="Layer score used when --num-hidden-layers shrinks: lm_loss (default when the scores "
                             "have it) or block_influence.")
     prune.add_argument("--out", help="Folder for the pruned model.")
-    prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
+    prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size, and the "
+                       "memory per process of importance, pruning, distillation and eval (see --nproc); load nothing.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
     _save_dtype_option(prune)
     add_dataclass_arguments(prune, TargetConfig)
@@ -281,9 +283,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="Recipe file, e.g. recipes/smollm2-cpu.yaml.")
     run.add_argument("--out", default=None, help="Run folder (default: runs/<recipe name>).")
     run.add_argument("--overwrite", action="store_true", help="Start again; the previous run is replaced once the new one is complete.")
-    run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size only.")
+    run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size, and what each "
+                     "process would hold per stage (see --nproc); nothing is loaded but configs.")
+    run.add_argument("--teacher-config", default=None, metavar="CONFIG_JSON", help="With --dry-run: the teacher's "
+                     "config.json (offline; default: the recipe's teacher, from its folder or the Hub).")
     run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
 
+    for command in (prune, run):
+        add_fit_options(command)
     for command in (importance, distill, finetune, evaluate, search, run):
         command.add_argument("--cache-dir", default=None, help="Where data specs are tokenized once and reused "
                              "(default: $MINITRON_DATA_CACHE, else ~/.cache/minitron/tokens).")
@@ -354,7 +361,11 @@ def _dispatch(args: argparse.Namespace) -> None:
                                 depth_metric=args.depth_metric, dry_run=args.dry_run, dtype=args.dtype,
                                 device=args.device, overwrite=args.overwrite, save_dtype=args.save_dtype)
         if args.dry_run:
+            from .dryrun import describe_prune_memory
             _print_dry_run(result)
+            print()
+            print(describe_prune_memory(result, layout_from_args(args), micro_batch_size=args.dry_micro_batch,
+                                        seq_len=args.dry_seq_len))
         else:
             print(f"pruned model written to {args.out}: {result['params_after']['total']:,} parameters "
                   f"({result['params_after']['total'] / result['params_before']['total']:.1%} of the source)")
@@ -396,7 +407,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif args.command == "run":
         from .recipe import runner
         if args.dry_run:
-            print(runner.describe_plan(args.recipe))
+            from .dryrun import describe_recipe_memory
+            print(describe_recipe_memory(args.recipe, layout_from_args(args), teacher_config=args.teacher_config,
+                                         micro_batch_size=args.dry_micro_batch, seq_len=args.dry_seq_len))
         else:
             print(runner.format_members(runner.run_recipe(args.recipe, args.out, overwrite=args.overwrite,
                                                           device=args.device)))

@@ -120,7 +120,8 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
     The pruned model is saved in `save_dtype`, by default the source checkpoint's dtype.
     """
     if dry_run:
-        return describe_pruning(load_config(model), target)
+        source_config = load_config(model)
+        return {**describe_pruning(source_config, target), "source_config": source_config}
     if out is None:
         raise SettingsError("--out is required (or pass --dry-run)")
     require_text(model, "--model")
