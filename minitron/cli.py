@@ -29,6 +29,7 @@ import types
 import typing
 
 from .cliparse import Parser, package_version
+from .dryrun import add_fit_options, layout_from_args
 from .config import (CHAT_TEMPLATE_HELP, TEACHER_ONLY, TEXT_FIELD_HELP, DataConfig, DistillConfig, ImportanceConfig,
                      TargetConfig)
 from .errors import MinitronError
@@ -153,12 +154,19 @@ def _command_parser(command: str) -> argparse.ArgumentParser:
     return subcommands.choices[command]
 
 
-def _model_options(parser: argparse.ArgumentParser, required: bool = True, help: str = "") -> None:
+def _model_options(parser: argparse.ArgumentParser, required: bool = True, help: str = "",
+                   forward_only: bool = False) -> None:
     parser.add_argument("--model", required=required, default=None,
                         help="Hub id, local folder, .gguf file, or builtin:smollm2-135m." + help)
-    parser.add_argument("--dtype", default="auto", help="Weights to load and compute in: auto (default: the "
-                        "checkpoint's dtype; GGUF: float32), float32, bfloat16 or float16.")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+    auto = "bfloat16 on a GPU, else the checkpoint's dtype" if forward_only else "the checkpoint's dtype"
+    parser.add_argument("--dtype", default="auto", help=f"Weights to load and compute in: auto (default: {auto}; "
+                        "GGUF: float32), float32, bfloat16 or float16.")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available; "
+                        "under torchrun each process's own GPU).")
+    if forward_only:
+        parser.add_argument("--device-map", default=None, choices=["auto"],
+                            help="auto: spread one model over every GPU (accelerate), for models bigger than one "
+                            "device; one process, not under torchrun (default: the whole model on --device).")
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -216,8 +224,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="Fewer samples: a smoke run of a few minutes.")
     _hub_options(demo, per_stage=True)
 
-    importance = commands.add_parser("importance", help="Score neurons, heads, channels and layers; save them.")
-    _model_options(importance)
+    importance = commands.add_parser("importance", help="Score neurons, heads, channels and layers; save them "
+                                     "(data-parallel under torchrun).")
+    _model_options(importance, forward_only=True)
     importance.add_argument("--out", required=True, help="Folder to write the scores to.")
     importance.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
     add_dataclass_arguments(importance, DataConfig)
@@ -234,7 +243,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="Layer score used when --num-hidden-layers shrinks: lm_loss (default when the scores "
                             "have it) or block_influence.")
     prune.add_argument("--out", help="Folder for the pruned model.")
-    prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
+    prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size, and the "
+                       "memory per process of importance, pruning, distillation and eval (see --nproc); load nothing.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
     _save_dtype_option(prune)
     _hub_options(prune)
@@ -269,8 +279,9 @@ def _build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", help="Hub id, local folder, config.json, .gguf file or builtin:NAME.")
     inspect.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
 
-    evaluate = commands.add_parser("eval", help="Held-out loss and perplexity on a data spec.")
-    _model_options(evaluate)
+    evaluate = commands.add_parser("eval", help="Held-out loss and perplexity on a data spec (data-parallel "
+                                   "under torchrun).")
+    _model_options(evaluate, forward_only=True)
     evaluate.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
     evaluate.add_argument("--tasks", default=None, help="Comma-separated lm-eval harness tasks (needs lm-eval).")
     evaluate.add_argument("--limit", type=int, default=None, help="Examples per lm-eval task (for quick checks).")
@@ -293,10 +304,15 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="Recipe file, e.g. recipes/smollm2-cpu.yaml.")
     run.add_argument("--out", default=None, help="Run folder (default: runs/<recipe name>).")
     run.add_argument("--overwrite", action="store_true", help="Start again; the previous run is replaced once the new one is complete.")
-    run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size only.")
+    run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size, and what each "
+                     "process would hold per stage (see --nproc); nothing is loaded but configs.")
+    run.add_argument("--teacher-config", default=None, metavar="CONFIG_JSON", help="With --dry-run: the teacher's "
+                     "config.json (offline; default: the recipe's teacher, from its folder or the Hub).")
     run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")
     _hub_options(run, per_stage=True)
 
+    for command in (prune, run):
+        add_fit_options(command)
     for command in (importance, distill, finetune, evaluate, search, run):
         command.add_argument("--cache-dir", default=None, help="Where data specs are tokenized once and reused "
                              "(default: $MINITRON_DATA_CACHE, else ~/.cache/minitron/tokens).")
@@ -336,6 +352,11 @@ def _tokenize(args: argparse.Namespace) -> None:
     print(f"prepared data written to {args.out}: {sizes} ({shards.manifest['seconds']} s); use --data {args.out}")
 
 
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (and any plain process): the one that prints results."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _dispatch(args: argparse.Namespace) -> None:
     from . import jobs
     from .hub import check_command_push, push_command_output
@@ -350,8 +371,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         push_command_output(args)
     elif args.command == "importance":
         out = jobs.run_importance(args.model, args.out, from_args(DataConfig, args), from_args(ImportanceConfig, args),
-                                  dtype=args.dtype, device=args.device, overwrite=args.overwrite)
-        print(f"scores written to {out}")
+                                  dtype=args.dtype, device=args.device, overwrite=args.overwrite,
+                                  device_map=args.device_map)
+        if _is_main_process():
+            print(f"scores written to {out}")
     elif args.command == "prune":
         if args.from_search:
             from .search.commands import prune_args_from_search
@@ -366,7 +389,11 @@ def _dispatch(args: argparse.Namespace) -> None:
                                 depth_metric=args.depth_metric, dry_run=args.dry_run, dtype=args.dtype,
                                 device=args.device, overwrite=args.overwrite, save_dtype=args.save_dtype)
         if args.dry_run:
+            from .dryrun import describe_prune_memory
             _print_dry_run(result)
+            print()
+            print(describe_prune_memory(result, layout_from_args(args), micro_batch_size=args.dry_micro_batch,
+                                        seq_len=args.dry_seq_len))
         else:
             print(f"pruned model written to {args.out}: {result['params_after']['total']:,} parameters "
                   f"({result['params_after']['total'] / result['params_before']['total']:.1%} of the source)")
@@ -400,7 +427,9 @@ def _dispatch(args: argparse.Namespace) -> None:
             _print_table([*info.items(), *((f"params {k}", v) for k, v in params.items())])
     elif args.command == "eval":
         result = jobs.run_eval(args.model, from_args(DataConfig, args), args.split, dtype=args.dtype,
-                               device=args.device)
+                               device=args.device, device_map=args.device_map)
+        if not _is_main_process():
+            return
         if args.tasks:
             result["lm_eval"] = jobs.run_lm_eval(args.model, args.tasks, batch_size=args.batch_size,
                                                  limit=args.limit, device=args.device)["tasks"]
@@ -411,7 +440,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif args.command == "run":
         from .recipe import runner
         if args.dry_run:
-            print(runner.describe_plan(args.recipe))
+            from .dryrun import describe_recipe_memory
+            print(describe_recipe_memory(args.recipe, layout_from_args(args), teacher_config=args.teacher_config,
+                                         micro_batch_size=args.dry_micro_batch, seq_len=args.dry_seq_len))
         else:
             members = runner.format_members(runner.run_recipe(args.recipe, args.out, overwrite=args.overwrite,
                                                               device=args.device))

@@ -6,8 +6,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
+from typing import Iterator
+
+import torch
 
 from transformers import AutoConfig
 
@@ -16,30 +20,64 @@ from .config import DataConfig, ImportanceConfig
 from .data import iter_batches
 from .data.cache import load_blocks
 from .data.checks import check_data, check_seq_len
+from .distill.dist import DistEnv, barrier, distributed_session
 from .errors import MinitronError, ModelLoadError, SettingsError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
 from .importance import ImportanceScores, estimate_importance, magnitude_scores, random_scores
-from .loading import check_output_folder, load_model, locate_model, save_checkpoint
+from .loading import check_output_folder, load_model, locate_model, resolve_device, save_checkpoint
 from .outputs import require_text
 from .params import count_parameters, count_parameters_from_config
-from .verbosity import is_main_process
 from .prune import describe_pruning, prune, resolve_target
 
 
+@contextlib.contextmanager
+def process_group(device: str | None = None) -> Iterator[DistEnv]:
+    """torchrun's process group for a data-parallel stage (world size 1 without torchrun). Closed on
+    exit only when this call started it: a caller that holds one for a whole run keeps it."""
+    resolve_device(device)  # an unknown device, or cuda on a machine without one, is a clear error
+    with distributed_session(device) as env:
+        yield env
+
+
+def forward_dtype(dtype: str | None, device: torch.device) -> str | None:
+    """Importance and eval compute in bf16 on a GPU unless told otherwise (--dtype); elsewhere "auto"
+    keeps the checkpoint's dtype (GGUF: float32). Reductions and losses accumulate in fp32 or fp64."""
+    return "bfloat16" if dtype in (None, "auto") and device.type == "cuda" else dtype
+
+
+def load_for_forward(model: str, env: DistEnv, *, dtype: str | None, device_map: str | None):
+    """(model, tokenizer) for a forward-only stage: on this rank's device, or over every GPU with
+    device_map "auto" (one process only: each rank would claim all GPUs)."""
+    if device_map is not None and env.distributed:
+        raise SettingsError("--device-map auto spreads one model over every GPU of the machine: run it as one "
+                            "process (without torchrun), or drop --device-map to run data-parallel")
+    return load_model(model, dtype=forward_dtype(dtype, env.device), device=str(env.device), device_map=device_map)
+
+
+def _load_blocks_rank0_first(env: DistEnv, *args, **kwargs):
+    """Rank 0 tokenizes into the shared cache while the others wait, then they read it from there."""
+    blocks = load_blocks(*args, **kwargs) if env.is_main else None
+    barrier(env)
+    return blocks if env.is_main else load_blocks(*args, **kwargs)
+
+
 def compute_scores(model, tokenizer, data: DataConfig, settings: ImportanceConfig,
-                   progress: bool = True) -> ImportanceScores:
+                   progress: bool = True, env: DistEnv | None = None) -> ImportanceScores:
+    """Scores of `model` by `settings.criterion`; with `env` (torchrun), activation importance runs
+    data-parallel and every rank returns the same scores."""
     if settings.criterion == "magnitude":
         return magnitude_scores(model)
     if settings.criterion == "random":
         return random_scores(model, settings.seed)
-    blocks = load_blocks(data.data, tokenizer, data.seq_len, data.samples, split="train",
-                         text_field=data.text_field, chat_template=data.chat_template)
+    env = env or DistEnv(rank=0, world_size=1, local_rank=0, device=next(model.parameters()).device)
+    blocks = _load_blocks_rank0_first(env, data.data, tokenizer, data.seq_len, data.samples, split="train",
+                                      text_field=data.text_field, chat_template=data.chat_template)
     layer_loss_batches = -(-settings.layer_loss_samples // data.batch_size)
     return estimate_importance(
         model, list(iter_batches(blocks, data.batch_size)), seq_reduction=settings.seq_reduction,
         batch_reduction=settings.batch_reduction, layer_loss_batches=layer_loss_batches, progress=progress,
-        meta={"model": model.config._name_or_path, "data": data.data, "seq_len": data.seq_len})
+        meta={"model": model.config._name_or_path, "data": data.data, "seq_len": data.seq_len}, env=env)
 
 
 def check_data_config(model: str, data: DataConfig) -> None:
@@ -50,22 +88,29 @@ def check_data_config(model: str, data: DataConfig) -> None:
 
 def run_importance(model: str, out: str, data: DataConfig | None = None,
                    settings: ImportanceConfig | None = None, *, dtype: str | None = None,
-                   device: str | None = None, overwrite: bool = False) -> Path:
-    """Estimate importance on calibration data and save the scores folder `out`."""
+                   device: str | None = None, overwrite: bool = False, device_map: str | None = None) -> Path:
+    """Estimate importance on calibration data and save the scores folder `out`.
+
+    Under torchrun each rank scores its share of the batches, the sums are all-reduced and rank 0
+    alone writes `out` (the others wait for it). device_map "auto": one model over every GPU.
+    """
     data, settings = data or DataConfig(), settings or ImportanceConfig()
     require_text(model, "--model")
     check_output_folder(out, overwrite, inputs=[model, data.data])
     check_data_config(model, data)
-    loaded, tokenizer = load_model(model, dtype=dtype, device=device)
-    check_seq_len(loaded, data.seq_len)
-    get_adapter(loaded)  # importance reads family-specific modules: "not supported yet" before any work
-    start = time.perf_counter()
-    scores = compute_scores(loaded, tokenizer, data, settings)
-    scores.meta["seconds"] = round(time.perf_counter() - start, 2)
-    scores.meta["architecture"] = architecture_summary(loaded.config)
-    if not is_main_process():
-        return Path(out)  # under torchrun every rank computes the scores and rank 0 writes them
-    return scores.save(out)
+    with process_group(device) as env:
+        loaded, tokenizer = load_for_forward(model, env, dtype=dtype, device_map=device_map)
+        check_seq_len(loaded, data.seq_len)
+        get_adapter(loaded)  # importance reads family-specific modules: "not supported yet" before any work
+        start = time.perf_counter()
+        scores = compute_scores(loaded, tokenizer, data, settings, progress=env.is_main, env=env)
+        scores.meta["seconds"] = round(time.perf_counter() - start, 2)
+        scores.meta["architecture"] = architecture_summary(loaded.config)
+        scores.meta["processes"] = env.world_size
+        if env.is_main:
+            scores.save(out)
+        barrier(env)
+    return Path(out)
 
 
 def run_prune(model: str, out: str | None, target: dict, *, scores: str | None = None,
@@ -78,7 +123,8 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
     The pruned model is saved in `save_dtype`, by default the source checkpoint's dtype.
     """
     if dry_run:
-        return describe_pruning(load_config(model), target)
+        source_config = load_config(model)
+        return {**describe_pruning(source_config, target), "source_config": source_config}
     if out is None:
         raise SettingsError("--out is required (or pass --dry-run)")
     require_text(model, "--model")
@@ -136,17 +182,24 @@ def inspect_model(model: str) -> dict:
 
 
 def run_eval(model: str, data: DataConfig | None = None, split: str = "heldout", *,
-             dtype: str | None = None, device: str | None = None) -> dict:
-    """Held-out loss, perplexity and token count of `model` on `data`."""
+             dtype: str | None = None, device: str | None = None, device_map: str | None = None) -> dict:
+    """Held-out loss, perplexity and token count of `model` on `data`.
+
+    Under torchrun each rank evaluates its share of the batches and every rank returns the loss over
+    all of them; device_map "auto": one model over every GPU.
+    """
     data = data or DataConfig(samples=64, seq_len=512)
     require_text(model, "--model")
     check_data_config(model, data)
-    loaded, tokenizer = load_model(model, dtype=dtype, device=device)
-    check_seq_len(loaded, data.seq_len)
-    blocks = load_blocks(data.data, tokenizer, data.seq_len, data.samples, split=split,
-                         text_field=data.text_field, chat_template=data.chat_template)
-    return {"model": model, "data": data.data, "split": split,
-            **evaluate_loss(loaded, blocks, data.batch_size, progress=True)}
+    with process_group(device) as env:
+        loaded, tokenizer = load_for_forward(model, env, dtype=dtype, device_map=device_map)
+        check_seq_len(loaded, data.seq_len)
+        blocks = _load_blocks_rank0_first(env, data.data, tokenizer, data.seq_len, data.samples, split=split,
+                                          text_field=data.text_field,
+                                          chat_template=data.chat_template)
+        result = evaluate_loss(loaded, blocks, data.batch_size, progress=env.is_main, env=env)
+    return {"model": model, "data": data.data, "split": split, "dtype": str(loaded.dtype).removeprefix("torch."),
+            "processes": env.world_size, **result}
 
 
 def run_lm_eval(model: str, tasks: str, *, batch_size: int = 8, limit: int | None = None,

@@ -141,7 +141,8 @@ def _without_quantization_config(model: nn.Module) -> None:
 
 
 def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None = None,
-               device: str | None = None, attn_implementation: str | None = None):
+               device: str | None = None, attn_implementation: str | None = None,
+               device_map: str | None = None):
     """Load a causal LM and its tokenizer from a hub id, a local folder, a `.gguf` file or `builtin:NAME`.
 
     dtype: None or "auto" keeps the checkpoint's dtype, as transformers does; GGUF weights are
@@ -149,6 +150,8 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     other. The checkpoint's own dtype is remembered (`source_dtype`): `save_checkpoint` writes it back
     even when the weights were loaded or trained in fp32. Any causal LM loads; the stages that need a
     family adapter (importance, pruning, hidden-state losses) ask for it themselves.
+    device_map: "auto" spreads the layers over every GPU (accelerate, through `from_pretrained`) for
+    models bigger than one device; with `device` "cpu" (or no GPU) everything lands on the CPU.
     """
     spec = require_text(spec, "the model spec")
     location, gguf_file = locate_model(spec)
@@ -162,6 +165,8 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
         kwargs["gguf_file"] = gguf_file
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = _device_map_for(device_map, device)
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
@@ -172,7 +177,29 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     if gguf_file and spec.startswith("builtin:"):
         _cache_builtin(model, tokenizer, spec.split(":", 1)[1])
     model.config._name_or_path = spec
+    if device_map is not None:
+        _check_nothing_offloaded(model, spec)
+        return model.eval(), tokenizer
     return model.to(resolve_device(device)).eval(), tokenizer
+
+
+DEVICE_MAPS = ("auto",)
+
+
+def _device_map_for(device_map: str, device: str | None) -> str:
+    if device_map not in DEVICE_MAPS:
+        raise SettingsError(f"unknown --device-map {device_map!r}; use auto (every GPU, as accelerate places it)")
+    # --device cpu on a GPU machine means the CPU; without a GPU accelerate itself maps "auto" to the CPU.
+    return "cpu" if resolve_device(device).type == "cpu" and torch.cuda.is_available() else device_map
+
+
+def _check_nothing_offloaded(model: nn.Module, spec: str) -> None:
+    """accelerate offloads what the GPUs cannot hold to CPU or disk, leaving meta tensors in the modules,
+    which importance hooks cannot read: refuse rather than fail mid-way."""
+    offloaded = sorted({device for device in getattr(model, "hf_device_map", {}).values() if device in ("cpu", "disk")})
+    if offloaded and any(p.device.type == "meta" for p in model.parameters()):
+        raise ModelLoadError(f"{spec} does not fit in the GPUs' memory: --device-map auto offloaded parts to "
+                             f"{' and '.join(offloaded)}; use more GPUs or a smaller --dtype")
 
 
 def _checkpoint_dtype(spec: str, location: str) -> torch.dtype | None:

@@ -35,9 +35,13 @@ def reduce_sequence(activations: torch.Tensor, how: str, mask: torch.Tensor | No
 
 
 class BatchAccumulator:
-    """Accumulates per-sample scores (batch, channels) and reduces them over every sample seen."""
+    """Accumulates per-sample scores (batch, channels) and reduces them over every sample seen.
 
-    def __init__(self) -> None:
+    `size` (channels) lets a rank that saw no sample still take part in an all-reduce (`sums`).
+    """
+
+    def __init__(self, size: int | None = None) -> None:
+        self.size = size
         self.total: torch.Tensor | None = None
         self.total_squares: torch.Tensor | None = None
         self.count = 0
@@ -50,6 +54,21 @@ class BatchAccumulator:
         self.total += per_sample.sum(dim=0)
         self.total_squares += (per_sample * per_sample).sum(dim=0)
         self.count += per_sample.shape[0]
+
+    def sums(self) -> torch.Tensor:
+        """(2 * channels + 1,) float64 on the CPU: sum, sum of squares, count (zeros before any update)."""
+        if self.total is None:
+            if self.size is None:
+                raise ValueError("an accumulator without a size has no sums before its first update")
+            return torch.zeros(2 * self.size + 1, dtype=torch.float64)
+        count = torch.tensor([float(self.count)], dtype=torch.float64)
+        return torch.cat([self.total.cpu(), self.total_squares.cpu(), count])
+
+    def load_sums(self, sums: torch.Tensor) -> None:
+        """Replace the running sums by `sums` (the layout of `sums()`, e.g. summed over ranks)."""
+        channels = (len(sums) - 1) // 2
+        self.total, self.total_squares = sums[:channels].clone(), sums[channels:2 * channels].clone()
+        self.count = int(round(float(sums[-1])))
 
     def result(self, how: str) -> torch.Tensor:
         if self.total is None:

@@ -8,7 +8,8 @@ from torch import nn
 
 from ..arch import get_adapter
 from ..errors import MinitronError
-from ..eval.loss import position_ids_from_mask
+from ..distill.dist import DistEnv
+from ..eval.loss import position_ids_from_mask, reduce_sums
 from ..fingerprint import model_fingerprint
 from .aggregate import REDUCTIONS
 from .depth import layer_loss_increase
@@ -46,6 +47,7 @@ def estimate_importance(
     layer_loss_batches: int = 0,
     progress: bool = True,
     meta: dict | None = None,
+    env: DistEnv | None = None,
 ) -> ImportanceScores:
     """Score every MLP neuron, attention head, hidden channel and layer of `model`.
 
@@ -54,6 +56,9 @@ def estimate_importance(
         L2 over the batch). Accumulated on the fly: memory does not grow with the number of samples.
     layer_loss_batches: also score layers by the LM-loss increase when each is skipped, on the first
         N batches (costs num_layers extra forwards per batch; 0 = Block Influence only).
+    env: under torchrun (`init_distributed()`), data-parallel: every rank is given the same `batches`,
+        runs every world_size-th one, and the sums are all-reduced; each rank returns the scores one
+        process would compute over all of them (equal to float rounding).
     """
     for name, value in (("seq_reduction", seq_reduction), ("batch_reduction", batch_reduction)):
         if value not in REDUCTIONS:
@@ -66,10 +71,15 @@ def estimate_importance(
     model.eval()
     collector = ActivationCollector(model, adapter, seq_reduction, head_dim)
     kept_for_loss: list[dict] = []
-    samples = tokens = 0
+    samples = tokens = loss_samples = 0
+    rank, world_size = (env.rank, env.world_size) if env is not None else (0, 1)
+    progress = progress and rank == 0
     try:
         total = len(batches) if hasattr(batches, "__len__") else None
-        for raw in progress_bar(batches, enabled=progress, total=total, desc="importance", unit="batch"):
+        for index, raw in enumerate(progress_bar(batches, enabled=progress, total=total, desc="importance",
+                                                 unit="batch")):
+            if index % world_size != rank:
+                continue  # another rank's batch
             batch = as_batch_dict(raw, device)
             mask = batch["attention_mask"]
             num_tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
@@ -79,19 +89,24 @@ def estimate_importance(
             collector.end_batch()
             samples += batch["input_ids"].shape[0]
             tokens += num_tokens
-            if len(kept_for_loss) < layer_loss_batches:
+            if index < layer_loss_batches:  # the first N batches overall, each on the rank that ran it
                 kept_for_loss.append(batch)
+                loss_samples += batch["input_ids"].shape[0]
     finally:
         collector.remove()
+    collector.all_reduce_(env)
+    own_samples = [samples if index == rank else 0 for index in range(world_size)]
+    samples, tokens, loss_samples, *per_process = (int(v) for v in reduce_sums(
+        [samples, tokens, loss_samples, *own_samples], env))
     if samples == 0:
         raise MinitronError("no calibration batches were given")
     layers = {"block_influence": collector.block_influence()}
-    if kept_for_loss:
-        layers["lm_loss"] = layer_loss_increase(model, adapter, kept_for_loss, progress)
+    if loss_samples:  # every rank takes part, with or without batches of its own
+        layers["lm_loss"] = layer_loss_increase(model, adapter, kept_for_loss, progress, env)
     model.train(was_training)
     settings = {"criterion": "activation", "seq_reduction": seq_reduction, "batch_reduction": batch_reduction,
-                "num_samples": samples, "num_tokens": tokens,
-                "layer_loss_samples": sum(b["input_ids"].shape[0] for b in kept_for_loss)}
+                "num_samples": samples, "num_tokens": tokens, "layer_loss_samples": loss_samples,
+                "samples_per_process": per_process}
     return ImportanceScores(
         hidden=collector.hidden.result(batch_reduction),
         neurons=[acc.result(batch_reduction) for acc in collector.neurons],

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..arch.base import ArchAdapter
-from ..eval.loss import mean_lm_loss
+from ..eval.loss import lm_loss_sum, reduce_sums
 from ..verbosity import progress_bar
 
 
@@ -43,12 +43,19 @@ def layers_skipped(model: nn.Module, adapter: ArchAdapter, indices: Sequence[int
 
 
 def layer_loss_increase(model: nn.Module, adapter: ArchAdapter, batches: Sequence[dict],
-                        progress: bool = True) -> torch.Tensor:
-    """(num_layers,) LM-loss increase when each layer alone is skipped; higher = more important."""
-    baseline, _ = mean_lm_loss(model, batches)
-    num_layers = len(adapter.layers(model))
-    increases = torch.zeros(num_layers)
-    for index in progress_bar(range(num_layers), enabled=progress, desc="layer-skip loss", leave=False):
+                        progress: bool = True, env=None) -> torch.Tensor:
+    """(num_layers,) LM-loss increase when each layer alone is skipped; higher = more important.
+
+    env (a `DistEnv`): `batches` are this rank's share; the loss sums are all-reduced (one call), so
+    every rank returns what one process would over all ranks' batches. Losses are chunked through the
+    LM head (`eval.loss`): no (tokens x vocabulary) logits.
+    """
+    baseline_sum, tokens = lm_loss_sum(model, batches)
+    skipped_sums = []
+    for index in progress_bar(range(len(adapter.layers(model))), enabled=progress, desc="layer-skip loss",
+                              leave=False):
         with layers_skipped(model, adapter, [index]):
-            increases[index] = mean_lm_loss(model, batches)[0] - baseline
-    return increases
+            skipped_sums.append(lm_loss_sum(model, batches)[0])
+    *sums, tokens = reduce_sums([baseline_sum, *skipped_sums, tokens], env)
+    means = torch.tensor(sums, dtype=torch.float64) / max(tokens, 1)
+    return (means[1:] - means[0]).float()

@@ -29,9 +29,12 @@ class ActivationCollector:
         self.head_dim = head_dim
         self.layers = adapter.layers(model)
         num_layers = len(self.layers)
-        self.neurons = [BatchAccumulator() for _ in range(num_layers)]
-        self.heads = [BatchAccumulator() for _ in range(num_layers)]
-        self.hidden = BatchAccumulator()
+        # Sized up front (shapes are known even on the meta device): a rank with no batch still reduces.
+        self.neurons = [BatchAccumulator(layer.get_submodule(adapter.mlp_down_proj).weight.shape[1])
+                        for layer in self.layers]
+        self.heads = [BatchAccumulator(layer.get_submodule(adapter.attn_out_proj).weight.shape[1] // head_dim)
+                      for layer in self.layers]
+        self.hidden = BatchAccumulator(model.config.hidden_size)
         self.influence_sum = torch.zeros(num_layers, dtype=torch.float64)
         self.influence_tokens = 0.0
         self._mask: torch.Tensor | None = None
@@ -106,6 +109,20 @@ class ActivationCollector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def all_reduce_(self, env) -> None:
+        """Sum every accumulator over the ranks of `env` (a `DistEnv`) in one float64 all-reduce, so
+        each rank ends with the sums one process would have over all ranks' batches."""
+        if env is None or not env.distributed:
+            return
+        from ..distill.dist import all_reduce_sum
+        accumulators = [self.hidden, *self.neurons, *self.heads]
+        parts = [accumulator.sums() for accumulator in accumulators]
+        parts += [self.influence_sum, torch.tensor([self.influence_tokens], dtype=torch.float64)]
+        pieces = all_reduce_sum(torch.cat(parts), env).cpu().split([len(part) for part in parts])
+        for accumulator, piece in zip(accumulators, pieces):
+            accumulator.load_sums(piece)
+        self.influence_sum, self.influence_tokens = pieces[-2].clone(), float(pieces[-1])
 
     def block_influence(self) -> torch.Tensor:
         return (self.influence_sum / max(self.influence_tokens, 1.0)).float()

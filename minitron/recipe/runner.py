@@ -24,7 +24,6 @@ from pathlib import Path
 import yaml
 
 from ..data.checks import check_data, check_seq_len
-from ..data.sources import require_local_data
 from ..distill.dist import DistEnv, distributed_session, on_main
 from ..errors import SettingsError
 from ..io import atomic_write_text, replace_directory

@@ -16,7 +16,7 @@ from ..distill.dist import DistEnv, barrier, on_main
 from ..errors import MinitronError, ScoresError
 from ..eval import evaluate_loss
 from ..importance import ImportanceScores
-from ..jobs import run_importance, run_prune
+from ..jobs import forward_dtype, run_importance, run_prune
 from ..loading import load_model
 from ..params import count_parameters
 from .schema import Recipe, Stage
@@ -133,10 +133,11 @@ def evaluate_member(name: str, model_spec: str, shown: str, recipe: Recipe, held
 
     `heldout` may be None: the blocks are then made with this member's tokenizer and returned.
     """
-    model, tokenizer = load_model(model_spec, device=device)
+    # bf16 on GPUs as `minitron eval` does; each rank scores its share of the blocks (sums all-reduced).
+    model, tokenizer = load_model(model_spec, device=device, dtype=forward_dtype(None, env.device))
     if heldout is None:
         heldout = heldout_blocks(recipe, tokenizer)
-    metrics = evaluate_loss(model, heldout, recipe.eval.batch_size, progress=True)
+    metrics = evaluate_loss(model, heldout, recipe.eval.batch_size, progress=env.is_main, env=env)
     member = {"name": name, "model": shown, "params": count_parameters(model).as_dict(),
               "heldout_loss": metrics["loss"], "perplexity": metrics["perplexity"],
               "heldout_tokens": metrics["tokens"], "tokens_per_s": None, "latency_ms": None,
