@@ -22,7 +22,7 @@ def test_logits_from_hidden_match_the_model(model, batches):
 def test_hooked_modules_exist(model):
     adapter = get_adapter(model)
     for layer in adapter.layers(model):
-        for name in (adapter.mlp_down_proj, adapter.attn_out_proj, *adapter.hidden_norms):
+        for name in (adapter.mlp_down_proj, adapter.attn_out_proj, *adapter.hidden_norms, *adapter.hidden_inputs):
             layer.get_submodule(name)
 
 

@@ -84,3 +84,16 @@ def test_layer_index_lists_and_sparse_steps_are_renumbered():
     deepseek = AutoConfig.for_model("deepseek_v3", num_hidden_layers=6, first_k_dense_replace=3)
     subset_layer_fields_(deepseek, deepseek, kept)
     assert deepseek.first_k_dense_replace == 2
+
+
+def test_smollm3_kept_layers_keep_their_rope_or_no_rope():
+    torch.manual_seed(0)
+    teacher = tiny_model("smollm3")  # no_rope_layers [1, 0, 1, 1]: layer 1 has no RoPE
+    pruned = prune(teacher, random_scores(teacher), {"drop_layers": [0]})
+    assert pruned.config.no_rope_layers == [0, 1, 1]
+    adapter = get_adapter(teacher)
+    assert [layer.self_attn.use_rope for layer in adapter.layers(pruned)] == [0, 1, 1]
+    tokens = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(3))
+    with layers_skipped(teacher, adapter, [0]):
+        reference = logits(teacher, tokens)
+    torch.testing.assert_close(logits(pruned, tokens), reference, atol=1e-5, rtol=0)

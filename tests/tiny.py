@@ -6,7 +6,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 VOCAB_SIZE = 320
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite",
+            "smollm3", "olmo2", "olmo3"]
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -36,6 +37,9 @@ _EXTRA = {
     "nemotron": dict(partial_rotary_factor=0.5),
     "granite": dict(embedding_multiplier=4.0, residual_multiplier=0.5, attention_multiplier=0.2,
                     logits_scaling=2.0),
+    "smollm3": dict(no_rope_layers=[1, 0, 1, 1]),  # 0 = this layer has no RoPE
+    "olmo2": dict(),
+    "olmo3": dict(sliding_window=8),  # layer_types: three sliding layers, then a full one
 }
 
 
@@ -86,7 +90,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 # Causal LMs without a minitron adapter: everything but importance, pruning and hidden-state losses works.
-GENERIC_FAMILIES = ["olmo2", "smollm3"]
+GENERIC_FAMILIES = ["olmo", "starcoder2"]
 
 
 def tiny_generic_model(model_type: str):

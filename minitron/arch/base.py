@@ -54,6 +54,9 @@ class ArchAdapter:
     """Module whose *input* is the concatenated per-head attention output."""
     hidden_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     """Norms whose *outputs* feed attention or the MLP: they score the hidden channels."""
+    hidden_inputs: tuple[str, ...] = ()
+    """Modules whose *inputs* are the residual stream itself, where no norm precedes attention or the MLP
+    (OLMo 2 normalises outputs instead): they score the hidden channels too."""
     layers_path: str = "model.layers"
     base_model_path: str = "model"
     """The decoder stack without the LM head: its last_hidden_state is already final-normed."""
@@ -157,6 +160,13 @@ def llama_like_layer_params(*, attention_bias: bool = False, qk_norm: bool = Fal
         if norm_bias:
             table[f"{norm}.bias"] = (H,)
     return table
+
+
+def whole_projection_qk_norms() -> dict[str, tuple[Axis, ...]]:
+    """q/k norms over the whole projection (OLMo 2/3): one weight per channel of every head, so they are
+    sliced with the heads. Their RMS is taken over all heads at once: dropping heads changes the
+    remaining heads' normalisation, unlike per-head q/k norms (Qwen 3, Gemma 3), which keep head_dim."""
+    return {"self_attn.q_norm.weight": (Q,), "self_attn.k_norm.weight": (KV,)}
 
 
 def standard_global_params(*, norm_bias: bool = False) -> dict[str, tuple[Axis, ...]]:
