@@ -214,7 +214,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="Baseline criterion instead of --scores (for comparisons).")
     prune.add_argument("--depth-metric", default=None,
                        help="Layer score used when --num-hidden-layers shrinks: lm_loss (default when the scores "
-                            "have it) or block_influence.")
+                            "have it), block_influence, or task:NAME (the contiguous block an lm-eval task "
+                            "ranked best: `minitron importance --depth-metric task:NAME --task-block K`).")
     prune.add_argument("--out", help="Folder for the pruned model.")
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")

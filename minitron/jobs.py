@@ -19,6 +19,7 @@ from .errors import MinitronError, ModelLoadError, SettingsError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
 from .importance import ImportanceScores, estimate_importance, magnitude_scores, random_scores
+from .importance.task_depth import TaskScorer, block_metric, block_task_accuracy, task_of
 from .loading import check_output_folder, load_model, locate_model, save_checkpoint
 from .outputs import require_text
 from .params import count_parameters, count_parameters_from_config
@@ -27,6 +28,19 @@ from .prune import describe_pruning, prune, resolve_target
 
 def compute_scores(model, tokenizer, data: DataConfig, settings: ImportanceConfig,
                    progress: bool = True) -> ImportanceScores:
+    if settings.depth_metric is not None:  # lm-eval missing or an unknown task: said before any work
+        scorer = TaskScorer(model, tokenizer, task_of(settings.depth_metric), include_path=settings.task_path,
+                            limit=settings.task_limit, batch_size=data.batch_size)
+    scores = _width_and_layer_scores(model, tokenizer, data, settings, progress)
+    if settings.depth_metric is not None:
+        key = block_metric(settings.depth_metric, settings.task_block)
+        scores.layers[key] = block_task_accuracy(model, get_adapter(model), scorer, settings.task_block, progress)
+        scores.meta |= {"task_limit": settings.task_limit, "task_path": settings.task_path}
+    return scores
+
+
+def _width_and_layer_scores(model, tokenizer, data: DataConfig, settings: ImportanceConfig,
+                            progress: bool) -> ImportanceScores:
     if settings.criterion == "magnitude":
         return magnitude_scores(model)
     if settings.criterion == "random":

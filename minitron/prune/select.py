@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..importance.scores import ImportanceScores
+from ..importance.task_depth import kept_layers_by_task, task_of
 from .target import ResolvedTarget
 
 
@@ -59,6 +60,8 @@ def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric
         return [i for i in range(scores.num_layers) if i not in set(target.drop_layers)]
     if target.num_hidden_layers == scores.num_layers:
         return list(range(scores.num_layers))
+    if task_of(depth_metric):  # the seeds' rule: one contiguous block, chosen by task accuracy
+        return kept_layers_by_task(scores.layers, depth_metric, scores.num_layers, target.num_hidden_layers)
     return top_k_sorted(scores.layer_scores(depth_metric), target.num_hidden_layers).tolist()
 
 

@@ -38,7 +38,7 @@ def run_prune_distill(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, 
     if _has_scores(scores_dir):
         print(f"[{entry['dir']}] reusing the importance scores in {scores_dir}", flush=True)
     else:
-        data, settings = stage.importance_configs(recipe)
+        data, settings = stage.importance_configs(recipe, _task_block(stage, entry, parent))
         print(f"[{entry['dir']}] importance on {entry['parent']} ({data.samples} x {data.seq_len} tokens)", flush=True)
         run_importance(parent, str(scores_dir), data, settings, device=device, overwrite=True)
     entry["scores"] = f"{entry['dir']}/scores"
@@ -63,6 +63,15 @@ def run_prune_distill(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, 
         check_layer_mapping(stage.name, load_config(parent).num_hidden_layers, load_config(teacher).num_hidden_layers)
     print(f"[{entry['dir']}] distilling from {entry['teacher']}", flush=True)
     distill_into(str(pruned_dir), teacher, recipe, run_dir / entry["model"], config, device)
+
+
+def _task_block(stage: Stage, entry: dict, parent: str) -> int | None:
+    """How many layers the stage's fixed target drops from its parent (what a task depth metric ranks)."""
+    target_layers = (entry.get("target") or {}).get("num_hidden_layers")
+    if target_layers is None:
+        return None
+    from ..jobs import load_config
+    return load_config(parent).num_hidden_layers - target_layers
 
 
 def check_layer_mapping(stage_name: str, parent_layers: int, teacher_layers: int) -> None:
