@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from minitron.cli import main
-from minitron.errors import MinitronError, ScoresError
+from minitron.errors import MinitronError
 from minitron.importance import ImportanceScores
 from tests.helpers import make_identity_layer_
 from tests.tiny import tiny_model, tiny_tokenizer
