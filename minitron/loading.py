@@ -163,7 +163,7 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        model = _auto_class_of(location, gguf_file).from_pretrained(location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load model {spec!r}: {error}") from error
@@ -173,6 +173,14 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
         _cache_builtin(model, tokenizer, spec.split(":", 1)[1])
     model.config._name_or_path = spec
     return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def _auto_class_of(location: str, gguf_file: str | None):
+    """AutoModelForCausalLM, or the class a multimodal checkpoint is filed under (Qwen3-VL)."""
+    if gguf_file:
+        return AutoModelForCausalLM
+    from .arch import auto_model_class
+    return auto_model_class(AutoConfig.from_pretrained(location))
 
 
 def _checkpoint_dtype(spec: str, location: str) -> torch.dtype | None:

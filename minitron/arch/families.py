@@ -1,9 +1,11 @@
 """One adapter per supported family. This file and `base.py` are the only places that know HF names."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .base import (GU, Q, QKV, ArchAdapter, H, M, llama_like_layer_params, optional_bias_params,
                    rescale_scaled_embedding, scale_logits, soft_cap_logits, standard_global_params,
-                   whole_projection_qk_norms)
+                   language_model_of, whole_projection_qk_norms)
 
 
 def _llama_like(model_type: str, logit_transform=None, **layer_kwargs) -> ArchAdapter:
@@ -86,6 +88,12 @@ NEMOTRON = ArchAdapter(
     notes="LayerNorm1P with bias; non-gated squared-ReLU MLP; partial rotary (head_dim is kept)",
 )
 
+# Multimodal checkpoints: the language model is pruned, the vision side is copied whole.
+# Gemma3ForConditionalGeneration, unlike Gemma3ForCausalLM, applies no final logit soft-capping.
+GEMMA3 = replace(language_model_of(GEMMA3_TEXT, "gemma3", ("model.vision_tower.", "model.multi_modal_projector.")),
+                 logit_transform=None)
+QWEN3_VL = language_model_of(QWEN3, "qwen3_vl", ("model.visual.",))
+
 ADAPTERS = {a.model_type: a for a in
             (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3_TEXT, PHI3, NEMOTRON, GRANITE,
-              SMOLLM3, OLMO2, OLMO3)}
+              SMOLLM3, OLMO2, OLMO3, GEMMA3, QWEN3_VL)}

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arch.base import text_config
 from ..importance.scores import ImportanceScores
 from ..importance.task_depth import kept_layers_by_task, task_of
 from .target import ResolvedTarget
@@ -71,6 +72,7 @@ def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
     neurons, q_heads, kv_heads = {}, {}, {}
     for layer in layers:
         neurons[layer] = top_k_sorted(scores.neurons[layer], target.intermediate_size)
-        q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], config.num_key_value_heads, target)
+        q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], text_config(config).num_key_value_heads,
+                                                       target)
     hidden = top_k_sorted(scores.hidden, target.hidden_size)
     return KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads)
