@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from minitron.arch import get_adapter
+from minitron.arch import get_adapter, text_config
 from minitron.arch.layer_config import NOT_PER_LAYER, sliding_pattern_layer_types, subset_layer_fields_
 from minitron.importance import random_scores
 from minitron.importance.depth import layers_skipped
@@ -55,9 +55,10 @@ def test_max_window_layers_keeps_each_layers_attention_kind(family, tmp_path):
 
 @pytest.mark.parametrize("drop_layers", [[0], [1], [3], [0, 2]])
 def test_every_per_layer_field_describes_the_pruned_stack(family, drop_layers):
-    source = tiny_config(family, **SCALAR_RULES.get(family, {}))
+    config = tiny_config(family, **SCALAR_RULES.get(family, {}))
+    source = text_config(config)  # a multimodal checkpoint's per-layer fields are its language model's
     kept = [i for i in range(source.num_hidden_layers) if i not in drop_layers]
-    pruned = describe_pruning(source, {"drop_layers": drop_layers})["config"]
+    pruned = text_config(describe_pruning(config, {"drop_layers": drop_layers})["config"])
     for key, value in source.to_dict().items():
         if isinstance(value, list) and len(value) == source.num_hidden_layers and key not in NOT_PER_LAYER:
             assert getattr(pruned, key) == [value[i] for i in kept], key
