@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
-from .arch import get_adapter
+from .arch import get_adapter, text_config
 from .config import DataConfig, ImportanceConfig
 from .data import iter_batches
 from .data.cache import load_blocks
@@ -130,9 +130,9 @@ def inspect_model(model: str) -> dict:
     """Parameter counts (total, embedding, non-embedding) and the size of every prunable axis."""
     config = load_config(model)
     counts = count_parameters_from_config(config)
-    sizes = {axis: getattr(config, axis, None) for axis in AXES}
+    sizes = {axis: getattr(text_config(config), axis, None) for axis in AXES}  # a multimodal model: its LM's
     if sizes["head_dim"] is None:
-        sizes["head_dim"] = config.hidden_size // config.num_attention_heads
+        sizes["head_dim"] = sizes["hidden_size"] // sizes["num_attention_heads"]
     return {"model": model, "model_type": config.model_type, "tie_word_embeddings":
             bool(getattr(config, "tie_word_embeddings", False)), **sizes, "params": counts.as_dict()}
 

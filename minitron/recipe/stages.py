@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ..arch import text_config
 from ..config import DistillConfig
 from ..data.cache import load_blocks
 from ..errors import MinitronError, ScoresError
@@ -60,7 +61,8 @@ def run_prune_distill(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, 
     config = stage.distill_config(recipe)
     if config.hidden_loss != "none" and teacher != parent:
         from ..jobs import load_config
-        check_layer_mapping(stage.name, load_config(parent).num_hidden_layers, load_config(teacher).num_hidden_layers)
+        check_layer_mapping(stage.name, text_config(load_config(parent)).num_hidden_layers,
+                            text_config(load_config(teacher)).num_hidden_layers)
     print(f"[{entry['dir']}] distilling from {entry['teacher']}", flush=True)
     distill_into(str(pruned_dir), teacher, recipe, run_dir / entry["model"], config, device)
 
@@ -71,7 +73,7 @@ def _task_block(stage: Stage, entry: dict, parent: str) -> int | None:
     if target_layers is None:
         return None
     from ..jobs import load_config
-    return load_config(parent).num_hidden_layers - target_layers
+    return text_config(load_config(parent)).num_hidden_layers - target_layers
 
 
 def check_layer_mapping(stage_name: str, parent_layers: int, teacher_layers: int) -> None:
@@ -138,7 +140,7 @@ def evaluate_member(name: str, model_spec: str, shown: str, recipe: Recipe, held
     member = {"name": name, "model": shown, "params": count_parameters(model).as_dict(),
               "heldout_loss": metrics["loss"], "perplexity": metrics["perplexity"],
               "heldout_tokens": metrics["tokens"], "tokens_per_s": None, "latency_ms": None,
-              "architecture": {key: getattr(model.config, key) for key in ARCHITECTURE_KEYS}}
+              "architecture": {key: getattr(text_config(model.config), key) for key in ARCHITECTURE_KEYS}}
     member |= _throughput(model, recipe)
     return member, heldout
 
