@@ -296,7 +296,8 @@ def _print_table(rows: list[tuple[str, object]]) -> None:
 def _print_dry_run(summary: dict) -> None:
     from .arch import text_config
     config, before, after = summary["config"], summary["params_before"], summary["params_after"]
-    rows = [(key, getattr(text_config(config), key)) for key in ("hidden_size", "intermediate_size", "num_attention_heads",
+    sizes = text_config(config)  # a multimodal checkpoint: its language model's
+    rows = [(key, getattr(sizes, key)) for key in ("hidden_size", "intermediate_size", "num_attention_heads",
                                                     "num_key_value_heads", "head_dim", "num_hidden_layers")]
     rows += [("params total", f"{after.total:,} ({after.total / before.total:.1%} of {before.total:,})"),
              ("params non-embedding", f"{after.non_embedding:,} ({after.non_embedding / before.non_embedding:.1%})")]

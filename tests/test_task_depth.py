@@ -49,8 +49,9 @@ def workspace(tmp_path_factory):
     make_identity_layer_(model, 1)
     make_identity_layer_(model, 2)
     tasks = write_task(root / "tasks")
-    results = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=8),
-                                      tasks=[TASK], task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
+    harness_model = HFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=8)
+    results = lm_eval.simple_evaluate(model=harness_model, tasks=[TASK],
+                                      task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
                                       bootstrap_iters=0, log_samples=True)
     samples = sorted(results["samples"][TASK], key=lambda sample: sample["doc_id"])
     labels = [max(range(4), key=lambda c: sample["filtered_resps"][c][0]) for sample in samples]

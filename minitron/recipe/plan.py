@@ -36,7 +36,8 @@ def plan_recipe(recipe: Recipe, teacher_config) -> list[dict]:
             elif config is not None:
                 summary = describe_pruning(config, stage.target)
                 config = summary["config"]
-                row |= {"config": config, "architecture": {key: getattr(text_config(config), key) for key in ARCHITECTURE_KEYS},
+                sizes = text_config(config)
+                row |= {"config": config, "architecture": {key: getattr(sizes, key) for key in ARCHITECTURE_KEYS},
                         "params": summary["params_after"], "params_before": summary["params_before"]}
         except MinitronError as error:
             raise MinitronError(f"stage {stage.name!r}: {error}") from error
@@ -96,4 +97,5 @@ def _params_of(config) -> int:
 
 
 def _arch_text(config) -> str:
-    return ", ".join(f"{key.replace('num_', '').replace('_', ' ')} {getattr(text_config(config), key)}" for key in ARCHITECTURE_KEYS)
+    sizes = text_config(config)
+    return ", ".join(f"{key.replace('num_', '').replace('_', ' ')} {getattr(sizes, key)}" for key in ARCHITECTURE_KEYS)
