@@ -241,7 +241,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="Baseline criterion instead of --scores (for comparisons).")
     prune.add_argument("--depth-metric", default=None,
                        help="Layer score used when --num-hidden-layers shrinks: lm_loss (default when the scores "
-                            "have it) or block_influence.")
+                            "have it), block_influence, or task:NAME (the contiguous block an lm-eval task "
+                            "ranked best: `minitron importance --depth-metric task:NAME --task-block K`).")
     prune.add_argument("--out", help="Folder for the pruned model.")
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size, and the "
                        "memory per process of importance, pruning, distillation and eval (see --nproc); load nothing.")
@@ -331,8 +332,10 @@ def _print_table(rows: list[tuple[str, object]]) -> None:
 
 
 def _print_dry_run(summary: dict) -> None:
+    from .arch import text_config
     config, before, after = summary["config"], summary["params_before"], summary["params_after"]
-    rows = [(key, getattr(config, key)) for key in ("hidden_size", "intermediate_size", "num_attention_heads",
+    sizes = text_config(config)  # a multimodal checkpoint: its language model's
+    rows = [(key, getattr(sizes, key)) for key in ("hidden_size", "intermediate_size", "num_attention_heads",
                                                     "num_key_value_heads", "head_dim", "num_hidden_layers")]
     rows += [("params total", f"{after.total:,} ({after.total / before.total:.1%} of {before.total:,})"),
              ("params non-embedding", f"{after.non_embedding:,} ({after.non_embedding / before.non_embedding:.1%})")]

@@ -112,15 +112,34 @@ class ImportanceConfig:
                                     "many samples (costs one forward per layer; 0 = Block Influence only).",
                                     default=16)
     seed: int = _help("Seed of the random criterion.", default=0)
+    depth_metric: str | None = _help("task:NAME also ranks every contiguous block of --task-block layers by an "
+                                     "lm-eval task's accuracy with the block skipped (the seeds' rule: "
+                                     "Winogrande); prune with the same --depth-metric. Needs lm-eval.",
+                                     default=None)
+    task_block: int | None = _help("Layers in the block that --depth-metric task:NAME drops: the depth cut, "
+                                   "e.g. 16 for 32 -> 16 layers.", default=None)
+    task_path: str | None = _help("Folder of local lm-eval task YAMLs (lm-eval's --include_path).", default=None)
+    task_limit: int | None = _help("Items of the task scored per block (default: all).", default=None)
 
     def __post_init__(self) -> None:
         if self.criterion not in ("activation", "magnitude", "random"):
             raise SettingsError(f"--criterion must be activation, magnitude or random, got {self.criterion!r}")
+        self._check_task_depth()
         for name in ("seq_reduction", "batch_reduction"):
             if getattr(self, name) not in REDUCTIONS:
                 raise SettingsError(f"--{name.replace('_', '-')} must be one of {REDUCTIONS}")
         if self.layer_loss_samples < 0:
             raise SettingsError("--layer-loss-samples must be >= 0")
+
+    def _check_task_depth(self) -> None:
+        from .importance.task_depth import task_of
+        if self.depth_metric is not None and task_of(self.depth_metric) is None:
+            raise SettingsError(f"importance --depth-metric takes task:NAME (an lm-eval task), got "
+                                f"{self.depth_metric!r}; Block Influence and lm_loss are always computed")
+        if self.depth_metric is not None and self.task_block is None:
+            raise SettingsError(f"--depth-metric {self.depth_metric} needs --task-block: how many contiguous "
+                                "layers the target drops")
+        _require_positive(self, "task_block", "task_limit")
 
 
 @dataclass

@@ -23,7 +23,9 @@ _SAMPLES_PER_PARAM = 4096
 
 
 def architecture_summary(config) -> dict:
-    return {name: getattr(config, name, None) for name in ARCH_FIELDS}
+    from .arch.base import text_config  # a multimodal checkpoint: its language model's sizes
+    sizes = text_config(config)
+    return {name: getattr(config if name == "model_type" else sizes, name, None) for name in ARCH_FIELDS}
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 
 from transformers import AutoConfig
 
-from .arch import get_adapter
+from .arch import get_adapter, text_config
 from .config import DataConfig, ImportanceConfig
 from .data import iter_batches
 from .data.cache import load_blocks
@@ -25,6 +25,7 @@ from .errors import MinitronError, ModelLoadError, SettingsError
 from .eval import evaluate_loss
 from .fingerprint import architecture_summary
 from .importance import ImportanceScores, estimate_importance, magnitude_scores, random_scores
+from .importance.task_depth import TaskScorer, block_metric, block_task_accuracy, task_of
 from .loading import check_output_folder, load_model, locate_model, resolve_device, save_checkpoint
 from .outputs import require_text
 from .params import count_parameters, count_parameters_from_config
@@ -65,7 +66,21 @@ def _load_blocks_rank0_first(env: DistEnv, *args, **kwargs):
 def compute_scores(model, tokenizer, data: DataConfig, settings: ImportanceConfig,
                    progress: bool = True, env: DistEnv | None = None) -> ImportanceScores:
     """Scores of `model` by `settings.criterion`; with `env` (torchrun), activation importance runs
-    data-parallel and every rank returns the same scores."""
+    data-parallel and every rank returns the same scores. A task depth metric (lm-eval) runs on each rank
+    in full."""
+    if settings.depth_metric is not None:  # lm-eval missing or an unknown task: said before any work
+        scorer = TaskScorer(model, tokenizer, task_of(settings.depth_metric), include_path=settings.task_path,
+                            limit=settings.task_limit, batch_size=data.batch_size)
+    scores = _width_and_layer_scores(model, tokenizer, data, settings, progress, env)
+    if settings.depth_metric is not None:
+        key = block_metric(settings.depth_metric, settings.task_block)
+        scores.layers[key] = block_task_accuracy(model, get_adapter(model), scorer, settings.task_block, progress)
+        scores.meta |= {"task_limit": settings.task_limit, "task_path": settings.task_path}
+    return scores
+
+
+def _width_and_layer_scores(model, tokenizer, data: DataConfig, settings: ImportanceConfig,
+                            progress: bool, env: DistEnv | None) -> ImportanceScores:
     if settings.criterion == "magnitude":
         return magnitude_scores(model)
     if settings.criterion == "random":
@@ -174,9 +189,9 @@ def inspect_model(model: str) -> dict:
     """Parameter counts (total, embedding, non-embedding) and the size of every prunable axis."""
     config = load_config(model)
     counts = count_parameters_from_config(config)
-    sizes = {axis: getattr(config, axis, None) for axis in AXES}
+    sizes = {axis: getattr(text_config(config), axis, None) for axis in AXES}  # a multimodal model: its LM's
     if sizes["head_dim"] is None:
-        sizes["head_dim"] = config.hidden_size // config.num_attention_heads
+        sizes["head_dim"] = sizes["hidden_size"] // sizes["num_attention_heads"]
     return {"model": model, "model_type": config.model_type, "tie_word_embeddings":
             bool(getattr(config, "tie_word_embeddings", False)), **sizes, "params": counts.as_dict()}
 

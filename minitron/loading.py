@@ -168,7 +168,7 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     if device_map is not None:
         kwargs["device_map"] = _device_map_for(device_map, device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        model = _auto_class_of(location, gguf_file).from_pretrained(location, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": gguf_file} if gguf_file else {}))
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"cannot load model {spec!r}: {error}") from error
@@ -200,6 +200,14 @@ def _check_nothing_offloaded(model: nn.Module, spec: str) -> None:
     if offloaded and any(p.device.type == "meta" for p in model.parameters()):
         raise ModelLoadError(f"{spec} does not fit in the GPUs' memory: --device-map auto offloaded parts to "
                              f"{' and '.join(offloaded)}; use more GPUs or a smaller --dtype")
+
+
+def _auto_class_of(location: str, gguf_file: str | None):
+    """AutoModelForCausalLM, or the class a multimodal checkpoint is filed under (Qwen3-VL)."""
+    if gguf_file:
+        return AutoModelForCausalLM
+    from .arch import auto_model_class
+    return auto_model_class(AutoConfig.from_pretrained(location))
 
 
 def _checkpoint_dtype(spec: str, location: str) -> torch.dtype | None:

@@ -6,9 +6,8 @@ from dataclasses import asdict, dataclass
 
 from accelerate import init_empty_weights
 from torch import nn
-from transformers import AutoModelForCausalLM
 
-from .arch import get_adapter
+from .arch import auto_model_class, get_adapter
 from .errors import UnsupportedArchitectureError
 
 try:  # skips random initialisation, which is slow even on the meta device (about 5x for counts)
@@ -52,7 +51,7 @@ def _embedding_param_ids(model: nn.Module) -> set[int]:
 def model_from_config_on_meta(config) -> nn.Module:
     """The model a config describes, with parameters on the meta device: sizes without memory."""
     with init_empty_weights(), no_init_weights():
-        model = AutoModelForCausalLM.from_config(config)
+        model = auto_model_class(config).from_config(config)
     model.tie_weights()  # meta initialisation skips tying; tied embeddings must count once
     return model
 

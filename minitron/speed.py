@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from .errors import MinitronError
+from .arch.base import text_config
 
 
 def random_model(config, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
     """The model a config describes, randomly initialised directly on `device` (for speed measurements)."""
-    from transformers import AutoModelForCausalLM
+    from .arch import auto_model_class
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
+        model = auto_model_class(config).from_config(config, dtype=dtype or torch.float32)
     return model.eval()
 
 
@@ -89,7 +90,8 @@ def measure_throughput(model: nn.Module, batch_size: int = 1, seq_len: int = 128
     _check(model, batch_size, seq_len, new_tokens, repeats)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
+    vocab_size = text_config(model.config).vocab_size
+    input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator).to(device)
     was_training = model.training
     model.eval()
     try:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from minitron.arch import Axis, get_adapter
+from minitron.arch import Axis, get_adapter, text_config
 
 
 @torch.no_grad()
 def silence_neurons_(model, layer: int, neurons: list[int]) -> None:
     """Zero the rows that produce these MLP neurons, so their activations are exactly zero."""
     adapter = get_adapter(model)
-    intermediate = model.config.intermediate_size
+    intermediate = text_config(model.config).intermediate_size
     index = torch.tensor(neurons)
     for name, param in model.named_parameters():
         param_layer, axes = adapter.axes_of(name)

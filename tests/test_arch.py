@@ -1,13 +1,13 @@
 """Adapter tables against the real modules of every family."""
 import torch
 
-from minitron.arch import get_adapter
+from minitron.arch import get_adapter, text_config
 
 
 def test_every_parameter_has_axes(model):
     adapter = get_adapter(model)
     for name, tensor in model.state_dict().items():
-        _, axes = adapter.axes_of(name)
+        _, axes = adapter.axes_of(name, tensor.dim())
         assert len(axes) == tensor.dim(), name
 
 
@@ -22,7 +22,7 @@ def test_logits_from_hidden_match_the_model(model, batches):
 def test_hooked_modules_exist(model):
     adapter = get_adapter(model)
     for layer in adapter.layers(model):
-        for name in (adapter.mlp_down_proj, adapter.attn_out_proj, *adapter.hidden_norms):
+        for name in (adapter.mlp_down_proj, adapter.attn_out_proj, *adapter.hidden_norms, *adapter.hidden_inputs):
             layer.get_submodule(name)
 
 
@@ -32,7 +32,7 @@ def test_captured_layer_states_are_pre_norm_layer_outputs(model, batches):
     adapter = get_adapter(model)
     with torch.no_grad(), adapter.capture_layer_states(model) as states:
         reference = adapter.base_model(model)(input_ids=batches[0], output_hidden_states=True)
-    assert len(states) == model.config.num_hidden_layers + 1
+    assert len(states) == text_config(model.config).num_hidden_layers + 1
     for captured, expected in zip(states[:-1], reference.hidden_states[:-1]):
         torch.testing.assert_close(captured, expected, atol=0, rtol=0)
     assert not torch.allclose(states[-1], reference.hidden_states[-1])

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from minitron.arch import get_adapter
+from minitron.arch import get_adapter, text_config
 from minitron.arch.layer_config import NOT_PER_LAYER, sliding_pattern_layer_types, subset_layer_fields_
 from minitron.importance import random_scores
 from minitron.importance.depth import layers_skipped
@@ -55,9 +55,10 @@ def test_max_window_layers_keeps_each_layers_attention_kind(family, tmp_path):
 
 @pytest.mark.parametrize("drop_layers", [[0], [1], [3], [0, 2]])
 def test_every_per_layer_field_describes_the_pruned_stack(family, drop_layers):
-    source = tiny_config(family, **SCALAR_RULES.get(family, {}))
+    config = tiny_config(family, **SCALAR_RULES.get(family, {}))
+    source = text_config(config)  # a multimodal checkpoint's per-layer fields are its language model's
     kept = [i for i in range(source.num_hidden_layers) if i not in drop_layers]
-    pruned = describe_pruning(source, {"drop_layers": drop_layers})["config"]
+    pruned = text_config(describe_pruning(config, {"drop_layers": drop_layers})["config"])
     for key, value in source.to_dict().items():
         if isinstance(value, list) and len(value) == source.num_hidden_layers and key not in NOT_PER_LAYER:
             assert getattr(pruned, key) == [value[i] for i in kept], key
@@ -84,3 +85,16 @@ def test_layer_index_lists_and_sparse_steps_are_renumbered():
     deepseek = AutoConfig.for_model("deepseek_v3", num_hidden_layers=6, first_k_dense_replace=3)
     subset_layer_fields_(deepseek, deepseek, kept)
     assert deepseek.first_k_dense_replace == 2
+
+
+def test_smollm3_kept_layers_keep_their_rope_or_no_rope():
+    torch.manual_seed(0)
+    teacher = tiny_model("smollm3")  # no_rope_layers [1, 0, 1, 1]: layer 1 has no RoPE
+    pruned = prune(teacher, random_scores(teacher), {"drop_layers": [0]})
+    assert pruned.config.no_rope_layers == [0, 1, 1]
+    adapter = get_adapter(teacher)
+    assert [layer.self_attn.use_rope for layer in adapter.layers(pruned)] == [0, 1, 1]
+    tokens = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(3))
+    with layers_skipped(teacher, adapter, [0]):
+        reference = logits(teacher, tokens)
+    torch.testing.assert_close(logits(pruned, tokens), reference, atol=1e-5, rtol=0)

@@ -1,9 +1,7 @@
 """Pruning exactness and round trips, on a tiny random model of every family."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
-from minitron.arch import get_adapter
+from minitron.arch import auto_model_class, get_adapter, text_config
 from minitron.importance import estimate_importance, magnitude_scores, random_scores
 from minitron.params import count_parameters, count_parameters_from_config
 from minitron.prune import prune
@@ -14,22 +12,27 @@ SMALLER = dict(hidden_size=32, intermediate_size=40, num_attention_heads=4, num_
                num_hidden_layers=3)
 
 
+def smaller(model) -> dict:
+    """SMALLER, less hidden_size where the family keeps it (a multimodal projector maps into it)."""
+    return {k: v for k, v in SMALLER.items() if not (k == "hidden_size" and get_adapter(model).keeps_hidden_size)}
+
+
 def test_pruning_to_own_sizes_changes_nothing(model, batches):
     scores = estimate_importance(model, batches, progress=False)
-    config = model.config
+    config = text_config(model.config)
     same = prune(model, scores, {key: getattr(config, key) for key in SMALLER})
     torch.testing.assert_close(logits(same, batches[0]), logits(model, batches[0]), atol=1e-5, rtol=0)
 
 
 def test_silent_neurons_go_first_and_change_nothing(model, batches):
     silent = [3, 10, 17, 40, 63]
-    for layer in range(model.config.num_hidden_layers):
+    for layer in range(text_config(model.config).num_hidden_layers):
         silence_neurons_(model, layer, silent)
     scores = estimate_importance(model, batches, progress=False)
     for layer_scores in scores.neurons:
         assert torch.all(layer_scores[silent] == 0)
         assert torch.all(torch.topk(layer_scores, len(silent), largest=False).values == 0)
-    pruned = prune(model, scores, {"intermediate_size": model.config.intermediate_size - len(silent)})
+    pruned = prune(model, scores, {"intermediate_size": text_config(model.config).intermediate_size - len(silent)})
     torch.testing.assert_close(logits(pruned, batches[0]), logits(model, batches[0]), atol=1e-5, rtol=0)
 
 
@@ -38,7 +41,7 @@ def test_identity_layer_is_dropped_first_by_block_influence(model, batches):
     scores = estimate_importance(model, batches, progress=False)
     influence = scores.layers["block_influence"]
     assert influence[2].abs() < 1e-6 and int(torch.argmin(influence)) == 2
-    pruned = prune(model, scores, {"num_hidden_layers": model.config.num_hidden_layers - 1})
+    pruned = prune(model, scores, {"num_hidden_layers": text_config(model.config).num_hidden_layers - 1})
     assert pruned.minitron_kept_layers == [0, 1, 3]
     torch.testing.assert_close(logits(pruned, batches[0]), logits(model, batches[0]), atol=1e-5, rtol=0)
 
@@ -51,10 +54,10 @@ def test_identity_layer_costs_no_loss_when_skipped(model, batches):
 
 def test_pruned_model_round_trips_through_plain_transformers(model, batches, tmp_path):
     scores = estimate_importance(model, batches, progress=False)
-    pruned = prune(model, scores, SMALLER)
-    assert pruned.config.head_dim == model.config.head_dim
+    pruned = prune(model, scores, smaller(model))
+    assert text_config(pruned.config).head_dim == text_config(model.config).head_dim
     pruned.save_pretrained(tmp_path)
-    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    reloaded, info = auto_model_class(pruned.config).from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     reloaded.eval()
     torch.testing.assert_close(logits(reloaded, batches[0]), logits(pruned, batches[0]), atol=1e-5, rtol=0)
@@ -62,14 +65,14 @@ def test_pruned_model_round_trips_through_plain_transformers(model, batches, tmp
     assert count_parameters(pruned).total < count_parameters(model).total
     if model.config.tie_word_embeddings:
         assert reloaded.get_input_embeddings().weight is reloaded.get_output_embeddings().weight
-    for name, value in vars(reloaded.config).items():
+    for name, value in vars(text_config(reloaded.config)).items():
         if isinstance(value, list) and name == "layer_types":
-            assert len(value) == reloaded.config.num_hidden_layers
+            assert len(value) == text_config(reloaded.config).num_hidden_layers
 
 
 def test_generate_with_cache_equals_without(model, batches):
     scores = estimate_importance(model, batches, progress=False)
-    pruned = prune(model, scores, SMALLER)
+    pruned = prune(model, scores, smaller(model))
     prompt = batches[0][:1, :6]
     settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
     with_cache = pruned.generate(prompt, use_cache=True, **settings)
@@ -80,14 +83,14 @@ def test_generate_with_cache_equals_without(model, batches):
 def test_whole_kv_groups_are_pruned(model, batches):
     scores = estimate_importance(model, batches, progress=False)
     pruned = prune(model, scores, {"num_key_value_heads": 1, "num_attention_heads": 2})
-    assert pruned.config.num_key_value_heads == 1 and pruned.config.num_attention_heads == 2
+    assert text_config(pruned.config).num_key_value_heads == 1 and text_config(pruned.config).num_attention_heads == 2
     assert logits(pruned, batches[0]).isfinite().all()
 
 
 def test_explicit_drop_layers(model, batches):
     scores = random_scores(model)
     pruned = prune(model, scores, {"drop_layers": [0, 2]})
-    assert pruned.config.num_hidden_layers == 2 and pruned.minitron_kept_layers == [1, 3]
+    assert text_config(pruned.config).num_hidden_layers == 2 and pruned.minitron_kept_layers == [1, 3]
     adapter = get_adapter(pruned)
     for new_index, layer in enumerate(adapter.layers(pruned)):
         attention = [m for m in layer.modules() if hasattr(m, "layer_idx")]
@@ -96,7 +99,7 @@ def test_explicit_drop_layers(model, batches):
 
 @pytest.mark.parametrize("criterion", [magnitude_scores, random_scores])
 def test_baseline_criteria_prune(model, batches, criterion):
-    pruned = prune(model, criterion(model), SMALLER)
+    pruned = prune(model, criterion(model), smaller(model))
     assert logits(pruned, batches[0]).isfinite().all()
 
 
@@ -116,12 +119,12 @@ def test_head_scores_are_the_heads_contribution_through_the_output_projection(mo
     adapter = get_adapter(model)
     layer = adapter.layers(model)[1]
     out_proj = layer.get_submodule(adapter.attn_out_proj)
-    head_dim = model.config.head_dim
+    head_dim = text_config(model.config).head_dim
     captured = []
     handle = out_proj.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
     scores = estimate_importance(model, batches, progress=False)
     handle.remove()
-    weight = out_proj.weight.detach().view(model.config.hidden_size, -1, head_dim)
+    weight = out_proj.weight.detach().view(text_config(model.config).hidden_size, -1, head_dim)
     per_sample = []
     for activations in captured:
         heads = activations.view(*activations.shape[:2], -1, head_dim)

@@ -5,8 +5,21 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from minitron.arch import auto_model_class
+
 VOCAB_SIZE = 320
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite",
+            "smollm3", "olmo2", "olmo3", "gemma3", "qwen3_vl"]
+# Multimodal checkpoints: the language model (sizes as above) inside, beside a tiny vision tower.
+MULTIMODAL = {
+    "gemma3": dict(vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, image_size=28, patch_size=14),
+                   mm_tokens_per_image=4, image_token_index=5, boi_token_index=6, eoi_token_index=7),
+    "qwen3_vl": dict(vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2,
+                                        out_hidden_size=48, deepstack_visual_indexes=[0, 1],
+                                        num_position_embeddings=16, patch_size=4),
+                     image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8),
+}
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -36,11 +49,20 @@ _EXTRA = {
     "nemotron": dict(partial_rotary_factor=0.5),
     "granite": dict(embedding_multiplier=4.0, residual_multiplier=0.5, attention_multiplier=0.2,
                     logits_scaling=2.0),
+    "smollm3": dict(no_rope_layers=[1, 0, 1, 1]),  # 0 = this layer has no RoPE
+    "olmo2": dict(),
+    "olmo3": dict(sliding_window=8),  # layer_types: three sliding layers, then a full one
+    "gemma3": dict(sliding_window=8, query_pre_attn_scalar=8, final_logit_softcapping=30.0,
+                   layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]),
+    "qwen3_vl": dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1])),
 }
 
 
 def tiny_config(family: str, **overrides):
+    """A tiny config; for a multimodal family the sizes and overrides are its language model's."""
     settings = {**_COMMON, **_EXTRA[family], **overrides}
+    if family in MULTIMODAL:
+        return AutoConfig.for_model(family, text_config=settings, **MULTIMODAL[family])
     return AutoConfig.for_model(family, **settings)
 
 
@@ -48,7 +70,7 @@ def tiny_model(family: str, **overrides):
     """A random tiny model of `family` in eval mode, eager attention (exact and deterministic on CPU)."""
     config = tiny_config(family, **overrides)
     config._attn_implementation = "eager"
-    model = AutoModelForCausalLM.from_config(config)
+    model = auto_model_class(config).from_config(config)
     _randomize_norms_(model)
     return model.eval()
 
@@ -86,7 +108,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 # Causal LMs without a minitron adapter: everything but importance, pruning and hidden-state losses works.
-GENERIC_FAMILIES = ["olmo2", "smollm3"]
+GENERIC_FAMILIES = ["olmo", "starcoder2"]
 
 
 def tiny_generic_model(model_type: str):

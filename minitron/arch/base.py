@@ -11,6 +11,7 @@ An adapter is a table, in the spirit of peft's per-architecture tables:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -54,6 +55,9 @@ class ArchAdapter:
     """Module whose *input* is the concatenated per-head attention output."""
     hidden_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     """Norms whose *outputs* feed attention or the MLP: they score the hidden channels."""
+    hidden_inputs: tuple[str, ...] = ()
+    """Modules whose *inputs* are the residual stream itself, where no norm precedes attention or the MLP
+    (OLMo 2 normalises outputs instead): they score the hidden channels too."""
     layers_path: str = "model.layers"
     base_model_path: str = "model"
     """The decoder stack without the LM head: its last_hidden_state is already final-normed."""
@@ -67,6 +71,10 @@ class ArchAdapter:
     notes: str = ""
     extra_layer_list_fields: tuple[str, ...] = field(default=())
     """Per-layer config lists beyond the generic detection (lists of length num_hidden_layers)."""
+    untouched_prefixes: tuple[str, ...] = ()
+    """Parameters under these prefixes are copied whole (a multimodal checkpoint's vision tower and projector)."""
+    keeps_hidden_size: bool = False
+    """hidden_size cannot be pruned (a multimodal projector maps image features into it)."""
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)
@@ -78,7 +86,7 @@ class ArchAdapter:
         """The model's logits for final hidden states (..., hidden) -> (..., vocab)."""
         logits = model.get_submodule(self.lm_head_path)(hidden)
         if self.logit_transform is not None:
-            logits = self.logit_transform(logits, model.config)
+            logits = self.logit_transform(logits, text_config(model.config))
         return logits
 
     @contextlib.contextmanager
@@ -118,8 +126,13 @@ class ArchAdapter:
     def layer_prefix(self, index: int) -> str:
         return f"{self.layers_path}.{index}."
 
-    def axes_of(self, name: str) -> tuple[int | None, tuple[Axis, ...]]:
-        """(layer index or None, axes) of a state-dict key; KeyError names the unknown parameter."""
+    def axes_of(self, name: str, ndim: int = 0) -> tuple[int | None, tuple[Axis, ...]]:
+        """(layer index or None, axes) of a state-dict key; KeyError names the unknown parameter.
+
+        A parameter under `untouched_prefixes` is kept whole: KEEP on each of its `ndim` dimensions.
+        """
+        if name.startswith(self.untouched_prefixes):  # str.startswith(()) is False
+            return None, (KEEP,) * ndim
         prefix = self.layers_path + "."
         if name.startswith(prefix):
             index_text, _, local = name[len(prefix):].partition(".")
@@ -132,6 +145,28 @@ class ArchAdapter:
     def embedding_param_names(self) -> list[str]:
         """Global parameters that index the vocabulary (embeddings and LM head)."""
         return [name for name, axes in self.global_params.items() if axes and axes[0] == KEEP and len(axes) == 2]
+
+
+def text_config(config):
+    """The decoder's config: the config itself, or the `text_config` of a multimodal checkpoint."""
+    get = getattr(config, "get_text_config", None)
+    return config if get is None else get(decoder=True)
+
+
+def language_model_of(adapter: ArchAdapter, model_type: str, untouched_prefixes: tuple[str, ...]) -> ArchAdapter:
+    """The adapter of a multimodal checkpoint (`model.language_model` inside `model`) from its text family's.
+
+    The vision tower and projector are copied whole, and hidden_size is kept: the projector maps image
+    features into it. The size-derived state fix (Gemma's embedding scale) is then never needed.
+    """
+    inner = "model.language_model."
+    moved = {name.replace("model.", inner, 1) if name.startswith("model.") else name: axes
+             for name, axes in adapter.global_params.items()}
+    return dataclasses.replace(adapter, model_type=model_type, global_params=moved,
+                               layers_path=inner + "layers", base_model_path=inner[:-1],
+                               embed_path=inner + "embed_tokens", untouched_prefixes=untouched_prefixes,
+                               keeps_hidden_size=True, fix_state=None,
+                               notes=f"the language model of a multimodal checkpoint; {adapter.notes}".rstrip("; "))
 
 
 def llama_like_layer_params(*, attention_bias: bool = False, qk_norm: bool = False,
@@ -157,6 +192,13 @@ def llama_like_layer_params(*, attention_bias: bool = False, qk_norm: bool = Fal
         if norm_bias:
             table[f"{norm}.bias"] = (H,)
     return table
+
+
+def whole_projection_qk_norms() -> dict[str, tuple[Axis, ...]]:
+    """q/k norms over the whole projection (OLMo 2/3): one weight per channel of every head, so they are
+    sliced with the heads. Their RMS is taken over all heads at once: dropping heads changes the
+    remaining heads' normalisation, unlike per-head q/k norms (Qwen 3, Gemma 3), which keep head_dim."""
+    return {"self_attn.q_norm.weight": (Q,), "self_attn.k_norm.weight": (KV,)}
 
 
 def standard_global_params(*, norm_bias: bool = False) -> dict[str, tuple[Axis, ...]]:

@@ -29,6 +29,18 @@ def get_adapter(model_or_config) -> ArchAdapter:
     return ADAPTERS[model_type]
 
 
+def auto_model_class(config):
+    """The Auto class that builds this config's model: AutoModelForCausalLM, or for a multimodal checkpoint
+    that transformers files only under image-text-to-text (Qwen3-VL), AutoModelForImageTextToText."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
+
+
 def logits_adapter(model: nn.Module) -> ArchAdapter:
     """What distillation on logits needs (base model, LM head, decoder layers) for any causal LM.
 

@@ -20,6 +20,7 @@ from .loop import distill
 from .resume import check_resume, model_identity, run_settings
 from .vocab import check_same_tokenizer
 from ..config import DistillConfig
+from ..arch.base import text_config
 
 
 def resumable_folder(out: str | Path) -> Path | None:
@@ -149,7 +150,7 @@ def _kept_layers(student_spec: str, teacher) -> list[int] | None:
     if teacher is None or not record_path.is_file():
         return None
     kept = json.loads(record_path.read_text()).get("kept_layers")
-    if kept and max(kept) < teacher.config.num_hidden_layers and len(kept) == len(set(kept)):
+    if kept and max(kept) < text_config(teacher.config).num_hidden_layers and len(kept) == len(set(kept)):
         return kept
     return None
 

@@ -21,6 +21,7 @@ from .losses import (
     map_layers,
 )
 from .vocab import logits_head, shared_vocab_size
+from ..arch.base import text_config
 
 
 def make_logit_loss(config: DistillConfig) -> nn.Module | None:
@@ -62,9 +63,10 @@ def build_hidden_loss(config: DistillConfig, student: nn.Module, teacher: nn.Mod
                       kept_layers: list[int] | None) -> tuple[HiddenStateLoss | None, list[tuple[int, int]]]:
     if config.hidden_loss == "none":
         return None, []
-    pairs = map_layers(student.config.num_hidden_layers, teacher.config.num_hidden_layers, kept_layers,
+    student_sizes, teacher_sizes = text_config(student.config), text_config(teacher.config)
+    pairs = map_layers(student_sizes.num_hidden_layers, teacher_sizes.num_hidden_layers, kept_layers,
                        include_embedding=True)
-    loss = HiddenStateLoss(config.hidden_loss, [student.config.hidden_size] * len(pairs), teacher.config.hidden_size)
+    loss = HiddenStateLoss(config.hidden_loss, [student_sizes.hidden_size] * len(pairs), teacher_sizes.hidden_size)
     return loss, pairs
 
 
@@ -105,7 +107,7 @@ def compute_step_losses(train_module: nn.Module, student: nn.Module, teacher: nn
     head_params = fused_head_params(student)
     s_hidden = student_out.last_hidden_state.reshape(-1, student_out.last_hidden_state.shape[-1])
     if logit_loss is None:  # plain next-token training (teacher correction / CE baseline)
-        student_head = logits_head(student, student.config.vocab_size)
+        student_head = logits_head(student, text_config(student.config).vocab_size)
         ce_sum, count = chunked_cross_entropy(s_hidden, student_head, labels, config.chunk_size,
                                               head_params=head_params)
         ce = ce_sum / max(count, 1)

@@ -11,6 +11,7 @@ from .losses import ForwardKL
 from .sharding import TeacherModule, release_teacher
 from .steps import labels_for
 from .vocab import logits_head, shared_vocab_size
+from ..arch.base import text_config
 
 
 @torch.no_grad()
@@ -52,7 +53,7 @@ def _batch_sums(train_module, student, teacher, teacher_module, input_ids, confi
     s_hidden = train_module(input_ids).last_hidden_state
     s_hidden = s_hidden.reshape(-1, s_hidden.shape[-1])
     if teacher is None:
-        student_head = logits_head(student, student.config.vocab_size)
+        student_head = logits_head(student, text_config(student.config).vocab_size)
         ce_sum, count = chunked_cross_entropy(s_hidden, student_head, labels, config.chunk_size)
         return torch.tensor([float(ce_sum), 0.0, 0.0, count], dtype=torch.float64)
     t_hidden = teacher_module(input_ids).last_hidden_state

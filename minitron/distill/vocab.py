@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..arch import logits_adapter
 from ..errors import MinitronError
+from ..arch.base import text_config
 
 # The pad token is left out: packed blocks hold no padding, and fine-tuned copies often add one.
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token")
@@ -52,7 +53,7 @@ def check_vocabularies(student: nn.Module, teacher: nn.Module, tokenizer=None, t
     With both tokenizers, they are compared and their ids must fit both models' tables (padding may
     differ); without them, only equal table sizes can be trusted.
     """
-    student_rows, teacher_rows = student.config.vocab_size, teacher.config.vocab_size
+    student_rows, teacher_rows = text_config(student.config).vocab_size, text_config(teacher.config).vocab_size
     if tokenizer is None or teacher_tokenizer is None:
         if student_rows != teacher_rows:
             raise MinitronError(
@@ -70,7 +71,7 @@ def check_vocabularies(student: nn.Module, teacher: nn.Module, tokenizer=None, t
 
 def shared_vocab_size(student: nn.Module, teacher: nn.Module) -> int:
     """Rows of the two LM heads that the losses compare: the ones both models have."""
-    return min(student.config.vocab_size, teacher.config.vocab_size)
+    return min(text_config(student.config).vocab_size, text_config(teacher.config).vocab_size)
 
 
 def logits_head(model: nn.Module, vocab_size: int) -> Callable[[Tensor], Tensor]:
@@ -80,6 +81,6 @@ def logits_head(model: nn.Module, vocab_size: int) -> Callable[[Tensor], Tensor]
     matmul, a fraction (padding / vocabulary) of it, and get zero gradient.
     """
     adapter = logits_adapter(model)
-    if vocab_size == model.config.vocab_size:
+    if vocab_size == text_config(model.config).vocab_size:
         return lambda hidden: adapter.logits_from_hidden(model, hidden)
     return lambda hidden: adapter.logits_from_hidden(model, hidden)[..., :vocab_size]

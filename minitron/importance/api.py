@@ -6,7 +6,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import get_adapter, text_config
 from ..errors import MinitronError
 from ..distill.dist import DistEnv
 from ..eval.loss import position_ids_from_mask, reduce_sums
@@ -65,7 +65,7 @@ def estimate_importance(
             raise MinitronError(f"{name} must be one of {REDUCTIONS}, got {value!r}")
     adapter = get_adapter(model)
     device = next(model.parameters()).device
-    config = model.config
+    config = text_config(model.config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     was_training = model.training
     model.eval()

@@ -4,13 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch import get_adapter
+from ..arch import get_adapter, text_config
 from ..arch.base import Axis
 from ..fingerprint import model_fingerprint
 from .scores import ImportanceScores
 
 
 def _sizes(config) -> tuple[int, int, int, int, int]:
+    config = text_config(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return (config.hidden_size, config.intermediate_size, config.num_attention_heads, head_dim,
             config.num_hidden_layers)

@@ -4,7 +4,8 @@
 - Attention heads: what each head adds to the residual stream, ||W_o[:, h] a_h|| per token, where a_h is
   head h's slice of the output projection's input. (The plain activation norm ||a_h|| ignores W_o and
   lost to random head choices on SmolLM2: bench/heads_probe.py, docs/BENCHMARKS.md.)
-- Hidden channels: outputs of every norm that feeds attention or the MLP, summed over layers.
+- Hidden channels: outputs of every norm that feeds attention or the MLP (or, in families without such
+  norms, the residual stream entering them), summed over layers.
 - Block Influence: 1 - cosine(h_in, h_out) of each decoder layer, averaged over tokens.
 """
 from __future__ import annotations
@@ -55,6 +56,9 @@ class ActivationCollector:
         for norm_name in adapter.hidden_norms:
             norm = layer.get_submodule(norm_name)
             self._handles.append(norm.register_forward_hook(lambda module, args, output: self._record_hidden(output)))
+        for input_name in adapter.hidden_inputs:
+            module = layer.get_submodule(input_name)
+            self._handles.append(module.register_forward_pre_hook(lambda module, args: self._record_hidden(args[0])))
         self._handles.append(layer.register_forward_pre_hook(self._layer_input_hook(index), with_kwargs=True))
         self._handles.append(layer.register_forward_hook(self._layer_output_hook(index)))
 

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from torch import nn
 
 from ..arch import get_adapter
-from ..errors import ScoresError
+from ..arch.base import ArchAdapter, text_config
+from ..errors import ScoresError, TargetError
 from ..fingerprint import model_fingerprint
 from ..importance.scores import ImportanceScores
 from ..loading import source_dtype
@@ -31,7 +32,7 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
     if not isinstance(scores, ImportanceScores):
         raise ScoresError(f"prune needs ImportanceScores (from estimate_importance, magnitude_scores, "
                           f"random_scores or ImportanceScores.load), got {type(scores).__name__}")
-    resolved = resolve_target(model.config, target)
+    resolved = _resolve_for(adapter, model.config, target)
     validate_pruned_config(pruned_config(model.config, resolved))
     scores.check_matches(model_fingerprint(model))
     plan = plan_from_scores(scores, model.config, resolved, depth_metric)
@@ -49,13 +50,23 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
 
 def describe_pruning(config, target: Mapping) -> dict:
     """A dry run from the config alone: resulting sizes and parameter counts, no weights needed."""
-    get_adapter(config)
-    resolved: ResolvedTarget = resolve_target(config, target)
+    resolved: ResolvedTarget = _resolve_for(get_adapter(config), config, target)
     new_config = pruned_config(config, resolved)
     validate_pruned_config(new_config)
     before = count_parameters_from_config(config)
     after = count_parameters_from_config(new_config)
     return {"config": new_config, "target": resolved, "params_before": before, "params_after": after}
+
+
+def _resolve_for(adapter: ArchAdapter, config, target: Mapping) -> ResolvedTarget:
+    """resolve_target, then what this family cannot prune (a multimodal projector fixes hidden_size)."""
+    resolved = resolve_target(config, target)
+    source_hidden = text_config(config).hidden_size
+    if adapter.keeps_hidden_size and resolved.hidden_size != source_hidden:
+        raise TargetError(f"{adapter.model_type} is multimodal: its projector maps image features into the "
+                          f"language model's hidden_size ({source_hidden}), which therefore stays; prune "
+                          "intermediate_size, heads or layers instead")
+    return resolved
 
 
 def parameter_summary(model: nn.Module) -> dict:

@@ -5,7 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..arch.base import text_config
 from ..importance.scores import ImportanceScores
+from ..importance.task_depth import kept_layers_by_task, task_of
 from .target import ResolvedTarget
 
 
@@ -59,6 +61,8 @@ def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric
         return [i for i in range(scores.num_layers) if i not in set(target.drop_layers)]
     if target.num_hidden_layers == scores.num_layers:
         return list(range(scores.num_layers))
+    if task_of(depth_metric):  # the seeds' rule: one contiguous block, chosen by task accuracy
+        return kept_layers_by_task(scores.layers, depth_metric, scores.num_layers, target.num_hidden_layers)
     return top_k_sorted(scores.layer_scores(depth_metric), target.num_hidden_layers).tolist()
 
 
@@ -68,6 +72,7 @@ def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
     neurons, q_heads, kv_heads = {}, {}, {}
     for layer in layers:
         neurons[layer] = top_k_sorted(scores.neurons[layer], target.intermediate_size)
-        q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], config.num_key_value_heads, target)
+        q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], text_config(config).num_key_value_heads,
+                                                       target)
     hidden = top_k_sorted(scores.hidden, target.hidden_size)
     return KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads)

@@ -10,9 +10,9 @@ import copy
 import torch
 from accelerate import init_empty_weights
 from torch import nn
-from transformers import AutoModelForCausalLM
 
-from ..arch.base import ArchAdapter, Axis
+from ..arch import auto_model_class
+from ..arch.base import ArchAdapter, Axis, text_config
 from ..arch.layer_config import subset_layer_fields_
 from .select import KeepPlan
 from ..errors import TargetError
@@ -55,10 +55,11 @@ def _head_dim(config) -> int:
 @torch.no_grad()
 def slice_state_dict(adapter: ArchAdapter, state: dict, plan: KeepPlan, config) -> dict:
     """The pruned state dict, with decoder layers renumbered 0..n-1 in their original order."""
+    config = text_config(config)
     new_index = {old: new for new, old in enumerate(plan.layers)}
     new_state = {}
     for name, tensor in state.items():
-        layer, axes = adapter.axes_of(name)
+        layer, axes = adapter.axes_of(name, tensor.dim())
         if layer is not None and layer not in new_index:
             continue
         if len(axes) != tensor.dim():
@@ -82,15 +83,17 @@ def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None 
     for key in _DROPPED_CONFIG_KEYS:
         if hasattr(new_config, key):
             delattr(new_config, key)
-    num_layers = config.num_hidden_layers
+    # A multimodal checkpoint keeps its config; the sizes are its language model's.
+    source_text, new_text = text_config(config), text_config(new_config)
+    num_layers = source_text.num_hidden_layers
     if kept_layers is None:
         kept_layers = _default_kept_layers(num_layers, target)
     # Write head_dim explicitly: families that derive it from hidden_size / heads would change it.
-    new_config.head_dim = _head_dim(config)
+    new_text.head_dim = _head_dim(source_text)
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                 "num_hidden_layers"):
-        setattr(new_config, key, getattr(target, key))
-    subset_layer_fields_(new_config, config, kept_layers)
+        setattr(new_text, key, getattr(target, key))
+    subset_layer_fields_(new_text, source_text, kept_layers)
     return new_config
 
 
@@ -120,8 +123,8 @@ def _default_kept_layers(num_layers: int, target: ResolvedTarget) -> list[int]:
 def build_model(new_config, new_state: dict, *, dtype: torch.dtype | None = None) -> nn.Module:
     """Instantiate the pruned architecture without initialising weights, then assign the tensors."""
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
-    tied = bool(getattr(new_config, "tie_word_embeddings", False))
+        model = auto_model_class(new_config).from_config(new_config, dtype=dtype)
+    tied = bool(getattr(new_config, "tie_word_embeddings", False))  # a multimodal config's own: the LM head's
     state = {k: v for k, v in new_state.items() if not (tied and k == "lm_head.weight")}
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]

@@ -26,7 +26,8 @@ class ResolvedTarget:
 
 
 def source_sizes(config) -> dict[str, int]:
-    return {key: int(getattr(config, key)) for key in SIZE_KEYS}
+    from ..arch.base import text_config  # a multimodal checkpoint's sizes are its language model's
+    return {key: int(getattr(text_config(config), key)) for key in SIZE_KEYS}
 
 
 def resolve_target(config, target: Mapping) -> ResolvedTarget:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..arch import get_adapter
+from ..arch import get_adapter, text_config
 from ..errors import MinitronError
 from ..prune import describe_pruning
 from .schema import Recipe, load_recipe
@@ -27,7 +27,8 @@ def plan_recipe(recipe: Recipe, teacher_config) -> list[dict]:
         row = {"name": stage.name, "search": stage.search, "target": stage.target, "config": None, "params": None}
         if config is not None and stage.distill_config(recipe).hidden_loss != "none" \
                 and stage.teacher_source(recipe) == "teacher":
-            check_layer_mapping(stage.name, config.num_hidden_layers, teacher_config.num_hidden_layers)
+            check_layer_mapping(stage.name, text_config(config).num_hidden_layers,
+                                text_config(teacher_config).num_hidden_layers)
         try:
             if stage.search is not None:
                 row["candidates"] = _search_candidates(config, stage)
@@ -35,7 +36,8 @@ def plan_recipe(recipe: Recipe, teacher_config) -> list[dict]:
             elif config is not None:
                 summary = describe_pruning(config, stage.target)
                 config = summary["config"]
-                row |= {"config": config, "architecture": {key: getattr(config, key) for key in ARCHITECTURE_KEYS},
+                sizes = text_config(config)
+                row |= {"config": config, "architecture": {key: getattr(sizes, key) for key in ARCHITECTURE_KEYS},
                         "params": summary["params_after"], "params_before": summary["params_before"]}
         except MinitronError as error:
             raise MinitronError(f"stage {stage.name!r}: {error}") from error
@@ -95,4 +97,5 @@ def _params_of(config) -> int:
 
 
 def _arch_text(config) -> str:
-    return ", ".join(f"{key.replace('num_', '').replace('_', ' ')} {getattr(config, key)}" for key in ARCHITECTURE_KEYS)
+    sizes = text_config(config)
+    return ", ".join(f"{key.replace('num_', '').replace('_', ' ')} {getattr(sizes, key)}" for key in ARCHITECTURE_KEYS)

@@ -24,6 +24,7 @@ from ..config import DataConfig, DistillConfig, ImportanceConfig
 from ..data.chat import check_chat_template_mode
 from ..errors import InputNotFoundError, MinitronError, SettingsError
 from ..prune.target import TARGET_KEYS, check_layer_indices, parse_layer_list
+from ..importance.task_depth import task_of
 
 TOP_KEYS = ("teacher", "description", "data", "importance", "correction", "distill", "distill_from", "stages",
             "eval")
@@ -81,8 +82,12 @@ class Stage:
     distill_from: str | None = None
     depth_metric: str | None = None
 
-    def importance_configs(self, recipe: Recipe) -> tuple[DataConfig, ImportanceConfig]:
+    def importance_configs(self, recipe: Recipe, task_block: int | None = None) -> tuple[DataConfig, ImportanceConfig]:
+        """task_block: the layers this stage's target drops (parent depth - target depth), known once the
+        parent is; with a `task:NAME` depth metric the importance step then ranks blocks of that size."""
         settings = {**recipe.importance, **self.importance}
+        if task_of(self.depth_metric) and task_block:
+            settings |= {"depth_metric": self.depth_metric, "task_block": task_block}
         data_part = {k: v for k, v in settings.items() if k in IMPORTANCE_DATA_KEYS}
         data = DataConfig(data=recipe.data.train, text_field=recipe.data.text_field,
                           chat_template=recipe.data.chat_template, seq_len=recipe.data.seq_len,
@@ -222,9 +227,19 @@ def _stages(raw, recipe: Recipe, where: str) -> list[Stage]:
             if "distill_from" in section else None,
             depth_metric=_optional_str(section.get("depth_metric"), f"{here} depth_metric"))
         stage.distill_config(recipe)
+        _checked(lambda stage=stage: _check_task_depth(stage), here)
         _checked(lambda stage=stage: stage.importance_configs(recipe), f"{here} importance")
         stages.append(stage)
     return stages
+
+
+def _check_task_depth(stage: Stage) -> None:
+    """A task depth metric ranks blocks of one size: the stage needs a fixed depth to cut to."""
+    if not task_of(stage.depth_metric):
+        return
+    if stage.target is None or "num_hidden_layers" not in stage.target or "drop_layers" in stage.target:
+        raise SettingsError(f"depth_metric {stage.depth_metric} picks the block of layers a fixed target drops: "
+                            "give the stage a target with num_hidden_layers (not a search, not drop_layers)")
 
 
 def _target(raw, where: str) -> dict:

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ..arch import text_config
 from ..config import DistillConfig
 from ..data.cache import load_blocks
 from ..distill.dist import DistEnv, barrier, on_main
@@ -43,7 +44,7 @@ def run_prune_distill(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, 
     if on_main(env, lambda: _has_scores(scores_dir)):
         say(f"[{entry['dir']}] reusing the importance scores in {scores_dir}")
     else:
-        data, settings = stage.importance_configs(recipe)
+        data, settings = stage.importance_configs(recipe, _task_block(stage, entry, parent))
         say(f"[{entry['dir']}] importance on {entry['parent']} ({data.samples} x {data.seq_len} tokens)")
         run_importance(parent, str(scores_dir), data, settings, device=device, overwrite=True)
         barrier(env)  # rank 0 writes the scores: the others read them only once they are there
@@ -61,7 +62,8 @@ def run_prune_distill(entry: dict, stage: Stage, recipe: Recipe, run_dir: Path, 
     config = stage.distill_config(recipe)
     if config.hidden_loss != "none" and teacher != parent:
         from ..jobs import load_config
-        check_layer_mapping(stage.name, load_config(parent).num_hidden_layers, load_config(teacher).num_hidden_layers)
+        check_layer_mapping(stage.name, text_config(load_config(parent)).num_hidden_layers,
+                            text_config(load_config(teacher)).num_hidden_layers)
     say(f"[{entry['dir']}] distilling from {entry['teacher']}")
     distill_into(str(pruned_dir), teacher, recipe, run_dir / entry["model"], config, device, env)
 
@@ -73,6 +75,15 @@ def _prune_once(entry: dict, stage: Stage, parent: str, scores_dir: Path, pruned
     say(f"[{entry['dir']}] pruning to {entry['target']}")
     run_prune(parent, str(pruned_dir), entry["target"], scores=str(scores_dir), depth_metric=stage.depth_metric,
               device=device, overwrite=True)
+
+
+def _task_block(stage: Stage, entry: dict, parent: str) -> int | None:
+    """How many layers the stage's fixed target drops from its parent (what a task depth metric ranks)."""
+    target_layers = (entry.get("target") or {}).get("num_hidden_layers")
+    if target_layers is None:
+        return None
+    from ..jobs import load_config
+    return text_config(load_config(parent)).num_hidden_layers - target_layers
 
 
 def check_layer_mapping(stage_name: str, parent_layers: int, teacher_layers: int) -> None:
@@ -141,7 +152,7 @@ def evaluate_member(name: str, model_spec: str, shown: str, recipe: Recipe, held
     member = {"name": name, "model": shown, "params": count_parameters(model).as_dict(),
               "heldout_loss": metrics["loss"], "perplexity": metrics["perplexity"],
               "heldout_tokens": metrics["tokens"], "tokens_per_s": None, "latency_ms": None,
-              "architecture": {key: getattr(model.config, key) for key in ARCHITECTURE_KEYS}}
+              "architecture": {key: getattr(text_config(model.config), key) for key in ARCHITECTURE_KEYS}}
     member |= on_main(env, lambda: _throughput(model, recipe))  # one device's speed: measured by rank 0 alone
     return member, heldout
 

@@ -16,6 +16,7 @@ from ..params import ParamCount, count_parameters_from_config
 from ..prune.surgery import pruned_config, validate_pruned_config
 from ..prune.target import SIZE_KEYS, resolve_target, source_sizes
 from .config import SearchConfig
+from ..arch.base import text_config
 
 WIDTH_KEYS = SIZE_KEYS[:4]  # hidden_size, intermediate_size, num_attention_heads, num_key_value_heads
 
@@ -129,7 +130,7 @@ class ParamCounter:
         return count_parameters_from_config(pruned_config(self.config, resolved))
 
     def __call__(self, architecture: Architecture) -> ParamCount:
-        if self.config.num_hidden_layers < 2:
+        if text_config(self.config).num_hidden_layers < 2:
             return self.exact(architecture)
         widths = architecture.widths()
         if widths not in self._per_width:

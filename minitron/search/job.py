@@ -27,6 +27,7 @@ from .candidates import Architecture
 from .config import SearchConfig
 from .rank import plan, search
 from .tables import write_outputs
+from ..arch.base import text_config
 
 SCORES_SUBDIR = "scores"
 
@@ -87,9 +88,10 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
         teacher_model = load_model(teacher, dtype=dtype, device=device)[0] if teacher else None
         if teacher_model is not None:
             check_seq_len(teacher_model, data.seq_len)
-        if teacher_model is not None and teacher_model.config.vocab_size != loaded.config.vocab_size:
-            raise MinitronError(f"teacher and model vocabularies differ ({teacher_model.config.vocab_size} vs "
-                                f"{loaded.config.vocab_size}): logit distillation needs the same tokenizer")
+        teacher_rows = None if teacher_model is None else text_config(teacher_model.config).vocab_size
+        if teacher_rows is not None and teacher_rows != text_config(loaded.config).vocab_size:
+            raise MinitronError(f"teacher and model vocabularies differ ({teacher_rows} vs "
+                                f"{text_config(loaded.config).vocab_size}): logit distillation needs the same tokenizer")
         heldout = load_blocks(data.data, tokenizer, data.seq_len, config.heldout_samples, split="heldout",
                               text_field=data.text_field, allow_fewer=True, chat_template=data.chat_template)
         train = None
