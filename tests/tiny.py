@@ -6,7 +6,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 VOCAB_SIZE = 320
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite",
+            "nemotron_h"]
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -36,6 +37,11 @@ _EXTRA = {
     "nemotron": dict(partial_rotary_factor=0.5),
     "granite": dict(embedding_multiplier=4.0, residual_multiplier=0.5, attention_multiplier=0.2,
                     logits_scaling=2.0),
+    # Hybrid: Mamba-2, attention, MLP, Mamba (layer 1 is attention, as the head tests expect). Two Mamba
+    # groups of four heads, and chunks of 8 so that a 16-token batch crosses a chunk boundary.
+    "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
+                       mamba_num_heads=8, mamba_head_dim=4, n_groups=2, ssm_state_size=8, conv_kernel=4,
+                       chunk_size=8, use_bias=True, mlp_bias=True),
 }
 
 
@@ -54,10 +60,10 @@ def tiny_model(family: str, **overrides):
 
 
 def _randomize_norms_(model) -> None:
-    """Norm weights start at 1 (or 0); make them random so that channel slicing errors show up."""
+    """Norm weights (and Mamba's per-head D) start at 1 or 0; make them random so slicing errors show up."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or name.endswith("mixer.D"):
                 param.add_(torch.randn_like(param) * 0.3)
 
 

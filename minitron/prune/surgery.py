@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM
 
 from ..arch.base import ArchAdapter, Axis
 from ..arch.layer_config import subset_layer_fields_
+from ..arch.mamba import MAMBA_AXES, mamba_axis_index
 from .select import KeepPlan
-from ..errors import TargetError
+from ..errors import ScoresError, TargetError
 from .target import ResolvedTarget
 
 # Config entries that describe the source model's provenance, not the pruned one's architecture.
@@ -27,8 +28,14 @@ def head_channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
 
 
-def axis_index(axis: Axis, layer: int | None, plan: KeepPlan, config) -> torch.Tensor | None:
+def axis_index(axis: Axis, layer: int | None, plan: KeepPlan, config,
+               adapter: ArchAdapter | None = None) -> torch.Tensor | None:
     """Kept indices along one axis (None: keep everything)."""
+    if axis in MAMBA_AXES:
+        if layer not in plan.mamba_heads:
+            raise ScoresError(f"the importance scores hold no Mamba head scores for layer {layer}; recompute them "
+                              "with this version of `minitron importance`")
+        return mamba_axis_index(axis, adapter.mamba, config, plan.mamba_heads[layer], plan.mamba_head_dim[layer])
     head_dim = _head_dim(config)
     if axis is Axis.HIDDEN:
         return plan.hidden
@@ -65,7 +72,7 @@ def slice_state_dict(adapter: ArchAdapter, state: dict, plan: KeepPlan, config) 
             raise ValueError(f"{adapter.model_type}: {name} has {tensor.dim()} dims but the adapter lists {axes}")
         source = tensor
         for dim, axis in enumerate(axes):
-            index = axis_index(axis, layer, plan, config)
+            index = axis_index(axis, layer, plan, config, adapter)
             if index is not None and index.numel() != tensor.shape[dim]:
                 tensor = tensor.index_select(dim, index.to(tensor.device))
         if layer is not None:
@@ -91,7 +98,19 @@ def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None 
                 "num_hidden_layers"):
         setattr(new_config, key, getattr(target, key))
     subset_layer_fields_(new_config, config, kept_layers)
+    _set_mamba_sizes(new_config, target)
     return new_config
+
+
+def _set_mamba_sizes(new_config, target: ResolvedTarget) -> None:
+    if target.mamba_num_heads is None and target.mamba_head_dim is None:
+        return
+    from ..arch import get_adapter
+
+    layout = get_adapter(new_config).mamba
+    for key in ("mamba_num_heads", "mamba_head_dim"):
+        if getattr(target, key) is not None:
+            setattr(new_config, layout.config_key(key), getattr(target, key))
 
 
 def validate_pruned_config(new_config) -> None:
