@@ -138,3 +138,12 @@ def test_moe_layers_are_refused_clearly():
     config = tiny_config("nemotron_h", layers_block_type=["linear_attention", "moe"])
     with pytest.raises(UnsupportedArchitectureError, match="mixture-of-experts"):
         get_adapter(config)
+
+
+def test_an_untied_head_under_a_tie_flag_is_kept(batches):
+    # NemotronH accepts tie_word_embeddings=True but never ties: the pruned model must still get its head.
+    torch.manual_seed(0)
+    flagged = tiny_model("nemotron_h", tie_word_embeddings=True)
+    assert flagged.lm_head.weight is not flagged.model.embeddings.weight
+    same = prune(flagged, random_scores(flagged), {"mamba_num_heads": HEADS})
+    torch.testing.assert_close(logits(same, batches[0]), logits(flagged, batches[0]), atol=1e-5, rtol=0)

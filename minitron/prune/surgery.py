@@ -140,7 +140,11 @@ def build_model(new_config, new_state: dict, *, dtype: torch.dtype | None = None
     """Instantiate the pruned architecture without initialising weights, then assign the tensors."""
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(new_config, dtype=dtype)
-    tied = bool(getattr(new_config, "tie_word_embeddings", False))
+    # Whether the model really shares its embedding with the LM head: the config's flag alone is not enough
+    # (NemotronH has tie_word_embeddings but never ties, so its lm_head.weight must be loaded).
+    model.tie_weights()
+    output_embeddings = model.get_output_embeddings()
+    tied = output_embeddings is not None and output_embeddings.weight is model.get_input_embeddings().weight
     state = {k: v for k, v in new_state.items() if not (tied and k == "lm_head.weight")}
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
