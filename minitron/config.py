@@ -151,6 +151,10 @@ class TargetConfig:
     num_key_value_heads: int | None = _help("KV groups to keep (whole groups are pruned).", default=None)
     num_hidden_layers: int | None = _help("Layers to keep, chosen by --depth-metric.", default=None)
     drop_layers: str | None = _help("Explicit source layers to drop, e.g. '16-30' or '3,5,7'.", default=None)
+    mamba_num_heads: int | None = _help("Hybrid stacks: Mamba-2 heads to keep in every Mamba layer (evenly per "
+                                        "group).", default=None)
+    mamba_head_dim: int | None = _help("Hybrid stacks: Mamba-2 head dim to keep (one order for every head).",
+                                       default=None)
 
     def __post_init__(self) -> None:
         if self.drop_layers is not None:

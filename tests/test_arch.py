@@ -20,10 +20,15 @@ def test_logits_from_hidden_match_the_model(model, batches):
 
 
 def test_hooked_modules_exist(model):
+    # Every layer of a plain stack has every hooked module; a hybrid stack's layer has some, and each
+    # hooked module is in some layer (a misspelt name would otherwise score nothing, silently).
     adapter = get_adapter(model)
-    for layer in adapter.layers(model):
-        for name in (adapter.mlp_down_proj, adapter.attn_out_proj, *adapter.hidden_norms, *adapter.hidden_inputs):
-            layer.get_submodule(name)
+    names = (adapter.mlp_down_proj, adapter.attn_out_proj, *adapter.hidden_norms, *adapter.hidden_inputs)
+    names += (adapter.mamba.out_proj,) if adapter.mamba else ()
+    found = {name: [adapter.layer_module(layer, name) is not None for layer in adapter.layers(model)]
+             for name in names}
+    for name, in_layers in found.items():
+        assert all(in_layers) if not adapter.hybrid or name in adapter.hidden_norms else any(in_layers), name
 
 
 def test_captured_layer_states_are_pre_norm_layer_outputs(model, batches):

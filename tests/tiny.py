@@ -9,7 +9,7 @@ from minitron.arch import auto_model_class
 
 VOCAB_SIZE = 320
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite",
-            "smollm3", "olmo2", "olmo3", "gemma3", "qwen3_vl"]
+            "smollm3", "olmo2", "olmo3", "gemma3", "qwen3_vl", "nemotron_h"]
 # Multimodal checkpoints: the language model (sizes as above) inside, beside a tiny vision tower.
 MULTIMODAL = {
     "gemma3": dict(vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -55,6 +55,11 @@ _EXTRA = {
     "gemma3": dict(sliding_window=8, query_pre_attn_scalar=8, final_logit_softcapping=30.0,
                    layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]),
     "qwen3_vl": dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1])),
+    # Hybrid: Mamba-2, attention, MLP, Mamba (layer 1 is attention, as the head tests expect). Two Mamba
+    # groups of four heads, and chunks of 8 so that a 16-token batch crosses a chunk boundary.
+    "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
+                       mamba_num_heads=8, mamba_head_dim=4, n_groups=2, ssm_state_size=8, conv_kernel=4,
+                       chunk_size=8, use_bias=True, mlp_bias=True),
 }
 
 
@@ -76,10 +81,10 @@ def tiny_model(family: str, **overrides):
 
 
 def _randomize_norms_(model) -> None:
-    """Norm weights start at 1 (or 0); make them random so that channel slicing errors show up."""
+    """Norm weights (and Mamba's per-head D) start at 1 or 0; make them random so slicing errors show up."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or name.endswith("mixer.D"):
                 param.add_(torch.randn_like(param) * 0.3)
 
 

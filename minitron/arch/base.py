@@ -15,9 +15,13 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .mamba import MambaLayout
 
 
 class Axis(str, Enum):
@@ -30,6 +34,11 @@ class Axis(str, Enum):
     QKV = "qkv"  # a fused [q; k; v] projection (phi3)
     GATE_UP = "gate_up"  # a fused [gate; up] projection (phi3)
     KEEP = "keep"  # never pruned (vocabulary, head_dim of q/k norms)
+    # Mamba-2 mixers (layout in arch/mamba.py): heads x head_dim of one layer, in four packings.
+    MAMBA_IN = "mamba_in"  # in_proj rows [z | x | B C | dt]
+    MAMBA_CONV = "mamba_conv"  # conv1d channels [x | B C]
+    MAMBA_INNER = "mamba_inner"  # heads x head_dim channels (gated norm, out_proj input)
+    MAMBA_HEADS = "mamba_heads"  # one entry per head (A_log, D, dt_bias)
 
 
 H, M, Q, KV, QKV, GU, KEEP = Axis.HIDDEN, Axis.MLP, Axis.Q, Axis.KV, Axis.QKV, Axis.GATE_UP, Axis.KEEP
@@ -75,6 +84,12 @@ class ArchAdapter:
     """Parameters under these prefixes are copied whole (a multimodal checkpoint's vision tower and projector)."""
     keeps_hidden_size: bool = False
     """hidden_size cannot be pruned (a multimodal projector maps image features into it)."""
+    mamba: "MambaLayout | None" = None
+    """The family's Mamba-2 mixers (arch/mamba.py), for hybrid stacks; None: no Mamba layers."""
+    hybrid: bool = False
+    """Layers differ in kind (Mamba, attention, MLP): a layer may lack any hooked module."""
+    unsupported_reason: Callable[[object], str | None] | None = None
+    """Given a config, why this family's adapter cannot handle that variant (None: it can)."""
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)
@@ -118,6 +133,15 @@ class ArchAdapter:
         finally:
             for handle in handles:
                 handle.remove()
+
+    def layer_module(self, layer: nn.Module, path: str) -> nn.Module | None:
+        """The submodule `path` of one decoder layer; None where a hybrid stack's layer has no such part."""
+        try:
+            return layer.get_submodule(path)
+        except AttributeError:
+            if self.hybrid:
+                return None
+            raise
 
     def lm_head_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters `logits_from_hidden` reads (the LM head's; the embedding weight when tied)."""

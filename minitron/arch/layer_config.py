@@ -21,7 +21,7 @@ LAYER_THRESHOLDS = ("max_window_layers", "first_k_dense_replace")
 LAYER_INDEX_LISTS = ("mlp_only_layers",)
 # Lists that are not per-layer even when their length happens to equal the layer count.
 NOT_PER_LAYER = ("architectures", "eos_token_id", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
-                 "drop_layers", *LAYER_INDEX_LISTS)
+                 "drop_layers", "mtp_layers_block_type", *LAYER_INDEX_LISTS)
 # Gemma 3's backward-compatible period: layer i is full attention when (i + 1) % period == 0, else sliding.
 SLIDING_PATTERN_FIELDS = ("_sliding_window_pattern", "sliding_window_pattern")
 

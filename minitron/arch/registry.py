@@ -26,7 +26,11 @@ def get_adapter(model_or_config) -> ArchAdapter:
             f"model_type {model_type!r} is not supported yet. Supported: {', '.join(SUPPORTED_MODEL_TYPES)}. "
             "A new family needs one adapter table in minitron/arch/families.py."
         )
-    return ADAPTERS[model_type]
+    adapter = ADAPTERS[model_type]
+    reason = adapter.unsupported_reason(config) if adapter.unsupported_reason is not None else None
+    if reason:
+        raise UnsupportedArchitectureError(f"model_type {model_type!r}: {reason}")
+    return adapter
 
 
 def auto_model_class(config):

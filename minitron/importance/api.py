@@ -109,9 +109,11 @@ def estimate_importance(
                 "samples_per_process": per_process}
     return ImportanceScores(
         hidden=collector.hidden.result(batch_reduction),
-        neurons=[acc.result(batch_reduction) for acc in collector.neurons],
-        heads=[acc.result(batch_reduction) for acc in collector.heads],
+        neurons=collector.per_layer(collector.neurons, batch_reduction),
+        heads=collector.per_layer(collector.heads, batch_reduction),
         layers=layers,
         fingerprint=model_fingerprint(model),
         meta={**settings, **(meta or {})},
+        mamba_heads={i: acc.result(batch_reduction) for i, acc in collector.mamba_heads.items()},
+        mamba_head_dim={i: acc.result(batch_reduction) for i, acc in collector.mamba_channels.items()},
     )

@@ -45,19 +45,42 @@ def magnitude_scores(model: nn.Module) -> ImportanceScores:
             elif axis is Axis.QKV:
                 q_channels[layer] += per_index[: heads * head_dim]
     head_scores = [c.view(heads, head_dim).sum(dim=1).sqrt().float() for c in q_channels]
+    mamba_heads, mamba_head_dim = _mamba_magnitudes(model, adapter)
     return ImportanceScores(
         hidden=hidden.sqrt().float(), neurons=[n.sqrt().float() for n in neurons], heads=head_scores,
         layers={"magnitude": layer_norms.sqrt().float()}, fingerprint=model_fingerprint(model),
-        meta={"criterion": "magnitude"})
+        meta={"criterion": "magnitude"}, mamba_heads=mamba_heads, mamba_head_dim=mamba_head_dim)
+
+
+def _mamba_magnitudes(model: nn.Module, adapter) -> tuple[dict, dict]:
+    """Mamba heads and head-dim positions by the norm of out_proj's columns that read them."""
+    if adapter.mamba is None:
+        return {}, {}
+    heads, head_dim, _, _ = adapter.mamba.sizes(model.config)
+    scores_heads, scores_dim = {}, {}
+    for index, layer in enumerate(adapter.layers(model)):
+        out_proj = adapter.layer_module(layer, adapter.mamba.out_proj)
+        if out_proj is not None:
+            squares = (out_proj.weight.detach().double() ** 2).sum(dim=0).view(heads, head_dim)
+            scores_heads[index] = squares.sum(dim=1).sqrt().float()
+            scores_dim[index] = squares.sum(dim=0).sqrt().float()
+    return scores_heads, scores_dim
 
 
 def random_scores(model: nn.Module, seed: int = 0) -> ImportanceScores:
     """Uniform random scores from a seeded generator: the floor any criterion must beat."""
     hidden_size, intermediate, heads, _, num_layers = _sizes(model.config)
     generator = torch.Generator().manual_seed(seed)
-    return ImportanceScores(
+    scores = ImportanceScores(
         hidden=torch.rand(hidden_size, generator=generator),
         neurons=[torch.rand(intermediate, generator=generator) for _ in range(num_layers)],
         heads=[torch.rand(heads, generator=generator) for _ in range(num_layers)],
         layers={"random": torch.rand(num_layers, generator=generator)},
         fingerprint=model_fingerprint(model), meta={"criterion": "random", "seed": seed})
+    layout = get_adapter(model).mamba
+    if layout is not None:  # every layer gets Mamba scores; only Mamba layers' are ever read
+        mamba_heads, mamba_head_dim, _, _ = layout.sizes(model.config)
+        for layer in range(num_layers):
+            scores.mamba_heads[layer] = torch.rand(mamba_heads, generator=generator)
+            scores.mamba_head_dim[layer] = torch.rand(mamba_head_dim, generator=generator)
+    return scores

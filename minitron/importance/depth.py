@@ -20,8 +20,8 @@ class SkipLayer(nn.Module):
 
     def __init__(self, replaced: nn.Module) -> None:
         super().__init__()
-        # Some families read per-layer attributes (attention type) from the layer object.
-        for name in ("attention_type", "layer_idx", "is_sliding"):
+        # Some families read per-layer attributes (attention type, NemotronH's block type) from the layer object.
+        for name in ("attention_type", "layer_idx", "is_sliding", "block_type"):
             if hasattr(replaced, name):
                 setattr(self, name, getattr(replaced, name))
 

@@ -28,6 +28,9 @@ class ImportanceScores:
     neurons: per layer, (intermediate_size,)
     heads:   per layer, (num_attention_heads,)
     layers:  metric name -> (num_hidden_layers,), e.g. "block_influence", "lm_loss"
+    mamba_heads / mamba_head_dim: Mamba layer index -> (mamba heads,) / (mamba head dim,)
+
+    In a hybrid stack a layer without an MLP (attention) has an empty neuron (head) tensor.
     """
 
     hidden: torch.Tensor
@@ -36,6 +39,8 @@ class ImportanceScores:
     layers: dict[str, torch.Tensor]
     fingerprint: str
     meta: dict = field(default_factory=dict)
+    mamba_heads: dict[int, torch.Tensor] = field(default_factory=dict)
+    mamba_head_dim: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -54,6 +59,8 @@ class ImportanceScores:
         tensors |= {f"neurons.{i}": t.contiguous() for i, t in enumerate(self.neurons)}
         tensors |= {f"heads.{i}": t.contiguous() for i, t in enumerate(self.heads)}
         tensors |= {f"layers.{name}": t.contiguous() for name, t in self.layers.items()}
+        tensors |= {f"mamba_heads.{i}": t.contiguous() for i, t in self.mamba_heads.items()}
+        tensors |= {f"mamba_head_dim.{i}": t.contiguous() for i, t in self.mamba_head_dim.items()}
         tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
         meta = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "num_layers": self.num_layers, **self.meta}
@@ -84,9 +91,11 @@ class ImportanceScores:
             raise ScoresError(f"the scores in {folder} are in format {meta.get('format_version')}, this minitron "
                               f"reads format {FORMAT_VERSION}; recompute them with `minitron importance`")
         layers = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("layers.")}
+        mamba = {kind: {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith(kind + ".")}
+                 for kind in ("mamba_heads", "mamba_head_dim")}
         fingerprint = meta.pop("fingerprint")
         return cls(hidden=tensors["hidden"], neurons=neurons, heads=heads, layers=layers,
-                   fingerprint=fingerprint, meta=meta)
+                   fingerprint=fingerprint, meta=meta, **mamba)
 
     def check_matches(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:

@@ -1,7 +1,7 @@
 """Which parts to keep, from importance scores: the top-k of every axis, in their original order."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,6 +20,8 @@ class KeepPlan:
     neurons: dict[int, torch.Tensor]  # source layer index -> kept MLP neurons
     q_heads: dict[int, torch.Tensor]  # source layer index -> kept query heads
     kv_heads: dict[int, torch.Tensor]  # source layer index -> kept KV heads
+    mamba_heads: dict[int, torch.Tensor] = field(default_factory=dict)  # Mamba layer -> kept heads
+    mamba_head_dim: dict[int, torch.Tensor] = field(default_factory=dict)  # Mamba layer -> kept head-dim positions
 
 
 def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,9 +72,27 @@ def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
                      depth_metric: str | None = None) -> KeepPlan:
     layers = select_layers(scores, target, depth_metric)
     neurons, q_heads, kv_heads = {}, {}, {}
-    for layer in layers:
-        neurons[layer] = top_k_sorted(scores.neurons[layer], target.intermediate_size)
-        q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], text_config(config).num_key_value_heads,
-                                                       target)
+    for layer in layers:  # a hybrid stack's layer without an MLP (attention) has empty scores for it
+        if scores.neurons[layer].numel():
+            neurons[layer] = top_k_sorted(scores.neurons[layer], target.intermediate_size)
+        if scores.heads[layer].numel():
+            q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], text_config(config).num_key_value_heads, target)
     hidden = top_k_sorted(scores.hidden, target.hidden_size)
-    return KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads)
+    plan = KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads)
+    if scores.mamba_heads:
+        plan.mamba_heads, plan.mamba_head_dim = select_mamba(scores, config, target, layers)
+    return plan
+
+
+def select_mamba(scores: ImportanceScores, config, target: ResolvedTarget,
+                 layers: list[int]) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Per kept Mamba layer: the best heads of every group, and the best head-dim positions."""
+    from ..arch import get_adapter
+    from ..arch.mamba import select_mamba_heads
+
+    heads, head_dim, groups, _ = get_adapter(config).mamba.sizes(config)
+    kept_heads = target.mamba_num_heads or heads
+    kept_dim = target.mamba_head_dim or head_dim
+    chosen = [layer for layer in layers if layer in scores.mamba_heads]
+    return ({layer: select_mamba_heads(scores.mamba_heads[layer], groups, kept_heads) for layer in chosen},
+            {layer: top_k_sorted(scores.mamba_head_dim[layer], kept_dim) for layer in chosen})

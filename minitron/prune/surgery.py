@@ -14,8 +14,9 @@ from torch import nn
 from ..arch import auto_model_class
 from ..arch.base import ArchAdapter, Axis, text_config
 from ..arch.layer_config import subset_layer_fields_
+from ..arch.mamba import MAMBA_AXES, mamba_axis_index
 from .select import KeepPlan
-from ..errors import TargetError
+from ..errors import ScoresError, TargetError
 from .target import ResolvedTarget
 
 # Config entries that describe the source model's provenance, not the pruned one's architecture.
@@ -27,8 +28,14 @@ def head_channels(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
 
 
-def axis_index(axis: Axis, layer: int | None, plan: KeepPlan, config) -> torch.Tensor | None:
+def axis_index(axis: Axis, layer: int | None, plan: KeepPlan, config,
+               adapter: ArchAdapter | None = None) -> torch.Tensor | None:
     """Kept indices along one axis (None: keep everything)."""
+    if axis in MAMBA_AXES:
+        if layer not in plan.mamba_heads:
+            raise ScoresError(f"the importance scores hold no Mamba head scores for layer {layer}; recompute them "
+                              "with this version of `minitron importance`")
+        return mamba_axis_index(axis, adapter.mamba, config, plan.mamba_heads[layer], plan.mamba_head_dim[layer])
     head_dim = _head_dim(config)
     if axis is Axis.HIDDEN:
         return plan.hidden
@@ -66,7 +73,7 @@ def slice_state_dict(adapter: ArchAdapter, state: dict, plan: KeepPlan, config) 
             raise ValueError(f"{adapter.model_type}: {name} has {tensor.dim()} dims but the adapter lists {axes}")
         source = tensor
         for dim, axis in enumerate(axes):
-            index = axis_index(axis, layer, plan, config)
+            index = axis_index(axis, layer, plan, config, adapter)
             if index is not None and index.numel() != tensor.shape[dim]:
                 tensor = tensor.index_select(dim, index.to(tensor.device))
         if layer is not None:
@@ -94,7 +101,19 @@ def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None 
                 "num_hidden_layers"):
         setattr(new_text, key, getattr(target, key))
     subset_layer_fields_(new_text, source_text, kept_layers)
+    _set_mamba_sizes(new_text, target)
     return new_config
+
+
+def _set_mamba_sizes(new_config, target: ResolvedTarget) -> None:
+    if target.mamba_num_heads is None and target.mamba_head_dim is None:
+        return
+    from ..arch import get_adapter
+
+    layout = get_adapter(new_config).mamba
+    for key in ("mamba_num_heads", "mamba_head_dim"):
+        if getattr(target, key) is not None:
+            setattr(new_config, layout.config_key(key), getattr(target, key))
 
 
 def validate_pruned_config(new_config) -> None:
@@ -124,7 +143,11 @@ def build_model(new_config, new_state: dict, *, dtype: torch.dtype | None = None
     """Instantiate the pruned architecture without initialising weights, then assign the tensors."""
     with init_empty_weights():
         model = auto_model_class(new_config).from_config(new_config, dtype=dtype)
-    tied = bool(getattr(new_config, "tie_word_embeddings", False))  # a multimodal config's own: the LM head's
+    # Whether the model really shares its embedding with the LM head: the config's flag alone is not enough
+    # (NemotronH has tie_word_embeddings but never ties, so its lm_head.weight must be loaded).
+    model.tie_weights()
+    output_embeddings = model.get_output_embeddings()
+    tied = output_embeddings is not None and output_embeddings.weight is model.get_input_embeddings().weight
     state = {k: v for k, v in new_state.items() if not (tied and k == "lm_head.weight")}
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]

@@ -9,7 +9,8 @@ from ..errors import TargetError
 
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
              "num_hidden_layers")
-TARGET_KEYS = (*SIZE_KEYS, "drop_layers")
+MAMBA_KEYS = ("mamba_num_heads", "mamba_head_dim")  # hybrid stacks only (arch/mamba.py)
+TARGET_KEYS = (*SIZE_KEYS, "drop_layers", *MAMBA_KEYS)
 _LAYER_ENTRY = re.compile(r"(?P<start>[0-9]+)(?:\s*-\s*(?P<end>[0-9]+))?")
 
 
@@ -23,6 +24,9 @@ class ResolvedTarget:
     num_key_value_heads: int
     num_hidden_layers: int
     drop_layers: tuple[int, ...] | None
+    mamba_num_heads: int | None = None
+    """Mamba-2 heads per Mamba layer (None: the source's, or no Mamba layers)."""
+    mamba_head_dim: int | None = None
 
 
 def source_sizes(config) -> dict[str, int]:
@@ -58,7 +62,29 @@ def resolve_target(config, target: Mapping) -> ResolvedTarget:
             raise TargetError(f"drop_layers removes {len(drop_layers)} of {source['num_hidden_layers']} layers, "
                               f"leaving {remaining}, but num_hidden_layers={sizes['num_hidden_layers']}")
         sizes["num_hidden_layers"] = remaining
-    return ResolvedTarget(**sizes, drop_layers=drop_layers)
+    return ResolvedTarget(**sizes, drop_layers=drop_layers, **_resolve_mamba(config, target))
+
+
+def _resolve_mamba(config, target: Mapping) -> dict[str, int]:
+    """The Mamba sizes a target asks for, checked against the source's Mamba-2 mixers."""
+    asked = {key: target[key] for key in MAMBA_KEYS if target.get(key) is not None}
+    if not asked:
+        return {}
+    from ..arch import get_adapter  # the family's config names for its Mamba sizes
+
+    layout = get_adapter(config).mamba
+    if layout is None:
+        raise TargetError(f"{', '.join(asked)}: model_type {config.model_type!r} has no Mamba layers; these "
+                          "targets apply to hybrid Mamba stacks such as nemotron_h")
+    heads, head_dim, groups, _ = layout.sizes(config)
+    resolved = {"mamba_num_heads": heads, "mamba_head_dim": head_dim}
+    for key, value in asked.items():
+        resolved[key] = _positive_int(key, value, resolved[key])
+    if resolved["mamba_num_heads"] % groups:
+        raise TargetError(f"mamba_num_heads={resolved['mamba_num_heads']} is not a multiple of the {groups} Mamba "
+                          f"groups ({layout.n_groups_key}): heads are pruned evenly within the groups, so give a "
+                          f"multiple of {groups}")
+    return resolved
 
 
 def _positive_int(key: str, value, source_value: int) -> int:

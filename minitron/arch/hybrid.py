@@ -1,0 +1,48 @@
+"""Hybrid Mamba-2 / attention / MLP stacks (NVIDIA Nemotron-H, Nemotron-Nano-v2).
+
+NemotronH's decoder layer is one pre-norm residual block `norm -> mixer`, where the mixer is a Mamba-2
+mixer, attention, a squared-ReLU MLP or a MoE block, chosen per layer by `layers_block_type` (saved
+configs may spell it `hybrid_override_pattern`, "M*-E"). Each kind has its own parameter names under
+`mixer.`, so one table describes every kind; a layer simply lacks the others' parameters.
+"""
+from __future__ import annotations
+
+from .base import ArchAdapter, Axis, H, KEEP, llama_like_layer_params, optional_bias_params
+from .mamba import MambaLayout, mamba_layer_params, rescale_gated_norms
+
+_NEMOTRON_H_MAMBA = MambaLayout()
+
+
+def _nemotron_h_layer_params() -> dict[str, tuple[Axis, ...]]:
+    attention_and_mlp = llama_like_layer_params(gated_mlp=False)
+    for norm in ("input_layernorm", "post_attention_layernorm"):
+        del attention_and_mlp[f"{norm}.weight"]
+    attention_and_mlp |= optional_bias_params(attention_and_mlp)
+    table = {name.replace("self_attn.", "mixer.").replace("mlp.", "mixer."): axes
+             for name, axes in attention_and_mlp.items()}
+    return {"norm.weight": (H,), **table, **mamba_layer_params()}
+
+
+def _nemotron_h_unsupported(config) -> str | None:
+    kinds = set(getattr(config, "layers_block_type", None) or ())
+    if "moe" in kinds:
+        return ("this checkpoint has mixture-of-experts layers ('E' in hybrid_override_pattern), which minitron "
+                "cannot prune in NemotronH yet; Mamba / attention / MLP stacks (Nemotron-H, Nemotron-Nano-v2) work")
+    return None
+
+
+NEMOTRON_H = ArchAdapter(
+    model_type="nemotron_h",
+    global_params={"model.embeddings.weight": (KEEP, H), "lm_head.weight": (KEEP, H), "model.norm_f.weight": (H,)},
+    layer_params=_nemotron_h_layer_params(),
+    mlp_down_proj="mixer.down_proj",
+    attn_out_proj="mixer.o_proj",
+    hidden_norms=("norm",),
+    embed_path="model.embeddings",
+    gated_mlp=False,
+    mamba=_NEMOTRON_H_MAMBA,
+    hybrid=True,
+    fix_state=rescale_gated_norms(_NEMOTRON_H_MAMBA),
+    unsupported_reason=_nemotron_h_unsupported,
+    notes="one mixer per layer (Mamba-2, attention, squared-ReLU MLP); MoE layers ('E') are not pruned yet",
+)
