@@ -63,7 +63,7 @@ def workspace(tmp_path_factory):
 
 def _importance(root, out, *extra) -> int:
     return main(["importance", "--model", str(root / "model"), "--out", str(out), "--criterion", "magnitude",
-                 "--depth-metric", f"task:{TASK}", "--task-path", str(root / "tasks"), *extra])
+                 "--depth-metric", f"task:{TASK}", "--task-path", str(root / "tasks"), "--seq-len", "64", *extra])
 
 
 def test_the_block_whose_absence_costs_no_accuracy_is_dropped(workspace, tmp_path):
