@@ -22,7 +22,9 @@ def test_logits_from_hidden_match_the_model(model, batches):
 def test_hooked_modules_exist(model):
     adapter = get_adapter(model)
     for layer in adapter.layers(model):
-        for name in (adapter.mlp_down_proj, adapter.attn_out_proj, *adapter.hidden_norms):
+        sparse = adapter.moe is not None and adapter.moe.experts_module(layer) is not None
+        mlp = (adapter.moe.router_path, adapter.moe.experts_path) if sparse else (adapter.mlp_down_proj,)
+        for name in (*mlp, adapter.attn_out_proj, *adapter.hidden_norms):
             layer.get_submodule(name)
 
 

@@ -7,6 +7,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFa
 
 VOCAB_SIZE = 320
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite"]
+MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe"]
+FAMILIES += MOE_FAMILIES
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -36,6 +38,14 @@ _EXTRA = {
     "nemotron": dict(partial_rotary_factor=0.5),
     "granite": dict(embedding_multiplier=4.0, residual_multiplier=0.5, attention_multiplier=0.2,
                     logits_scaling=2.0),
+    # Mixture-of-experts: 8 experts, 2 per token; Qwen's with one dense layer, qwen2_moe with its shared expert.
+    "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[1]),
+    "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[1],
+                      shared_expert_intermediate_size=64, tie_word_embeddings=True),
+    "mixtral": dict(num_local_experts=8, num_experts_per_tok=2, sliding_window=None),
+    "olmoe": dict(num_experts=8, num_experts_per_tok=2, norm_topk_prob=True),
+    "granitemoe": dict(num_local_experts=8, num_experts_per_tok=2, embedding_multiplier=4.0, residual_multiplier=0.5,
+                       attention_multiplier=0.2, logits_scaling=2.0),
 }
 
 

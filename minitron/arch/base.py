@@ -29,6 +29,11 @@ class Axis(str, Enum):
     QKV = "qkv"  # a fused [q; k; v] projection (phi3)
     GATE_UP = "gate_up"  # a fused [gate; up] projection (phi3)
     KEEP = "keep"  # never pruned (vocabulary, head_dim of q/k norms)
+    # Mixture-of-experts axes (minitron/arch/moe.py): fused 3-D expert tensors are (experts, out, in).
+    EXPERT = "expert"  # whole routed experts of one layer (router rows, the leading dim of expert tensors)
+    EXPERT_MLP = "expert_mlp"  # FFN neurons inside each routed expert (each expert keeps its own best)
+    EXPERT_GATE_UP = "expert_gate_up"  # a fused [gate; up] of routed experts
+    SHARED_MLP = "shared_mlp"  # FFN neurons of the always-active shared expert (qwen2_moe)
 
 
 H, M, Q, KV, QKV, GU, KEEP = Axis.HIDDEN, Axis.MLP, Axis.Q, Axis.KV, Axis.QKV, Axis.GATE_UP, Axis.KEEP
@@ -67,6 +72,8 @@ class ArchAdapter:
     notes: str = ""
     extra_layer_list_fields: tuple[str, ...] = field(default=())
     """Per-layer config lists beyond the generic detection (lists of length num_hidden_layers)."""
+    moe: object | None = None
+    """A `minitron.arch.moe.MoeSpec` for mixture-of-experts families (None: dense)."""
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .base import (GU, Q, QKV, ArchAdapter, H, M, llama_like_layer_params, optional_bias_params,
                    rescale_scaled_embedding, scale_logits, soft_cap_logits, standard_global_params)
+from .moe import MOE_ADAPTERS
 
 
 def _llama_like(model_type: str, logit_transform=None, **layer_kwargs) -> ArchAdapter:
@@ -65,3 +66,4 @@ NEMOTRON = ArchAdapter(
 
 ADAPTERS = {a.model_type: a for a in
             (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3_TEXT, PHI3, NEMOTRON, GRANITE)}
+ADAPTERS |= MOE_ADAPTERS

@@ -13,6 +13,7 @@ from ..fingerprint import model_fingerprint
 from .aggregate import REDUCTIONS
 from .depth import layer_loss_increase
 from .hooks import ActivationCollector
+from .moe import ExpertCollector
 from .scores import ImportanceScores
 from ..verbosity import progress_bar
 
@@ -65,6 +66,7 @@ def estimate_importance(
     was_training = model.training
     model.eval()
     collector = ActivationCollector(model, adapter, seq_reduction, head_dim)
+    expert_collector = ExpertCollector(model, adapter) if adapter.moe is not None else None
     kept_for_loss: list[dict] = []
     samples = tokens = 0
     try:
@@ -74,6 +76,8 @@ def estimate_importance(
             mask = batch["attention_mask"]
             num_tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
             collector.begin_batch(mask, num_tokens)
+            if expert_collector is not None:
+                expert_collector.begin_batch(mask, num_tokens)
             # Only the activations matter: skip the LM head for all but one position.
             model(**batch, use_cache=False, logits_to_keep=1)
             collector.end_batch()
@@ -83,6 +87,8 @@ def estimate_importance(
                 kept_for_loss.append(batch)
     finally:
         collector.remove()
+        if expert_collector is not None:
+            expert_collector.remove()
     if samples == 0:
         raise MinitronError("no calibration batches were given")
     layers = {"block_influence": collector.block_influence()}
@@ -94,9 +100,11 @@ def estimate_importance(
                 "layer_loss_samples": sum(b["input_ids"].shape[0] for b in kept_for_loss)}
     return ImportanceScores(
         hidden=collector.hidden.result(batch_reduction),
-        neurons=[acc.result(batch_reduction) for acc in collector.neurons],
+        # A sparse layer has no dense MLP (its experts are scored by the expert collector): no neurons.
+        neurons=[acc.result(batch_reduction) if acc.count else torch.zeros(0) for acc in collector.neurons],
         heads=[acc.result(batch_reduction) for acc in collector.heads],
         layers=layers,
         fingerprint=model_fingerprint(model),
         meta={**settings, **(meta or {})},
+        **(expert_collector.score_fields() if expert_collector is not None else {}),
     )

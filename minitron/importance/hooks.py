@@ -43,11 +43,12 @@ class ActivationCollector:
             self._hook_layer(index, layer, adapter)
 
     def _hook_layer(self, index: int, layer: nn.Module, adapter: ArchAdapter) -> None:
-        down = layer.get_submodule(adapter.mlp_down_proj)
         out_proj = layer.get_submodule(adapter.attn_out_proj)
         self._head_grams[index] = self._output_gram(out_proj.weight)
-        self._handles.append(down.register_forward_pre_hook(
-            lambda module, args: self.neurons[index].update(reduce_sequence(args[0], self.seq_reduction, self._mask))))
+        if adapter.moe is None or adapter.moe.experts_module(layer) is None:  # sparse layers: importance/moe.py
+            down = layer.get_submodule(adapter.mlp_down_proj)
+            self._handles.append(down.register_forward_pre_hook(
+                lambda module, args: self.neurons[index].update(reduce_sequence(args[0], self.seq_reduction, self._mask))))
         self._handles.append(out_proj.register_forward_pre_hook(lambda module, args: self._record_heads(index, args[0])))
         for norm_name in adapter.hidden_norms:
             norm = layer.get_submodule(norm_name)

@@ -28,6 +28,11 @@ class ImportanceScores:
     neurons: per layer, (intermediate_size,)
     heads:   per layer, (num_attention_heads,)
     layers:  metric name -> (num_hidden_layers,), e.g. "block_influence", "lm_loss"
+    Mixture-of-experts models also have, for each sparse layer (keyed by layer index):
+    experts:        metric name ("reap", "frequency", "random") -> layer -> (num_experts,)
+    expert_neurons: layer -> (num_experts, expert width), each expert's FFN neurons
+    shared_neurons: layer -> (shared-expert width,)
+    (`neurons` of a sparse layer is empty: it has no dense MLP.)
     """
 
     hidden: torch.Tensor
@@ -36,6 +41,9 @@ class ImportanceScores:
     layers: dict[str, torch.Tensor]
     fingerprint: str
     meta: dict = field(default_factory=dict)
+    experts: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    expert_neurons: dict[int, torch.Tensor] = field(default_factory=dict)
+    shared_neurons: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -49,12 +57,40 @@ class ImportanceScores:
             )
         return self.layers[metric]
 
+    def expert_scores(self, metric: str) -> dict[int, torch.Tensor]:
+        if metric not in self.experts:
+            raise ScoresError(f"these scores have no expert metric {metric!r}; they have: "
+                              f"{', '.join(self.experts) or 'none'}. Recompute with `minitron importance`.")
+        return self.experts[metric]
+
+    def _moe_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"experts.{metric}.{layer}": t for metric, per_layer in self.experts.items()
+                   for layer, t in per_layer.items()}
+        tensors |= {f"expert_neurons.{layer}": t for layer, t in self.expert_neurons.items()}
+        return tensors | {f"shared_neurons.{layer}": t for layer, t in self.shared_neurons.items()}
+
+    @staticmethod
+    def _moe_fields(tensors: dict[str, torch.Tensor]) -> dict:
+        experts: dict[str, dict[int, torch.Tensor]] = {}
+        expert_neurons, shared_neurons = {}, {}
+        for key, tensor in tensors.items():
+            kind, _, rest = key.partition(".")
+            if kind == "experts":
+                metric, _, layer = rest.rpartition(".")
+                experts.setdefault(metric, {})[int(layer)] = tensor
+            elif kind == "expert_neurons":
+                expert_neurons[int(rest)] = tensor
+            elif kind == "shared_neurons":
+                shared_neurons[int(rest)] = tensor
+        return {"experts": experts, "expert_neurons": expert_neurons, "shared_neurons": shared_neurons}
+
     def save(self, folder: str | Path) -> Path:
         tensors = {"hidden": self.hidden.contiguous()}
         tensors |= {f"neurons.{i}": t.contiguous() for i, t in enumerate(self.neurons)}
         tensors |= {f"heads.{i}": t.contiguous() for i, t in enumerate(self.heads)}
         tensors |= {f"layers.{name}": t.contiguous() for name, t in self.layers.items()}
-        tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
+        tensors |= self._moe_tensors()
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
         meta = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "num_layers": self.num_layers, **self.meta}
         check_replaceable(folder)
@@ -76,6 +112,7 @@ class ImportanceScores:
             num_layers = int(meta["num_layers"])
             neurons = [tensors[f"neurons.{i}"] for i in range(num_layers)]
             heads = [tensors[f"heads.{i}"] for i in range(num_layers)]
+            moe = cls._moe_fields(tensors)
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise ScoresError(f"the scores in {folder} are corrupt or incomplete ({error}); "
                               "recompute them with `minitron importance`") from error
@@ -86,7 +123,7 @@ class ImportanceScores:
         layers = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("layers.")}
         fingerprint = meta.pop("fingerprint")
         return cls(hidden=tensors["hidden"], neurons=neurons, heads=heads, layers=layers,
-                   fingerprint=fingerprint, meta=meta)
+                   fingerprint=fingerprint, meta=meta, **moe)
 
     def check_matches(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:

@@ -1,11 +1,12 @@
 """Which parts to keep, from importance scores: the top-k of every axis, in their original order."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..importance.scores import ImportanceScores
+from .moe import plan_moe
 from .target import ResolvedTarget
 
 
@@ -18,6 +19,9 @@ class KeepPlan:
     neurons: dict[int, torch.Tensor]  # source layer index -> kept MLP neurons
     q_heads: dict[int, torch.Tensor]  # source layer index -> kept query heads
     kv_heads: dict[int, torch.Tensor]  # source layer index -> kept KV heads
+    experts: dict[int, torch.Tensor] = field(default_factory=dict)  # source layer -> kept routed experts
+    expert_neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # -> (kept experts, kept neurons)
+    shared_neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # -> kept shared-expert neurons
 
 
 def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -63,11 +67,13 @@ def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric
 
 
 def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
-                     depth_metric: str | None = None) -> KeepPlan:
+                     depth_metric: str | None = None, expert_metric: str | None = None) -> KeepPlan:
     layers = select_layers(scores, target, depth_metric)
     neurons, q_heads, kv_heads = {}, {}, {}
     for layer in layers:
         neurons[layer] = top_k_sorted(scores.neurons[layer], target.intermediate_size)
         q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], config.num_key_value_heads, target)
     hidden = top_k_sorted(scores.hidden, target.hidden_size)
-    return KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads)
+    experts, expert_neurons, shared_neurons = plan_moe(scores, layers, target.moe, expert_metric, top_k_sorted)
+    return KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads,
+                    experts=experts, expert_neurons=expert_neurons, shared_neurons=shared_neurons)

@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import TargetError
+from .moe import MOE_TARGET_KEYS, MoeSizes, resolve_moe_sizes
 
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
              "num_hidden_layers")
-TARGET_KEYS = (*SIZE_KEYS, "drop_layers")
+TARGET_KEYS = (*SIZE_KEYS, "drop_layers", *MOE_TARGET_KEYS)
 _LAYER_ENTRY = re.compile(r"(?P<start>[0-9]+)(?:\s*-\s*(?P<end>[0-9]+))?")
 
 
@@ -23,6 +24,8 @@ class ResolvedTarget:
     num_key_value_heads: int
     num_hidden_layers: int
     drop_layers: tuple[int, ...] | None
+    moe: MoeSizes | None = None
+    """Experts, experts per token and expert widths of a mixture-of-experts model (None: dense)."""
 
 
 def source_sizes(config) -> dict[str, int]:
@@ -57,7 +60,8 @@ def resolve_target(config, target: Mapping) -> ResolvedTarget:
             raise TargetError(f"drop_layers removes {len(drop_layers)} of {source['num_hidden_layers']} layers, "
                               f"leaving {remaining}, but num_hidden_layers={sizes['num_hidden_layers']}")
         sizes["num_hidden_layers"] = remaining
-    return ResolvedTarget(**sizes, drop_layers=drop_layers)
+    moe = resolve_moe_sizes(config, target, sizes, _positive_int)
+    return ResolvedTarget(**sizes, drop_layers=drop_layers, moe=moe)
 
 
 def _positive_int(key: str, value, source_value: int) -> int:
