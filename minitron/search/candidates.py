@@ -141,8 +141,8 @@ class ParamCounter:
         return ParamCount(*(a + extra * d for a, d in zip(_fields(one), _fields(per_layer))))
 
 
-def _fields(count: ParamCount) -> tuple[int, int, int]:
-    return count.total, count.embedding, count.non_embedding
+def _fields(count: ParamCount) -> tuple[int, int, int, int]:
+    return count.total, count.embedding, count.non_embedding, count.active
 
 
 def enumerate_candidates(config, search: SearchConfig, counter: ParamCounter | None = None) -> tuple[list[Candidate], dict]:
