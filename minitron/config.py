@@ -123,6 +123,14 @@ class TargetConfig:
     num_key_value_heads: int | None = _help("KV groups to keep (whole groups are pruned).", default=None)
     num_hidden_layers: int | None = _help("Layers to keep, chosen by --depth-metric.", default=None)
     drop_layers: str | None = _help("Explicit source layers to drop, e.g. '16-30' or '3,5,7'.", default=None)
+    num_experts: int | None = _help("Routed experts to keep in every MoE layer (num_experts / num_local_experts).",
+                                    default=None)
+    moe_intermediate_size: int | None = _help("FFN neurons to keep in every routed expert (Qwen-MoE's name; "
+                                              "for Mixtral, OLMoE, GraniteMoE it is --intermediate-size).",
+                                              default=None)
+    shared_expert_intermediate_size: int | None = _help("FFN neurons to keep in the shared expert (qwen2_moe).",
+                                                        default=None)
+    num_experts_per_tok: int | None = _help("Experts each token is routed to (kept unless given).", default=None)
 
     def __post_init__(self) -> None:
         if self.drop_layers is not None:
