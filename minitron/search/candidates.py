@@ -72,6 +72,7 @@ class Candidate:
     architecture: Architecture
     params: ParamCount
     latency_ms: float | None = None  # measured on this device (latency budgets only)
+    memory_gb: float | None = None  # weights + KV cache (+ state) from the config (memory budgets only)
     exact: bool = False  # params counted directly (not extrapolated over depth) / latency measured
 
 
