@@ -7,12 +7,13 @@ Usage:
 The teacher (no MoE checkpoint can be downloaded here) is built from the built-in SmolLM2-135M by
 "MoEfication": each layer's 1536 MLP neurons are split into 8 experts of 192 by balanced k-means on the
 neurons' gate-projection rows (neurons that read the same directions go together), stored as a Mixtral
-(same attention, norms and embeddings; 2 experts per token). Each expert's down projection is scaled by
-2 so that two equally weighted experts add up as in the dense MLP. Only the routers are trained, layer by
+(same attention, norms and embeddings; 4 experts per token). Each expert's down projection is scaled by
+4 so that four equally weighted experts add up as in the dense MLP (with all 8 experts per token and a
+zero router the Mixtral reproduces the dense model exactly; checked on every run). Only the routers are trained, layer by
 layer, on the dense model's MLP inputs: the loss is the relative error of the 2-expert output against the
 dense MLP output plus a cross-entropy pulling the router towards the experts with the largest outputs.
 
-Then the teacher's experts are halved (8 -> 4 per layer, 2 per token kept) by each expert metric of one
+Then the teacher's experts are halved (8 -> 4 per layer; every token then uses the 4 kept) by each expert metric of one
 calibration pass, and the held-out loss is measured right after pruning and after the same short
 logit distillation from the teacher. Writes bench/results/moe_experts.json.
 """
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--kd-lr", type=float, default=1e-4)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--keep-experts", type=int, default=4)
+    parser.add_argument("--per-token", type=int, default=4)
     parser.add_argument("--random-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     args = parser.parse_args()
     quiet_transformers()
@@ -159,7 +161,10 @@ def main() -> None:
         heldout = minitron.token_blocks(data, tokenizer, args.seq_len, args.heldout_blocks, split="heldout")
         dense_loss = minitron.evaluate_loss(dense, heldout, batch_size=8)["loss"]
         with Timer() as t_build:
-            teacher = moefy(dense, num_experts=8, per_token=2)
+            exact = minitron.evaluate_loss(moefy(dense, 8, per_token=8), heldout[:2], batch_size=2)["loss"]
+            reference = minitron.evaluate_loss(dense, heldout[:2], batch_size=2)["loss"]
+            assert abs(exact - reference) < 1e-3, (exact, reference)  # the split itself loses nothing
+            teacher = moefy(dense, num_experts=8, per_token=args.per_token)
             untrained_loss = minitron.evaluate_loss(teacher, heldout, batch_size=8)["loss"]
             inputs = mlp_inputs(dense, router_blocks)
             errors = [train_router_(teacher.model.layers[i], dense.model.layers[i].mlp, inputs[i],
@@ -169,7 +174,7 @@ def main() -> None:
             f"router training ({t_build.seconds:.0f} s; layer output error {sum(errors) / len(errors):.3f})")
         del dense, inputs
         scores = minitron.estimate_importance(teacher, list(minitron.iter_batches(calib, 4)), progress=False)
-        runs = [("reap", scores, "reap"), ("frequency", scores, "frequency")]
+        runs = [(metric, scores, metric) for metric in ("reap", "weighted_output", "frequency")]
         runs += [(f"random (seed {s})", minitron.random_scores(teacher, seed=s), "random") for s in args.random_seeds]
         rows = []
         for label, run_scores, metric in runs:

@@ -60,7 +60,7 @@ def test_never_routed_expert_is_pruned_first_and_changes_nothing(moe_model, batc
     never_route_expert_(moe_model, expert=5)
     scores = estimate_importance(moe_model, batches, progress=False)
     for layer in sparse_layers(moe_model):
-        for metric in ("reap", "frequency"):
+        for metric in ("reap", "weighted_output", "frequency"):
             expert_scores = scores.experts[metric][layer]
             assert expert_scores[5] == 0 and int(torch.argmin(expert_scores)) == 5
             assert (expert_scores[torch.arange(8) != 5] > 0).all()
@@ -122,6 +122,8 @@ def test_reap_is_the_router_weighted_expert_output_norm(batches):
                 routed[expert] += tokens.numel()
     torch.testing.assert_close(scores.experts["reap"][0].double(), weighted / routed.clamp_min(1), rtol=1e-4, atol=1e-6)
     total_tokens = sum(call[0].shape[0] for call in calls)
+    torch.testing.assert_close(scores.experts["weighted_output"][0].double(), weighted / total_tokens, rtol=1e-4,
+                               atol=1e-6)
     torch.testing.assert_close(scores.experts["frequency"][0].double(), routed / total_tokens, rtol=1e-6, atol=0)
     assert scores.experts["frequency"][0].sum() == pytest.approx(model.config.num_experts_per_tok, rel=1e-5)
 
@@ -130,7 +132,7 @@ def test_expert_metric_chooses_the_experts_kept(batches):
     model = tiny_model("olmoe")
     scores = estimate_importance(model, batches, progress=False)
     kept = {}
-    for metric in ("reap", "frequency", "random"):
+    for metric in ("reap", "weighted_output", "frequency", "random"):
         pruned = prune(model, scores, {"num_experts": 3}, expert_metric=metric)
         kept[metric] = get_adapter(pruned).layers(pruned)[0].get_submodule("mlp.gate").weight
     assert len({tuple(w.flatten()[:8].tolist()) for w in kept.values()}) > 1
@@ -142,7 +144,7 @@ def test_moe_scores_survive_save_and_load(tmp_path, batches):
     model = tiny_model("qwen2_moe")
     scores = estimate_importance(model, batches, progress=False)
     loaded = ImportanceScores.load(scores.save(tmp_path / "scores"))
-    assert set(loaded.experts) == {"reap", "frequency", "random"}
+    assert set(loaded.experts) == {"reap", "weighted_output", "frequency", "random"}
     for layer in sparse_layers(model):
         torch.testing.assert_close(loaded.experts["reap"][layer], scores.experts["reap"][layer])
         torch.testing.assert_close(loaded.expert_neurons[layer], scores.expert_neurons[layer])

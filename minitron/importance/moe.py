@@ -7,6 +7,8 @@ no per-expert module exists to hook) and accumulates:
 - reap: the router-weighted output norm, mean over the tokens routed to the expert of
   gate_weight x ||expert(x)|| (REAP, arXiv 2510.13999; NVIDIA Model Optimizer's Minitron scores experts
   by the same router-weighted output); an expert never routed scores 0;
+- weighted_output: the same router-weighted output norm summed over the routed tokens and divided by
+  all tokens, i.e. the expert's expected contribution per token (reap x frequency);
 - frequency: the share of tokens routed to the expert (the usual baseline);
 - expert neurons: mean |activation| at the expert's down-projection input, over its routed tokens only;
 - shared-expert neurons (qwen2_moe): mean |activation| at the shared down-projection input, over all tokens.
@@ -88,15 +90,16 @@ class ExpertCollector:
     def score_fields(self) -> dict:
         """The MoE fields of ImportanceScores."""
         generator = torch.Generator().manual_seed(self.seed)
-        reap, frequency, random, neurons = {}, {}, {}, {}
+        reap, weighted, frequency, random, neurons = {}, {}, {}, {}, {}
         for index, routed in self.routed.items():
             count = routed.clamp_min(1.0)
             reap[index] = (self.weighted_norm[index] / count).float()
+            weighted[index] = (self.weighted_norm[index] / max(self.tokens, 1)).float()
             frequency[index] = (routed / max(self.tokens, 1)).float()
             random[index] = torch.rand(routed.numel(), generator=generator)
             neurons[index] = (self.neuron_sum[index] / count[:, None]).float()
         shared = {index: (total / max(self.tokens, 1)).float() for index, total in self.shared_sum.items()}
-        return {"experts": {"reap": reap, "frequency": frequency, "random": random},
+        return {"experts": {"reap": reap, "weighted_output": weighted, "frequency": frequency, "random": random},
                 "expert_neurons": neurons, "shared_neurons": shared}
 
 
@@ -126,7 +129,7 @@ def moe_baseline_fields(model: nn.Module, adapter: ArchAdapter, criterion: str, 
             experts[index] = per_neuron.sum(dim=1).sqrt().float()
         if adapter.moe.shared_down_proj is not None:
             shared[index] = _shared_scores(model, adapter, index, criterion, generator)
-    return {"experts": {metric: experts for metric in ("reap", "frequency", "random")},
+    return {"experts": {metric: experts for metric in ("reap", "weighted_output", "frequency", "random")},
             "expert_neurons": neurons, "shared_neurons": shared}
 
 

@@ -21,7 +21,7 @@ from ..errors import ScoresError, TargetError
 # Target names accepted on top of the dense ones; `num_experts` means the family's own name for it.
 MOE_TARGET_KEYS = ("num_experts", "num_local_experts", "moe_intermediate_size", "shared_expert_intermediate_size",
                    "num_experts_per_tok")
-EXPERT_METRICS = ("reap", "frequency", "random")
+EXPERT_METRICS = ("reap", "weighted_output", "frequency", "random")
 # transformers runs routed experts through torch's grouped_mm, whose rows must be 16-byte aligned: 8 bf16
 # values (torch 2.13 on CPU: "strides should be multiple of 16 bytes" for an expert width of 59).
 GROUPED_MM_MULTIPLE = 8
