@@ -123,7 +123,7 @@ def train_router_(moe_layer, dense_mlp, inputs: torch.Tensor, steps: int, lr: fl
         optimizer.step()
     with torch.no_grad():
         router.weight.copy_(weight)
-    return float(error)
+    return float(error.detach())
 
 
 def short_kd(student, teacher, train_blocks, heldout, steps: int, lr: float, micro_batch: int) -> float:
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--keep-experts", type=int, default=4)
     parser.add_argument("--per-token", type=int, default=4)
+    parser.add_argument("--teacher-dir", default=None, help="save the built teacher here, or reuse it if present")
     parser.add_argument("--random-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
     args = parser.parse_args()
     quiet_transformers()
@@ -166,13 +167,19 @@ def main() -> None:
             assert abs(exact - reference) < 1e-3, (exact, reference)  # the split itself loses nothing
             teacher = moefy(dense, num_experts=8, per_token=args.per_token)
             untrained_loss = minitron.evaluate_loss(teacher, heldout, batch_size=8)["loss"]
-            inputs = mlp_inputs(dense, router_blocks)
-            errors = [train_router_(teacher.model.layers[i], dense.model.layers[i].mlp, inputs[i],
-                                    args.router_steps, lr=1e-2) for i in range(len(inputs))]
+            if args.teacher_dir and Path(args.teacher_dir, "config.json").is_file():
+                teacher, errors = AutoModelForCausalLM.from_pretrained(args.teacher_dir).eval(), []
+            else:
+                inputs = mlp_inputs(dense, router_blocks)
+                errors = [train_router_(teacher.model.layers[i], dense.model.layers[i].mlp, inputs[i],
+                                        args.router_steps, lr=1e-2) for i in range(len(inputs))]
+                del inputs
+                if args.teacher_dir:
+                    teacher.save_pretrained(args.teacher_dir)
         teacher_loss = minitron.evaluate_loss(teacher, heldout, batch_size=8)["loss"]
         log(f"dense {dense_loss:.4f}; MoE teacher {untrained_loss:.4f} with zero routers, {teacher_loss:.4f} after "
-            f"router training ({t_build.seconds:.0f} s; layer output error {sum(errors) / len(errors):.3f})")
-        del dense, inputs
+            f"router training ({t_build.seconds:.0f} s; layer output errors {errors})")
+        del dense
         scores = minitron.estimate_importance(teacher, list(minitron.iter_batches(calib, 4)), progress=False)
         runs = [(metric, scores, metric) for metric in ("reap", "weighted_output", "frequency")]
         runs += [(f"random (seed {s})", minitron.random_scores(teacher, seed=s), "random") for s in args.random_seeds]

@@ -216,10 +216,10 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="Layer score used when --num-hidden-layers shrinks: lm_loss (default when the scores "
                             "have it) or block_influence.")
     prune.add_argument("--expert-metric", default=None, choices=["reap", "weighted_output", "frequency", "random"],
-                       help="Expert score used when --num-experts shrinks (mixture-of-experts models): reap, the "
-                            "router-weighted expert output averaged over the tokens routed to it (default); "
-                            "weighted_output, the same summed over them (per token of the data); routing "
-                            "frequency; or random.")
+                       help="Expert score used when --num-experts shrinks (mixture-of-experts models): "
+                            "weighted_output, the router-weighted expert output norm per token of the data "
+                            "(default); reap, the same averaged over the tokens routed to the expert only; "
+                            "routing frequency; or random.")
     prune.add_argument("--out", help="Folder for the pruned model.")
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size only.")
     prune.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")

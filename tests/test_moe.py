@@ -93,7 +93,7 @@ def test_each_kept_expert_keeps_its_own_best_neurons(batches):
     pruned = prune(model, scores, {"num_experts": 6, "intermediate_size": 32})
     adapter = get_adapter(model)
     source, small = (adapter.moe.experts_module(adapter.layers(m)[0]) for m in (model, pruned))
-    kept_experts = torch.sort(torch.argsort(scores.experts["reap"][0], descending=True)[:6]).values
+    kept_experts = torch.sort(torch.argsort(scores.experts["weighted_output"][0], descending=True)[:6]).values
     for new, old in enumerate(kept_experts.tolist()):
         kept = torch.sort(torch.argsort(scores.expert_neurons[0][old], descending=True)[:32]).values
         torch.testing.assert_close(small.down_proj[new], source.down_proj[old][:, kept], atol=0, rtol=0)

@@ -27,7 +27,8 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
     depth_metric: which layer score picks the layers kept when `num_hidden_layers` shrinks
         ("lm_loss", "block_influence", ...); default: lm_loss when present, else Block Influence.
     expert_metric: which expert score picks the routed experts kept when `num_experts` shrinks
-        ("reap": router-weighted expert output, the default; "frequency"; "random").
+        ("weighted_output": router-weighted expert output per token, the default; "reap": the same
+        averaged over the expert's routed tokens only; "frequency"; "random").
     """
     adapter = get_adapter(model)
     if not isinstance(scores, ImportanceScores):
