@@ -243,6 +243,11 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="Layer score used when --num-hidden-layers shrinks: lm_loss (default when the scores "
                             "have it), block_influence, or task:NAME (the contiguous block an lm-eval task "
                             "ranked best: `minitron importance --depth-metric task:NAME --task-block K`).")
+    prune.add_argument("--expert-metric", default=None, choices=["reap", "weighted_output", "frequency", "random"],
+                       help="Expert score used when --num-experts shrinks (mixture-of-experts models): "
+                            "weighted_output, the router-weighted expert output norm per token of the data "
+                            "(default); reap, the same averaged over the tokens routed to the expert only; "
+                            "routing frequency; or random.")
     prune.add_argument("--out", help="Folder for the pruned model.")
     prune.add_argument("--dry-run", action="store_true", help="Print the resulting architecture and size, and the "
                        "memory per process of importance, pruning, distillation and eval (see --nproc); load nothing.")
@@ -339,6 +344,11 @@ def _print_dry_run(summary: dict) -> None:
                                                     "num_key_value_heads", "head_dim", "num_hidden_layers")]
     rows += [("params total", f"{after.total:,} ({after.total / before.total:.1%} of {before.total:,})"),
              ("params non-embedding", f"{after.non_embedding:,} ({after.non_embedding / before.non_embedding:.1%})")]
+    if summary["target"].moe is not None:  # mixture of experts: what one token uses
+        moe = summary["target"].moe
+        rows[1:1] = [("experts (per token)", f"{moe.num_experts} ({moe.num_experts_per_tok})"),
+                     ("expert width", moe.expert_width)]
+        rows.append(("params active", f"{after.active:,} ({after.active / before.active:.1%} of {before.active:,})"))
     _print_table(rows)
 
 
@@ -389,7 +399,8 @@ def _dispatch(args: argparse.Namespace) -> None:
             raise MinitronError("give at least one target: --hidden-size, --intermediate-size, "
                                 "--num-attention-heads, --num-key-value-heads, --num-hidden-layers or --drop-layers")
         result = jobs.run_prune(args.model, args.out, target, scores=args.scores, criterion=args.criterion,
-                                depth_metric=args.depth_metric, dry_run=args.dry_run, dtype=args.dtype,
+                                depth_metric=args.depth_metric, expert_metric=args.expert_metric,
+                                dry_run=args.dry_run, dtype=args.dtype,
                                 device=args.device, overwrite=args.overwrite, save_dtype=args.save_dtype)
         if args.dry_run:
             from .dryrun import describe_prune_memory

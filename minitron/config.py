@@ -155,6 +155,14 @@ class TargetConfig:
                                         "group).", default=None)
     mamba_head_dim: int | None = _help("Hybrid stacks: Mamba-2 head dim to keep (one order for every head).",
                                        default=None)
+    num_experts: int | None = _help("Routed experts to keep in every MoE layer (num_experts / num_local_experts).",
+                                    default=None)
+    moe_intermediate_size: int | None = _help("FFN neurons to keep in every routed expert (Qwen-MoE's name; "
+                                              "for Mixtral, OLMoE, GraniteMoE it is --intermediate-size).",
+                                              default=None)
+    shared_expert_intermediate_size: int | None = _help("FFN neurons to keep in the shared expert (qwen2_moe).",
+                                                        default=None)
+    num_experts_per_tok: int | None = _help("Experts each token is routed to (kept unless given).", default=None)
 
     def __post_init__(self) -> None:
         if self.drop_layers is not None:

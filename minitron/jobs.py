@@ -129,7 +129,8 @@ def run_importance(model: str, out: str, data: DataConfig | None = None,
 
 
 def run_prune(model: str, out: str | None, target: dict, *, scores: str | None = None,
-              criterion: str | None = None, depth_metric: str | None = None, dry_run: bool = False,
+              criterion: str | None = None, depth_metric: str | None = None, expert_metric: str | None = None,
+              dry_run: bool = False,
               dtype: str | None = None, device: str | None = None, overwrite: bool = False,
               save_dtype: str | None = None) -> dict:
     """Prune `model` to `target` with saved `scores` (or a baseline `criterion`) and save it to `out`.
@@ -154,10 +155,10 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
     resolve_target(loaded.config, target)  # refuse impossible targets before computing anything
     if loaded_scores is None:
         loaded_scores = compute_scores(loaded, tokenizer, DataConfig(), ImportanceConfig(criterion=criterion))
-    pruned = prune(loaded, loaded_scores, target, depth_metric=depth_metric)
+    pruned = prune(loaded, loaded_scores, target, depth_metric=depth_metric, expert_metric=expert_metric)
     record = {
         "source": model, "scores": scores or criterion, "scores_meta": loaded_scores.meta,
-        "target": target, "depth_metric": depth_metric, "kept_layers": pruned.minitron_kept_layers,
+        "target": target, "depth_metric": depth_metric, "expert_metric": expert_metric, "kept_layers": pruned.minitron_kept_layers,
         "params_before": count_parameters(loaded).as_dict(), "params_after": count_parameters(pruned).as_dict(),
     }
     save_checkpoint(pruned, tokenizer, out, {"stage": "prune", **record}, save_dtype=save_dtype)

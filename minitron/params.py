@@ -21,6 +21,9 @@ class ParamCount:
     total: int
     embedding: int
     non_embedding: int
+    active: int
+    """Parameters one token uses: the total less the routed experts it is not sent to (MoE, as model
+    cards count them: embeddings, LM head, attention, routers, shared experts and k of E experts)."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -35,7 +38,28 @@ def count_parameters(model: nn.Module) -> ParamCount:
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in unique.values())
     embedding = sum(unique[i].numel() for i in _embedding_param_ids(model) if i in unique)
-    return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding)
+    return ParamCount(total=total, embedding=embedding, non_embedding=total - embedding,
+                      active=total - inactive_expert_parameters(model))
+
+
+def inactive_expert_parameters(model: nn.Module) -> int:
+    """Routed-expert parameters a token does not use: (E - k) / E of every sparse layer's experts (0 if dense)."""
+    try:
+        adapter = get_adapter(model)
+    except UnsupportedArchitectureError:
+        return 0
+    if adapter.moe is None:
+        return 0
+    per_token = model.config.num_experts_per_tok
+    inactive = 0
+    for layer in adapter.layers(model):
+        experts = adapter.moe.experts_module(layer)
+        if experts is None:
+            continue
+        params = list(experts.parameters())
+        num_experts = params[0].shape[0]  # fused expert tensors lead with the expert dimension
+        inactive += sum(p.numel() for p in params) // num_experts * (num_experts - per_token)
+    return inactive
 
 
 def _embedding_param_ids(model: nn.Module) -> set[int]:

@@ -16,11 +16,29 @@ def silence_neurons_(model, layer: int, neurons: list[int]) -> None:
         param_layer, axes = adapter.axes_of(name)
         if param_layer != layer or not axes:
             continue
-        if axes[0] is Axis.MLP:
+        if axes[0] in (Axis.MLP, Axis.SHARED_MLP):
             param[index] = 0.0
         elif axes[0] is Axis.GATE_UP:
             param[index] = 0.0
             param[index + intermediate] = 0.0
+        elif axes[:2] == (Axis.EXPERT, Axis.EXPERT_GATE_UP):  # every routed expert: [gate; up] rows
+            width = param.shape[1] // 2
+            param[:, index] = 0.0
+            param[:, index + width] = 0.0
+
+
+def neuron_score_rows(scores, layer: int) -> list[torch.Tensor]:
+    """Every 1-D neuron score vector of a layer: its dense MLP, each routed expert, the shared expert."""
+    rows = [scores.neurons[layer]] if scores.neurons[layer].numel() else []
+    rows += list(scores.expert_neurons.get(layer, ()))
+    return rows + ([scores.shared_neurons[layer]] if layer in scores.shared_neurons else [])
+
+
+def neuron_width_target(model, removed: int) -> dict:
+    """A target removing `removed` neurons from every FFN width of the model (dense, expert, shared)."""
+    spec = get_adapter(model).moe
+    keys = ("intermediate_size", *(spec.width_keys() if spec else ()))
+    return {key: getattr(text_config(model.config), key) - removed for key in keys}
 
 
 @torch.no_grad()
@@ -29,7 +47,8 @@ def make_identity_layer_(model, layer: int) -> None:
     adapter = get_adapter(model)
     for name, param in model.named_parameters():
         param_layer, axes = adapter.axes_of(name)
-        if param_layer == layer and axes[0] is Axis.HIDDEN and ("proj" in name):
+        writes_residual = axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN)  # routed experts' down
+        if param_layer == layer and writes_residual and ("proj" in name):
             param.zero_()
 
 

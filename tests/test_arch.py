@@ -23,10 +23,16 @@ def test_hooked_modules_exist(model):
     # Every layer of a plain stack has every hooked module; a hybrid stack's layer has some, and each
     # hooked module is in some layer (a misspelt name would otherwise score nothing, silently).
     adapter = get_adapter(model)
-    names = (adapter.mlp_down_proj, adapter.attn_out_proj, *adapter.hidden_norms, *adapter.hidden_inputs)
+    names = (adapter.attn_out_proj, *adapter.hidden_norms, *adapter.hidden_inputs)
     names += (adapter.mamba.out_proj,) if adapter.mamba else ()
     found = {name: [adapter.layer_module(layer, name) is not None for layer in adapter.layers(model)]
              for name in names}
+    found[adapter.mlp_down_proj] = []
+    for layer in adapter.layers(model):  # a sparse (MoE) layer has a router and fused experts instead
+        sparse = adapter.moe is not None and adapter.moe.experts_module(layer) is not None
+        for name in (adapter.moe.router_path, adapter.moe.experts_path) if sparse else ():
+            layer.get_submodule(name)
+        found[adapter.mlp_down_proj].append(sparse or adapter.layer_module(layer, adapter.mlp_down_proj) is not None)
     for name, in_layers in found.items():
         assert all(in_layers) if not adapter.hybrid or name in adapter.hidden_norms else any(in_layers), name
 

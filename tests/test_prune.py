@@ -5,7 +5,7 @@ from minitron.arch import auto_model_class, get_adapter, text_config
 from minitron.importance import estimate_importance, magnitude_scores, random_scores
 from minitron.params import count_parameters, count_parameters_from_config
 from minitron.prune import prune
-from tests.helpers import logits, make_identity_layer_, silence_neurons_
+from tests.helpers import logits, make_identity_layer_, neuron_score_rows, neuron_width_target, silence_neurons_
 from tests.tiny import tiny_model
 
 SMALLER = dict(hidden_size=32, intermediate_size=40, num_attention_heads=4, num_key_value_heads=2,
@@ -25,16 +25,17 @@ def test_pruning_to_own_sizes_changes_nothing(model, batches):
 
 
 def test_silent_neurons_go_first_and_change_nothing(model, batches):
-    silent = [3, 10, 17, 40, 63]
+    silent = [3, 10, 17, 22, 31, 40, 51, 63]  # 8: MoE expert widths stay multiples of 8 (grouped_mm)
     for layer in range(text_config(model.config).num_hidden_layers):
         silence_neurons_(model, layer, silent)
     scores = estimate_importance(model, batches, progress=False)
-    mlp_scores = [layer_scores for layer_scores in scores.neurons if layer_scores.numel()]  # hybrid: MLP layers
-    assert mlp_scores
-    for layer_scores in mlp_scores:
+    # Dense MLP, every routed expert, shared expert; a hybrid stack's MLP layers only.
+    rows = [row for layer in range(text_config(model.config).num_hidden_layers) for row in neuron_score_rows(scores, layer)]
+    assert rows
+    for layer_scores in rows:
         assert torch.all(layer_scores[silent] == 0)
         assert torch.all(torch.topk(layer_scores, len(silent), largest=False).values == 0)
-    pruned = prune(model, scores, {"intermediate_size": text_config(model.config).intermediate_size - len(silent)})
+    pruned = prune(model, scores, neuron_width_target(model, len(silent)))
     torch.testing.assert_close(logits(pruned, batches[0]), logits(model, batches[0]), atol=1e-5, rtol=0)
 
 
@@ -84,7 +85,11 @@ def test_generate_with_cache_equals_without(model, batches):
 
 def test_whole_kv_groups_are_pruned(model, batches):
     scores = estimate_importance(model, batches, progress=False)
-    pruned = prune(model, scores, {"num_key_value_heads": 1, "num_attention_heads": 2})
+    target = {"num_key_value_heads": 1, "num_attention_heads": 2}
+    moe = get_adapter(model).moe
+    if moe is not None and moe.attention_width_is_hidden:  # OLMoE: the attention width is the hidden size
+        target["hidden_size"] = 2 * model.config.head_dim
+    pruned = prune(model, scores, target)
     assert text_config(pruned.config).num_key_value_heads == 1 and text_config(pruned.config).num_attention_heads == 2
     assert logits(pruned, batches[0]).isfinite().all()
 

@@ -20,6 +20,8 @@ MULTIMODAL = {
                                         num_position_embeddings=16, patch_size=4),
                      image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8),
 }
+MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe"]
+FAMILIES += MOE_FAMILIES
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -60,6 +62,14 @@ _EXTRA = {
     "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
                        mamba_num_heads=8, mamba_head_dim=4, n_groups=2, ssm_state_size=8, conv_kernel=4,
                        chunk_size=8, use_bias=True, mlp_bias=True),
+    # Mixture-of-experts: 8 experts, 2 per token; Qwen's with one dense layer, qwen2_moe with its shared expert.
+    "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[1]),
+    "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[1],
+                      shared_expert_intermediate_size=64, tie_word_embeddings=True),
+    "mixtral": dict(num_local_experts=8, num_experts_per_tok=2, sliding_window=None),
+    "olmoe": dict(num_experts=8, num_experts_per_tok=2, norm_topk_prob=True),
+    "granitemoe": dict(num_local_experts=8, num_experts_per_tok=2, embedding_multiplier=4.0, residual_multiplier=0.5,
+                       attention_multiplier=0.2, logits_scaling=2.0),
 }
 
 

@@ -39,6 +39,11 @@ class Axis(str, Enum):
     MAMBA_CONV = "mamba_conv"  # conv1d channels [x | B C]
     MAMBA_INNER = "mamba_inner"  # heads x head_dim channels (gated norm, out_proj input)
     MAMBA_HEADS = "mamba_heads"  # one entry per head (A_log, D, dt_bias)
+    # Mixture-of-experts axes (minitron/arch/moe.py): fused 3-D expert tensors are (experts, out, in).
+    EXPERT = "expert"  # whole routed experts of one layer (router rows, the leading dim of expert tensors)
+    EXPERT_MLP = "expert_mlp"  # FFN neurons inside each routed expert (each expert keeps its own best)
+    EXPERT_GATE_UP = "expert_gate_up"  # a fused [gate; up] of routed experts
+    SHARED_MLP = "shared_mlp"  # FFN neurons of the always-active shared expert (qwen2_moe)
 
 
 H, M, Q, KV, QKV, GU, KEEP = Axis.HIDDEN, Axis.MLP, Axis.Q, Axis.KV, Axis.QKV, Axis.GATE_UP, Axis.KEEP
@@ -90,6 +95,8 @@ class ArchAdapter:
     """Layers differ in kind (Mamba, attention, MLP): a layer may lack any hooked module."""
     unsupported_reason: Callable[[object], str | None] | None = None
     """Given a config, why this family's adapter cannot handle that variant (None: it can)."""
+    moe: object | None = None
+    """A `minitron.arch.moe.MoeSpec` for mixture-of-experts families (None: dense)."""
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)

@@ -14,6 +14,7 @@ from ..fingerprint import model_fingerprint
 from .aggregate import REDUCTIONS
 from .depth import layer_loss_increase
 from .hooks import ActivationCollector
+from .moe import ExpertCollector
 from .scores import ImportanceScores
 from ..verbosity import progress_bar
 
@@ -70,6 +71,7 @@ def estimate_importance(
     was_training = model.training
     model.eval()
     collector = ActivationCollector(model, adapter, seq_reduction, head_dim)
+    expert_collector = ExpertCollector(model, adapter) if adapter.moe is not None else None
     kept_for_loss: list[dict] = []
     samples = tokens = loss_samples = 0
     rank, world_size = (env.rank, env.world_size) if env is not None else (0, 1)
@@ -84,6 +86,8 @@ def estimate_importance(
             mask = batch["attention_mask"]
             num_tokens = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
             collector.begin_batch(mask, num_tokens)
+            if expert_collector is not None:
+                expert_collector.begin_batch(mask, num_tokens)
             # Only the activations matter: skip the LM head for all but one position.
             model(**batch, use_cache=False, logits_to_keep=1)
             collector.end_batch()
@@ -94,10 +98,14 @@ def estimate_importance(
                 loss_samples += batch["input_ids"].shape[0]
     finally:
         collector.remove()
+        if expert_collector is not None:
+            expert_collector.remove()
     collector.all_reduce_(env)
     own_samples = [samples if index == rank else 0 for index in range(world_size)]
     samples, tokens, loss_samples, *per_process = (int(v) for v in reduce_sums(
         [samples, tokens, loss_samples, *own_samples], env))
+    if expert_collector is not None:
+        expert_collector.all_reduce_(env)
     if samples == 0:
         raise MinitronError("no calibration batches were given")
     layers = {"block_influence": collector.block_influence()}
@@ -116,4 +124,5 @@ def estimate_importance(
         meta={**settings, **(meta or {})},
         mamba_heads={i: acc.result(batch_reduction) for i, acc in collector.mamba_heads.items()},
         mamba_head_dim={i: acc.result(batch_reduction) for i, acc in collector.mamba_channels.items()},
+        **(expert_collector.score_fields() if expert_collector is not None else {}),
     )

@@ -7,6 +7,7 @@ from torch import nn
 from ..arch import get_adapter, text_config
 from ..arch.base import Axis
 from ..fingerprint import model_fingerprint
+from .moe import moe_baseline_fields
 from .scores import ImportanceScores
 
 
@@ -49,7 +50,8 @@ def magnitude_scores(model: nn.Module) -> ImportanceScores:
     return ImportanceScores(
         hidden=hidden.sqrt().float(), neurons=[n.sqrt().float() for n in neurons], heads=head_scores,
         layers={"magnitude": layer_norms.sqrt().float()}, fingerprint=model_fingerprint(model),
-        meta={"criterion": "magnitude"}, mamba_heads=mamba_heads, mamba_head_dim=mamba_head_dim)
+        meta={"criterion": "magnitude"}, mamba_heads=mamba_heads, mamba_head_dim=mamba_head_dim,
+        **moe_baseline_fields(model, adapter, "magnitude"))
 
 
 def _mamba_magnitudes(model: nn.Module, adapter) -> tuple[dict, dict]:
@@ -76,7 +78,8 @@ def random_scores(model: nn.Module, seed: int = 0) -> ImportanceScores:
         neurons=[torch.rand(intermediate, generator=generator) for _ in range(num_layers)],
         heads=[torch.rand(heads, generator=generator) for _ in range(num_layers)],
         layers={"random": torch.rand(num_layers, generator=generator)},
-        fingerprint=model_fingerprint(model), meta={"criterion": "random", "seed": seed})
+        fingerprint=model_fingerprint(model), meta={"criterion": "random", "seed": seed},
+        **moe_baseline_fields(model, get_adapter(model), "random", seed))
     layout = get_adapter(model).mamba
     if layout is not None:  # every layer gets Mamba scores; only Mamba layers' are ever read
         mamba_heads, mamba_head_dim, _, _ = layout.sizes(model.config)

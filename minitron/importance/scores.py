@@ -31,6 +31,12 @@ class ImportanceScores:
     mamba_heads / mamba_head_dim: Mamba layer index -> (mamba heads,) / (mamba head dim,)
 
     In a hybrid stack a layer without an MLP (attention) has an empty neuron (head) tensor.
+
+    Mixture-of-experts models also have, for each sparse layer (keyed by layer index):
+    experts:        metric name ("reap", "frequency", "random") -> layer -> (num_experts,)
+    expert_neurons: layer -> (num_experts, expert width), each expert's FFN neurons
+    shared_neurons: layer -> (shared-expert width,)
+    (`neurons` of a sparse layer is empty: it has no dense MLP.)
     """
 
     hidden: torch.Tensor
@@ -41,6 +47,9 @@ class ImportanceScores:
     meta: dict = field(default_factory=dict)
     mamba_heads: dict[int, torch.Tensor] = field(default_factory=dict)
     mamba_head_dim: dict[int, torch.Tensor] = field(default_factory=dict)
+    experts: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    expert_neurons: dict[int, torch.Tensor] = field(default_factory=dict)
+    shared_neurons: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -54,6 +63,33 @@ class ImportanceScores:
             )
         return self.layers[metric]
 
+    def expert_scores(self, metric: str) -> dict[int, torch.Tensor]:
+        if metric not in self.experts:
+            raise ScoresError(f"these scores have no expert metric {metric!r}; they have: "
+                              f"{', '.join(self.experts) or 'none'}. Recompute with `minitron importance`.")
+        return self.experts[metric]
+
+    def _moe_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"experts.{metric}.{layer}": t for metric, per_layer in self.experts.items()
+                   for layer, t in per_layer.items()}
+        tensors |= {f"expert_neurons.{layer}": t for layer, t in self.expert_neurons.items()}
+        return tensors | {f"shared_neurons.{layer}": t for layer, t in self.shared_neurons.items()}
+
+    @staticmethod
+    def _moe_fields(tensors: dict[str, torch.Tensor]) -> dict:
+        experts: dict[str, dict[int, torch.Tensor]] = {}
+        expert_neurons, shared_neurons = {}, {}
+        for key, tensor in tensors.items():
+            kind, _, rest = key.partition(".")
+            if kind == "experts":
+                metric, _, layer = rest.rpartition(".")
+                experts.setdefault(metric, {})[int(layer)] = tensor
+            elif kind == "expert_neurons":
+                expert_neurons[int(rest)] = tensor
+            elif kind == "shared_neurons":
+                shared_neurons[int(rest)] = tensor
+        return {"experts": experts, "expert_neurons": expert_neurons, "shared_neurons": shared_neurons}
+
     def save(self, folder: str | Path) -> Path:
         tensors = {"hidden": self.hidden.contiguous()}
         tensors |= {f"neurons.{i}": t.contiguous() for i, t in enumerate(self.neurons)}
@@ -61,7 +97,8 @@ class ImportanceScores:
         tensors |= {f"layers.{name}": t.contiguous() for name, t in self.layers.items()}
         tensors |= {f"mamba_heads.{i}": t.contiguous() for i, t in self.mamba_heads.items()}
         tensors |= {f"mamba_head_dim.{i}": t.contiguous() for i, t in self.mamba_head_dim.items()}
-        tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
+        tensors |= self._moe_tensors()
+        tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
         meta = {"format_version": FORMAT_VERSION, "fingerprint": self.fingerprint,
                 "num_layers": self.num_layers, **self.meta}
         check_replaceable(folder)
@@ -83,6 +120,7 @@ class ImportanceScores:
             num_layers = int(meta["num_layers"])
             neurons = [tensors[f"neurons.{i}"] for i in range(num_layers)]
             heads = [tensors[f"heads.{i}"] for i in range(num_layers)]
+            moe = cls._moe_fields(tensors)
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise ScoresError(f"the scores in {folder} are corrupt or incomplete ({error}); "
                               "recompute them with `minitron importance`") from error
@@ -95,7 +133,7 @@ class ImportanceScores:
                  for kind in ("mamba_heads", "mamba_head_dim")}
         fingerprint = meta.pop("fingerprint")
         return cls(hidden=tensors["hidden"], neurons=neurons, heads=heads, layers=layers,
-                   fingerprint=fingerprint, meta=meta, **mamba)
+                   fingerprint=fingerprint, meta=meta, **mamba, **moe)
 
     def check_matches(self, fingerprint: str) -> None:
         if fingerprint != self.fingerprint:

@@ -20,13 +20,16 @@ DEPTH_METRICS = ("block_influence", "lm_loss", "magnitude", "random")
 
 
 def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
-          depth_metric: str | None = None) -> nn.Module:
+          depth_metric: str | None = None, expert_metric: str | None = None) -> nn.Module:
     """A new, smaller model; `model` itself is left untouched.
 
     target: HF config names (`hidden_size`, `intermediate_size`, `num_attention_heads`,
         `num_key_value_heads`, `num_hidden_layers`) and/or `drop_layers` (source layer indices).
     depth_metric: which layer score picks the layers kept when `num_hidden_layers` shrinks
         ("lm_loss", "block_influence", ...); default: lm_loss when present, else Block Influence.
+    expert_metric: which expert score picks the routed experts kept when `num_experts` shrinks
+        ("weighted_output": router-weighted expert output per token, the default; "reap": the same
+        averaged over the expert's routed tokens only; "frequency"; "random").
     """
     adapter = get_adapter(model)
     if not isinstance(scores, ImportanceScores):
@@ -35,7 +38,7 @@ def prune(model: nn.Module, scores: ImportanceScores, target: Mapping,
     resolved = _resolve_for(adapter, model.config, target)
     validate_pruned_config(pruned_config(model.config, resolved))
     scores.check_matches(model_fingerprint(model))
-    plan = plan_from_scores(scores, model.config, resolved, depth_metric)
+    plan = plan_from_scores(scores, model.config, resolved, depth_metric, expert_metric)
     new_config = pruned_config(model.config, resolved, plan.layers)
     new_state = slice_state_dict(adapter, model.state_dict(), plan, model.config)
     if adapter.fix_state is not None:

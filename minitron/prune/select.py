@@ -8,6 +8,7 @@ import torch
 from ..arch.base import text_config
 from ..importance.scores import ImportanceScores
 from ..importance.task_depth import kept_layers_by_task, task_of
+from .moe import plan_moe
 from .target import ResolvedTarget
 
 
@@ -22,6 +23,9 @@ class KeepPlan:
     kv_heads: dict[int, torch.Tensor]  # source layer index -> kept KV heads
     mamba_heads: dict[int, torch.Tensor] = field(default_factory=dict)  # Mamba layer -> kept heads
     mamba_head_dim: dict[int, torch.Tensor] = field(default_factory=dict)  # Mamba layer -> kept head-dim positions
+    experts: dict[int, torch.Tensor] = field(default_factory=dict)  # source layer -> kept routed experts
+    expert_neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # -> (kept experts, kept neurons)
+    shared_neurons: dict[int, torch.Tensor] = field(default_factory=dict)  # -> kept shared-expert neurons
 
 
 def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -69,7 +73,7 @@ def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric
 
 
 def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
-                     depth_metric: str | None = None) -> KeepPlan:
+                     depth_metric: str | None = None, expert_metric: str | None = None) -> KeepPlan:
     layers = select_layers(scores, target, depth_metric)
     neurons, q_heads, kv_heads = {}, {}, {}
     for layer in layers:  # a hybrid stack's layer without an MLP (attention) has empty scores for it
@@ -78,7 +82,9 @@ def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
         if scores.heads[layer].numel():
             q_heads[layer], kv_heads[layer] = select_heads(scores.heads[layer], text_config(config).num_key_value_heads, target)
     hidden = top_k_sorted(scores.hidden, target.hidden_size)
-    plan = KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads)
+    experts, expert_neurons, shared_neurons = plan_moe(scores, layers, target.moe, expert_metric, top_k_sorted)
+    plan = KeepPlan(hidden=hidden, layers=layers, neurons=neurons, q_heads=q_heads, kv_heads=kv_heads,
+                    experts=experts, expert_neurons=expert_neurons, shared_neurons=shared_neurons)
     if scores.mamba_heads:
         plan.mamba_heads, plan.mamba_head_dim = select_mamba(scores, config, target, layers)
     return plan

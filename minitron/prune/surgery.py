@@ -15,6 +15,8 @@ from ..arch import auto_model_class
 from ..arch.base import ArchAdapter, Axis, text_config
 from ..arch.layer_config import subset_layer_fields_
 from ..arch.mamba import MAMBA_AXES, mamba_axis_index
+from ..arch.moe import moe_spec
+from .moe import moe_axis_index, rewrite_moe_config_
 from .select import KeepPlan
 from ..errors import ScoresError, TargetError
 from .target import ResolvedTarget
@@ -52,7 +54,27 @@ def axis_index(axis: Axis, layer: int | None, plan: KeepPlan, config,
         return torch.cat([head_channels(plan.q_heads[layer], head_dim), q_size + kv, q_size + kv_size + kv])
     if axis is Axis.GATE_UP:
         return torch.cat([plan.neurons[layer], config.intermediate_size + plan.neurons[layer]])
+    if axis in _MOE_AXES:
+        return moe_axis_index(axis, layer, plan, config)
     return None
+
+
+_MOE_AXES = (Axis.EXPERT, Axis.EXPERT_MLP, Axis.EXPERT_GATE_UP, Axis.SHARED_MLP)
+
+
+def select_along(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """Keep `index` along `dim`. A 2-D index (rows of dim 0, kept along dim) keeps a different set in each
+    row of dim 0: routed experts each keep their own neurons (dim 0 is already cut to the kept experts)."""
+    index = index.to(tensor.device)
+    if index.shape[-1] == tensor.shape[dim]:  # indices are sorted and distinct: everything is kept, in order
+        return tensor
+    if index.dim() == 1:
+        return tensor.index_select(dim, index)
+    shape = [1] * tensor.dim()
+    shape[0], shape[dim] = index.shape
+    expanded = list(tensor.shape)
+    expanded[dim] = index.shape[1]
+    return tensor.gather(dim, index.view(shape).expand(expanded))
 
 
 def _head_dim(config) -> int:
@@ -74,8 +96,8 @@ def slice_state_dict(adapter: ArchAdapter, state: dict, plan: KeepPlan, config) 
         source = tensor
         for dim, axis in enumerate(axes):
             index = axis_index(axis, layer, plan, config, adapter)
-            if index is not None and index.numel() != tensor.shape[dim]:
-                tensor = tensor.index_select(dim, index.to(tensor.device))
+            if index is not None:
+                tensor = select_along(tensor, dim, index)
         if layer is not None:
             name = adapter.layer_prefix(new_index[layer]) + name[len(adapter.layer_prefix(layer)):]
         # A tensor no axis cuts must still be copied: shared with the source, training the pruned model
@@ -100,6 +122,7 @@ def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None 
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                 "num_hidden_layers"):
         setattr(new_text, key, getattr(target, key))
+    rewrite_moe_config_(new_text, moe_spec(source_text), target.moe)
     subset_layer_fields_(new_text, source_text, kept_layers)
     _set_mamba_sizes(new_text, target)
     return new_config

@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import TargetError
+from .moe import MOE_TARGET_KEYS, MoeSizes, resolve_moe_sizes
 
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
              "num_hidden_layers")
 MAMBA_KEYS = ("mamba_num_heads", "mamba_head_dim")  # hybrid stacks only (arch/mamba.py)
-TARGET_KEYS = (*SIZE_KEYS, "drop_layers", *MAMBA_KEYS)
+TARGET_KEYS = (*SIZE_KEYS, "drop_layers", *MAMBA_KEYS, *MOE_TARGET_KEYS)
 _LAYER_ENTRY = re.compile(r"(?P<start>[0-9]+)(?:\s*-\s*(?P<end>[0-9]+))?")
 
 
@@ -27,6 +28,8 @@ class ResolvedTarget:
     mamba_num_heads: int | None = None
     """Mamba-2 heads per Mamba layer (None: the source's, or no Mamba layers)."""
     mamba_head_dim: int | None = None
+    moe: MoeSizes | None = None
+    """Experts, experts per token and expert widths of a mixture-of-experts model (None: dense)."""
 
 
 def source_sizes(config) -> dict[str, int]:
@@ -62,7 +65,8 @@ def resolve_target(config, target: Mapping) -> ResolvedTarget:
             raise TargetError(f"drop_layers removes {len(drop_layers)} of {source['num_hidden_layers']} layers, "
                               f"leaving {remaining}, but num_hidden_layers={sizes['num_hidden_layers']}")
         sizes["num_hidden_layers"] = remaining
-    return ResolvedTarget(**sizes, drop_layers=drop_layers, **_resolve_mamba(config, target))
+    moe = resolve_moe_sizes(config, target, sizes, _positive_int)
+    return ResolvedTarget(**sizes, drop_layers=drop_layers, moe=moe, **_resolve_mamba(config, target))
 
 
 def _resolve_mamba(config, target: Mapping) -> dict[str, int]:

@@ -19,35 +19,40 @@ from ..prune.target import resolve_target
 from ..speed import measure_throughput, random_model
 from .candidates import Architecture, Candidate
 from .config import SearchConfig
+from .memory import memory_gb
 
 KIND_ORDER = ("width", "mixed", "depth")  # the seeds: at these scales width beats depth
 
 
 @dataclass(frozen=True)
 class Budget:
-    metric: str  # "total" | "non_embedding" (parameters) | "latency_ms"
+    metric: str  # "total" | "non_embedding" | "active" (parameters) | "latency_ms" | "memory_gb"
     limit: float
     source: float  # the source model's value of the same metric
     slack: float
     latency_setting: dict | None = None  # batch_size, seq_len, new_tokens, device
+    memory_setting: dict | None = None  # batch, context, bytes per value
 
     @property
     def floor(self) -> float:
         return self.limit * (1 - self.slack)
 
     def value(self, candidate: Candidate) -> float:
-        if self.metric == "latency_ms":
-            return float(candidate.latency_ms)
+        if self.metric in ("latency_ms", "memory_gb"):
+            return float(getattr(candidate, self.metric))
         return float(getattr(candidate.params, self.metric))
 
     def describe(self, value: float) -> str:
         if self.metric == "latency_ms":
             return f"{value:,.1f} ms"
+        if self.metric == "memory_gb":
+            return f"{value:,.3f} GB"
         return f"{int(value):,} {self.metric.replace('_', '-')} parameters"
 
     def as_dict(self) -> dict:
         return {"metric": self.metric, "limit": self.limit, "source": self.source, "slack": self.slack,
-                "fraction_of_source": self.limit / self.source, "latency_setting": self.latency_setting}
+                "fraction_of_source": self.limit / self.source, "latency_setting": self.latency_setting,
+                "memory_setting": self.memory_setting}
 
 
 def params_budget(source: ParamCount, search: SearchConfig) -> Budget:
@@ -58,6 +63,32 @@ def params_budget(source: ParamCount, search: SearchConfig) -> Budget:
         raise MinitronError(f"the budget of {int(limit):,} {search.budget_on} parameters is not smaller than the "
                             f"source model's {source_value:,}: there is nothing to search for")
     return Budget(search.budget_on, float(limit), float(source_value), search.slack)
+
+
+class MemoryMeter:
+    """Serving memory of candidates (minitron/search/memory.py) at the search's batch and context."""
+
+    def __init__(self, config, search: SearchConfig) -> None:
+        self.config, self.search = config, search
+
+    @property
+    def setting(self) -> dict:
+        return {"batch": self.search.memory_batch, "context": self.search.memory_context,
+                "bytes_per_value": self.search.memory_bytes}
+
+    def __call__(self, architecture, params: ParamCount) -> float:
+        config = pruned_config(self.config, resolve_target(self.config, architecture.as_dict()))
+        return memory_gb(config, params.total, self.search.memory_batch, self.search.memory_context,
+                         self.search.memory_bytes)
+
+
+def memory_budget(source_memory: float, search: SearchConfig, meter: MemoryMeter) -> Budget:
+    """--target-memory in GB (a value up to 1 is a fraction of the source's memory)."""
+    limit = search.target_memory * source_memory if search.target_memory <= 1 else search.target_memory
+    if limit >= source_memory:
+        raise MinitronError(f"the memory budget of {limit:,.3f} GB is not smaller than the source model's "
+                            f"{source_memory:,.3f} GB at this batch and context: there is nothing to search for")
+    return Budget("memory_gb", float(limit), float(source_memory), search.slack, memory_setting=meter.setting)
 
 
 class LatencyMeter:

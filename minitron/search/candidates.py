@@ -73,6 +73,7 @@ class Candidate:
     architecture: Architecture
     params: ParamCount
     latency_ms: float | None = None  # measured on this device (latency budgets only)
+    memory_gb: float | None = None  # weights + KV cache (+ state) from the config (memory budgets only)
     exact: bool = False  # params counted directly (not extrapolated over depth) / latency measured
 
 
@@ -142,8 +143,8 @@ class ParamCounter:
         return ParamCount(*(a + extra * d for a, d in zip(_fields(one), _fields(per_layer))))
 
 
-def _fields(count: ParamCount) -> tuple[int, int, int]:
-    return count.total, count.embedding, count.non_embedding
+def _fields(count: ParamCount) -> tuple[int, int, int, int]:
+    return count.total, count.embedding, count.non_embedding, count.active
 
 
 def enumerate_candidates(config, search: SearchConfig, counter: ParamCounter | None = None) -> tuple[list[Candidate], dict]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from ..config import normalize_token_budget, token_budget_field
 from ..errors import MinitronError, SettingsError
 
-BUDGET_ON = ("total", "non_embedding")
+BUDGET_ON = ("total", "non_embedding", "active")
 
 GUIDE = """Lightweight architecture search (the Minitron papers' NAS), from one set of importance scores:
 
@@ -18,9 +18,11 @@ GUIDE = """Lightweight architecture search (the Minitron papers' NAS), from one 
   3. distill the best --top-k for --candidate-tokens tokens each from the teacher and choose the winner by
      the loss after that retraining (rankings change after retraining; 0 tokens: choose by pruned loss).
 
-Budget: --target-params N (a count like 4.5e9, or a fraction like 0.5 of the source; --budget-on total or
-non_embedding), or --target-latency MS measured on this device (--latency-batch, --latency-seq-len,
---latency-new-tokens). No candidate over budget is ever returned.
+Budget: --target-params N (a count like 4.5e9, or a fraction like 0.5 of the source; --budget-on total,
+non_embedding or active), --target-active-params N (mixture-of-experts: the parameters one token uses),
+--target-memory GB (weights + KV cache at --memory-batch sequences of --memory-context tokens), or
+--target-latency MS measured on this device (--latency-batch, --latency-seq-len, --latency-new-tokens).
+No candidate over budget is ever returned.
 
 Writes OUT/search.json, OUT/candidates.csv and OUT/candidates.md. Then prune to the winner with
 `minitron prune --from-search OUT --out DIR` (the full command is printed) and distill it fully.
@@ -47,7 +49,19 @@ class SearchConfig:
     target_params: float | None = _help(
         "Parameter budget: a count such as 4e9, or a fraction of the source model such as 0.5 (any value "
         "up to 1 is a fraction).", default=None)
-    budget_on: str = _help("What --target-params counts: total or non_embedding parameters.", default="total")
+    budget_on: str = _help("What --target-params counts: total, non_embedding or active parameters (active: "
+                           "what one token uses in a mixture-of-experts model).", default="total")
+    target_active_params: float | None = _help(
+        "Active-parameter budget (mixture of experts: embeddings, attention, routers, shared experts and the "
+        "experts one token is routed to), a count or a fraction of the source; same as --target-params with "
+        "--budget-on active.", default=None)
+    target_memory: float | None = _help(
+        "Memory budget in GB (1e9 bytes): weights plus KV cache (plus recurrent state) for --memory-batch "
+        "sequences of --memory-context tokens at --memory-bytes per value; a value up to 1 is a fraction of the "
+        "source's.", default=None)
+    memory_batch: int = _help("Sequences held at once in the memory budget.", default=1)
+    memory_context: int = _help("Tokens per sequence (prompt + generated) in the memory budget.", default=4096)
+    memory_bytes: int = _help("Bytes per weight and cache value in the memory budget (2: bf16).", default=2)
     target_latency: float | None = _help(
         "Latency budget in milliseconds for one request (prefill of --latency-seq-len tokens, then "
         "--latency-new-tokens decoded tokens), measured on this device with random-weight models.", default=None)
@@ -81,14 +95,25 @@ class SearchConfig:
                                      "when the scores have it, else block_influence).", default=None)
     seed: int = _help("Seed of the candidate distillations (the same for every candidate).", default=0)
 
+    def _merge_active_budget(self) -> None:
+        """--target-active-params N is --target-params N --budget-on active (and survives a round trip)."""
+        if self.target_active_params is None:
+            return
+        if self.target_params not in (None, self.target_active_params) or \
+                (self.target_params is not None and self.budget_on != "active"):
+            raise SettingsError("give one budget: --target-active-params or --target-params, not both")
+        self.target_params, self.budget_on = self.target_active_params, "active"
+
     def __post_init__(self) -> None:
         normalize_token_budget(self, "candidate_tokens")
-        if (self.target_params is None) == (self.target_latency is None):
+        self._merge_active_budget()
+        if sum(v is not None for v in (self.target_params, self.target_latency, self.target_memory)) != 1:
             raise SettingsError("give one budget: --target-params N (a count, or a fraction of the source like "
-                                "0.5) or --target-latency MS")
+                                "0.5), --target-active-params N, --target-memory GB or --target-latency MS")
         if self.budget_on not in BUDGET_ON:
-            raise SettingsError(f"--budget-on must be total or non_embedding, got {self.budget_on!r}")
-        for name in ("target_params", "target_latency"):
+            raise SettingsError(f"--budget-on must be one of {', '.join(BUDGET_ON)}, got {self.budget_on!r}")
+        for name in ("target_params", "target_latency", "target_memory", "memory_batch", "memory_context",
+                     "memory_bytes"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise SettingsError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -31,7 +31,9 @@ from ..verbosity import progress_enabled
 from .budget import (
     Budget,
     LatencyMeter,
+    MemoryMeter,
     latency_budget,
+    memory_budget,
     params_budget,
     shortlist,
     with_predicted_latency,
@@ -66,7 +68,12 @@ def plan(model_config, search: SearchConfig, *, device="cpu", dtype=None, log=No
     source = Architecture.of(model_config)
     counter = ParamCounter(model_config)
     candidates, counts = enumerate_candidates(model_config, search, counter)
-    if search.target_latency is None:
+    if search.target_memory is not None:
+        meter = MemoryMeter(model_config, search)
+        budget = memory_budget(meter(source, counter.exact(source)), search, meter)
+        candidates = [replace(c, memory_gb=meter(c.architecture, c.params)) for c in candidates]
+        confirm = lambda c: _with_memory(replace(c, params=counter.exact(c.architecture), exact=True), meter)
+    elif search.target_latency is None:
         budget = params_budget(counter.exact(source), search)
         confirm = lambda c: replace(c, params=counter.exact(c.architecture), exact=True)
     else:
@@ -83,11 +90,15 @@ def plan(model_config, search: SearchConfig, *, device="cpu", dtype=None, log=No
     return budget, kept, {**counts, **selection, "scored": len(kept)}
 
 
+def _with_memory(candidate: Candidate, meter: MemoryMeter) -> Candidate:
+    return replace(candidate, memory_gb=meter(candidate.architecture, candidate.params))
+
+
 def _row(candidate: Candidate, source: Architecture, loss: float) -> dict:
     arch = candidate.architecture
     return {"target": arch.target(source), "architecture": arch.as_dict(), "cut": arch.cut_kind(source),
             "cut_axes": list(arch.cut_axes(source)), "params": candidate.params.as_dict(),
-            "latency_ms": candidate.latency_ms, "loss_pruned": loss, "loss_distilled": None,
+            "latency_ms": candidate.latency_ms, "memory_gb": candidate.memory_gb, "loss_pruned": loss, "loss_distilled": None,
             "rank_pruned": None, "rank_distilled": None, "chosen": False}
 
 

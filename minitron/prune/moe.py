@@ -1,0 +1,151 @@
+"""Mixture-of-experts pruning: targets, which experts and expert neurons to keep, and the config rewrite.
+
+Axes (config names are the family's, see minitron/arch/moe.py):
+- whole experts (`num_experts` / `num_local_experts`): the top experts of each layer by the expert
+  metric, with their router rows (and biases);
+- the expert FFN width (`moe_intermediate_size`, or `intermediate_size` where that is the expert width):
+  the config has one size, so every kept expert keeps the same number of neurons, each its own best;
+- the shared-expert width (`shared_expert_intermediate_size`, qwen2_moe);
+- `num_experts_per_tok` is kept unless a target lowers it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from ..arch.moe import MoeSpec, moe_spec
+from ..errors import ScoresError, TargetError
+
+# Target names accepted on top of the dense ones; `num_experts` means the family's own name for it.
+MOE_TARGET_KEYS = ("num_experts", "num_local_experts", "moe_intermediate_size", "shared_expert_intermediate_size",
+                   "num_experts_per_tok")
+EXPERT_METRICS = ("reap", "weighted_output", "frequency", "random")
+# transformers runs routed experts through torch's grouped_mm, whose rows must be 16-byte aligned: 8 bf16
+# values (torch 2.13 on CPU: "strides should be multiple of 16 bytes" for an expert width of 59).
+GROUPED_MM_MULTIPLE = 8
+# The accumulated router-weighted output beat REAP's per-routed-token mean by far on the MoEfied SmolLM2
+# (held-out loss 7.67 vs 10.17 with half the experts, teacher 6.64: docs/BENCHMARKS.md).
+DEFAULT_EXPERT_METRIC = "weighted_output"
+
+
+@dataclass(frozen=True)
+class MoeSizes:
+    num_experts: int
+    num_experts_per_tok: int
+    expert_width: int
+    shared_width: int | None
+
+
+def source_moe_sizes(config, spec: MoeSpec) -> MoeSizes:
+    shared = getattr(config, spec.shared_width_key) if spec.shared_width_key else None
+    return MoeSizes(int(getattr(config, spec.num_experts_key)), int(config.num_experts_per_tok),
+                    int(getattr(config, spec.expert_width_key)), None if shared is None else int(shared))
+
+
+def resolve_moe_sizes(config, target: Mapping, sizes: dict, check_size) -> MoeSizes | None:
+    """The MoE sizes of the pruned model (None for a dense family); refuses what cannot be built.
+
+    sizes: the already-resolved dense sizes (the expert width may be `intermediate_size`).
+    check_size(key, value, source_value) -> int validates one requested size.
+    """
+    spec = moe_spec(config)
+    requested = [key for key in MOE_TARGET_KEYS if target.get(key) is not None]
+    if spec is None:
+        if requested:
+            raise TargetError(f"{', '.join(requested)}: this {config.model_type} model has no experts")
+        return None
+    source = source_moe_sizes(config, spec)
+    expert_keys = [key for key in ("num_experts", "num_local_experts") if target.get(key) is not None]
+    if len(expert_keys) == 2 and target["num_experts"] != target["num_local_experts"]:
+        raise TargetError("num_experts and num_local_experts name the same size; give one of them")
+    num_experts = check_size(expert_keys[0], target[expert_keys[0]], source.num_experts) if expert_keys \
+        else source.num_experts
+    per_token = source.num_experts_per_tok
+    if target.get("num_experts_per_tok") is not None:
+        per_token = check_size("num_experts_per_tok", target["num_experts_per_tok"], per_token)
+    if per_token > num_experts:
+        raise TargetError(f"num_experts={num_experts} is fewer than the {per_token} experts every token is routed "
+                          f"to (num_experts_per_tok); keep at least {per_token} experts or lower num_experts_per_tok")
+    widths = {}
+    for key, source_value in ((spec.expert_width_key, source.expert_width), (spec.shared_width_key, source.shared_width)):
+        if key is None:
+            continue
+        value = sizes.get(key, target.get(key))
+        widths[key] = source_value if value is None else check_size(key, value, source_value)
+    for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):
+        if target.get(key) is not None and key not in widths:
+            raise TargetError(f"{key}: {config.model_type} has no such size; its expert width is "
+                              f"{spec.expert_width_key}")
+    _check_attention_width(config, spec, sizes)
+    _check_grouped_mm_widths(config, {"hidden_size": sizes["hidden_size"],
+                                      spec.expert_width_key: widths[spec.expert_width_key]})
+    return MoeSizes(num_experts, per_token, widths[spec.expert_width_key],
+                    widths.get(spec.shared_width_key) if spec.shared_width_key else None)
+
+
+def _check_attention_width(config, spec: MoeSpec, sizes: dict) -> None:
+    if not spec.attention_width_is_hidden:
+        return
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = sizes["num_attention_heads"] * head_dim
+    if width != sizes["hidden_size"]:
+        raise TargetError(
+            f"{config.model_type} sizes its q/k norms from hidden_size, so num_attention_heads x head_dim "
+            f"({sizes['num_attention_heads']} x {head_dim}) must equal hidden_size ({sizes['hidden_size']}); "
+            "prune hidden_size and num_attention_heads together")
+
+
+def _check_grouped_mm_widths(config, widths: dict[str, int]) -> None:
+    for key, value in widths.items():
+        if value != getattr(config, key) and value % GROUPED_MM_MULTIPLE:
+            raise TargetError(
+                f"{key}={value}: transformers computes {config.model_type} experts with torch's grouped_mm, which "
+                f"needs 16-byte-aligned rows, so this size must be a multiple of {GROUPED_MM_MULTIPLE} (e.g. "
+                f"{value // GROUPED_MM_MULTIPLE * GROUPED_MM_MULTIPLE or GROUPED_MM_MULTIPLE})")
+
+
+def rewrite_moe_config_(new_config, spec: MoeSpec | None, sizes: MoeSizes | None) -> None:
+    if spec is None or sizes is None:
+        return
+    setattr(new_config, spec.num_experts_key, sizes.num_experts)
+    new_config.num_experts_per_tok = sizes.num_experts_per_tok
+    setattr(new_config, spec.expert_width_key, sizes.expert_width)
+    if spec.shared_width_key:
+        setattr(new_config, spec.shared_width_key, sizes.shared_width)
+
+
+def plan_moe(scores, layers: list[int], sizes: MoeSizes | None, expert_metric: str | None, top_k_sorted):
+    """(kept experts, kept neurons per kept expert (experts, width), kept shared neurons), per source layer."""
+    experts, expert_neurons, shared_neurons = {}, {}, {}
+    if sizes is None:
+        return experts, expert_neurons, shared_neurons
+    metric = expert_metric or DEFAULT_EXPERT_METRIC
+    for layer in layers:
+        if layer in scores.expert_neurons:
+            kept = top_k_sorted(scores.expert_scores(metric)[layer], sizes.num_experts)
+            experts[layer] = kept
+            per_expert = scores.expert_neurons[layer][kept]
+            expert_neurons[layer] = torch.stack([top_k_sorted(row, sizes.expert_width) for row in per_expert])
+        if layer in scores.shared_neurons and sizes.shared_width is not None:
+            shared_neurons[layer] = top_k_sorted(scores.shared_neurons[layer], sizes.shared_width)
+    return experts, expert_neurons, shared_neurons
+
+
+def moe_axis_index(axis, layer: int, plan, config) -> torch.Tensor:
+    """Kept indices along an MoE axis of a source layer; a 2-D (kept experts, kept neurons) index is per expert."""
+    from ..arch.base import Axis
+    try:
+        if axis is Axis.EXPERT:
+            return plan.experts[layer]
+        if axis is Axis.EXPERT_MLP:
+            return plan.expert_neurons[layer]
+        if axis is Axis.EXPERT_GATE_UP:
+            neurons = plan.expert_neurons[layer]
+            source_width = getattr(config, moe_spec(config).expert_width_key)  # [gate; up] halves
+            return torch.cat([neurons, source_width + neurons], dim=1)
+        return plan.shared_neurons[layer]
+    except KeyError:
+        raise ScoresError(f"the importance scores hold no expert scores for layer {layer}; recompute them with "
+                          "`minitron importance` (this minitron scores experts)") from None
