@@ -47,7 +47,7 @@ def make_identity_layer_(model, layer: int) -> None:
     adapter = get_adapter(model)
     for name, param in model.named_parameters():
         param_layer, axes = adapter.axes_of(name)
-        writes_residual = axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN)  # routed experts' down
+        writes_residual = bool(axes) and (axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN))  # routed experts: down
         if param_layer == layer and writes_residual and ("proj" in name):
             param.zero_()
 
@@ -73,3 +73,11 @@ def silence_mamba_channels_(model, heads: list[int], positions: list[int]) -> No
         _, axes = adapter.axes_of(name)
         if axes and axes[0] is Axis.MAMBA_IN:
             param[gate_rows] = 0.0
+
+
+def free_port() -> int:
+    """A TCP port free right now, for torchrun's rendezvous: a fixed port clashes with any other run on it."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -15,6 +15,7 @@ from minitron.cli import main
 from minitron.importance import random_scores
 from minitron.loading import save_checkpoint
 from minitron.prune import prune
+from tests.helpers import free_port
 from tests.tiny import tiny_model, tiny_tokenizer
 
 TEXT = "\n\n".join(f"Line {i}: a student learns from a teacher what the pruning took away, {i * 7 % 13}."
@@ -76,7 +77,7 @@ def test_two_processes_match_one(run_dir, sharding):
         assert main(_distill_args(run_dir, single, "--micro-batch-size", "2", *SPLIT)) == 0
     double = run_dir / "double"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
                "-m", "minitron.cli", *_distill_args(run_dir, double, "--micro-batch-size", "1", *SPLIT, *sharding)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -142,11 +142,12 @@ class ArchAdapter:
                 handle.remove()
 
     def layer_module(self, layer: nn.Module, path: str) -> nn.Module | None:
-        """The submodule `path` of one decoder layer; None where a hybrid stack's layer has no such part."""
+        """The submodule `path` of one decoder layer; None where a hybrid stack's layer has no such part, or
+        a mixture-of-experts layer has no dense MLP (its experts are hooked by importance/moe.py)."""
         try:
             return layer.get_submodule(path)
         except AttributeError:
-            if self.hybrid:
+            if self.hybrid or self.moe is not None:
                 return None
             raise
 
