@@ -183,6 +183,27 @@ def load_model(spec: str = DEFAULT_TEACHER, *, dtype: str | torch.dtype | None =
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
+def empty_model(spec: str, dtype: str | torch.dtype) -> nn.Module | None:
+    """The model `spec` names without its weights: parameters on the meta device (no memory, nothing read),
+    buffers such as rotary frequencies computed from the config, tied weights tied. For the ranks that
+    receive their FSDP2 shards from rank 0 (`minitron.distill.materialise`). None for a GGUF file, whose
+    config comes with its weights."""
+    from accelerate import init_empty_weights
+    location, gguf_file = locate_model(spec)
+    if gguf_file:
+        return None
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load model {spec!r}: {error}") from error
+    with init_empty_weights(include_buffers=False):
+        model = _auto_class_of(location, None).from_config(config, dtype=resolve_dtype(dtype))
+    model.tie_weights()  # from_config under init_empty_weights leaves tied heads untied
+    model.minitron_source_dtype = _checkpoint_dtype(spec, location) or model.dtype
+    model.config._name_or_path = spec
+    return model.eval()
+
+
 DEVICE_MAPS = ("auto",)
 
 

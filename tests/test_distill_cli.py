@@ -88,6 +88,11 @@ def test_two_processes_match_one(run_dir, sharding):
                                    rtol=1e-4, atol=1e-5, msg=key)
     for key in ("val_student_loss", "val_teacher_loss", "val_kl"):  # all 3 blocks, not 2 or 4
         torch.testing.assert_close(records[0][-1][key], records[1][-1][key], rtol=1e-4, atol=1e-5, msg=key)
+    # Under FSDP2 rank 1 never reads the sharded models' files: it builds them on the meta device and
+    # receives its shards from rank 0. DDP needs the whole student on every rank.
+    readers = [0] if sharding else [0, 1]
+    assert json.loads((double / "minitron.json").read_text())["weights_read_on_ranks"] == {
+        "student": readers, "teacher": readers}
     from transformers import AutoModelForCausalLM
     one, two = (AutoModelForCausalLM.from_pretrained(folder) for folder in (single, double))
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):

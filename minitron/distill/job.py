@@ -12,12 +12,14 @@ from ..data.cache import prepare_data
 from ..data.checks import check_data, check_seq_len
 from ..errors import MinitronError, OutputError
 from ..io import replace_directory
-from ..loading import load_model, load_tokenizer, locate_model, publish_into
+from ..loading import load_tokenizer, locate_model, publish_into
 from ..outputs import check_output, is_empty_folder, pending_folder, require_text
 from .checkpoint import CHECKPOINT_DIR, checkpoint_path, has_checkpoint, saved_settings
 from .dist import distributed_session, on_main
 from .loop import distill
+from .materialise import load_for_rank, loaded_on_ranks
 from .resume import check_resume, model_identity, run_settings
+from .sharding import shards_teacher, uses_fsdp
 from .vocab import check_same_tokenizer
 from ..config import DistillConfig
 from ..arch.base import text_config
@@ -99,13 +101,17 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         # Tokenized once into the cache (rank 0 builds, the others wait), or a folder from `minitron tokenize`;
         # before the weights load, so that a data problem costs no model loading.
         shards = prepare_data(data, student_tokenizer, text_field=text_field, chat_template=chat_template)
-        student_model, tokenizer = load_model(student, device=str(env.device), dtype="float32")
+        # A model FSDP2 will shard is read by rank 0 alone; the others receive their shards from it.
+        student_model, tokenizer = load_for_rank(student, env, "float32", sharded=uses_fsdp(config, env))
+        tokenizer = tokenizer or student_tokenizer
         check_seq_len(student_model, config.seq_len)  # a GGUF file's config comes with its weights
         teacher_model = None
         if distilling:
             teacher_dtype = "bfloat16" if config.teacher_bf16(env.device.type) else "float32"
-            teacher_model, _ = load_model(teacher, device=str(env.device), dtype=teacher_dtype)
+            teacher_model, _ = load_for_rank(teacher, env, teacher_dtype, sharded=shards_teacher(config, env))
             check_seq_len(teacher_model, config.seq_len)
+        loaded_on = {name: loaded_on_ranks(model, env)
+                     for name, model in (("student", student_model), ("teacher", teacher_model)) if model is not None}
         needed = config.total_steps(env.world_size) * config.global_batch(env.world_size)
         train = shards.dataset("train", config.seq_len)
         heldout = shards.blocks("heldout", config.seq_len, config.eval_samples, allow_fewer=True)
@@ -117,7 +123,7 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
         record = {"stage": "distill" if teacher_model is not None else "finetune", "student": student,
                   "teacher": teacher, "data": data, "config": asdict(config), "final": final,
                   "prepared_data": str(shards.folder), "train_blocks": len(train),
-                  "epochs": round(needed / max(len(train), 1), 3),
+                  "epochs": round(needed / max(len(train), 1), 3), "weights_read_on_ranks": loaded_on,
                   **({"resumes": resumes} if resumes else {})}  # settings changed on resume, from which step
         # The published model is whole: under FSDP every rank helps gather the full tensors.
         full_state = get_model_state_dict(trained, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -21,6 +21,7 @@ from ..errors import MinitronError
 from .checkpoint import Checkpointer, load_training_state, saved_settings
 from .dist import DistEnv, all_reduce_sum, init_distributed
 from .losses import balance_weight
+from .materialise import holds_weights, to_device_
 from .metrics import MetricsLog, ProgressBar
 from . import sharding
 from .resume import check_resume, run_settings
@@ -104,17 +105,19 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     if isinstance(train_blocks, str):
         train_blocks, heldout_blocks = _blocks_from_spec(train_blocks, heldout_blocks, tokenizer, config)
     torch.manual_seed(config.seed)
-    student.to(env.device).train()
+    # Weights on the meta device stay there: under FSDP2 rank 0 broadcasts them once the model is sharded.
+    to_device_(student, env.device).train()
     if config.gradient_checkpointing:
         student.gradient_checkpointing_enable()
     if teacher is not None:
-        teacher.to(env.device).eval().requires_grad_(False)
+        to_device_(teacher, env.device).eval().requires_grad_(False)
     logit_loss = make_logit_loss(config)
     hidden_loss, layer_pairs = build_hidden_loss(config, student, teacher, kept_layers) if teacher else (None, [])
-    train_module = TrainModule(student, hidden_loss).to(env.device)
+    train_module = to_device_(TrainModule(student, hidden_loss), env.device)
     total_steps = config.total_steps(env.world_size)
     # Wrap first: FSDP2 replaces parameters with sharded ones, and the optimizer must hold those.
     wrapped, teacher_module = _wrap(train_module, env, config, teacher)
+    _check_materialised(train_module, teacher)
     optimizer = torch.optim.AdamW(train_module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   betas=(0.9, 0.95))
     warmup = min(config.warmup_steps, max(total_steps // 10, 1)) if total_steps > 1 else 0
@@ -138,6 +141,13 @@ def distill(student: nn.Module, teacher: nn.Module | None, train_blocks, heldout
     finally:
         log.close()
     return student
+
+
+def _check_materialised(train_module: nn.Module, teacher: nn.Module | None) -> None:
+    for name, model in (("student", train_module), ("teacher", teacher)):
+        if model is not None and not holds_weights(model):
+            raise MinitronError(f"the {name} has weights on the meta device, which only an FSDP2-sharded model "
+                                "receives (from rank 0); load it with minitron.load_model on every process")
 
 
 def _checked_settings(student, teacher, config: DistillConfig, env: DistEnv, tokenizer, teacher_tokenizer, out,

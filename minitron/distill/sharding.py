@@ -11,6 +11,9 @@ the fused chunked loss (no head recompute in backward) runs under FSDP2 as under
 
 bf16 under FSDP2 is a `MixedPrecisionPolicy`: bf16 parameters gathered and computed with, fp32 gradient
 reductions into fp32 shards (which the optimizer updates), no autocast; DDP keeps fp32 weights and autocast.
+
+A sharded model's weights come from rank 0 once it is split (`materialise`): the other ranks may build it
+on the meta device, so that only rank 0 ever reads or holds it whole.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from torch import nn
 from ..arch import logits_adapter
 from ..config import DistillConfig
 from .dist import DistEnv
+from .materialise import full_state_on_rank0, load_from_rank0_
 
 
 def uses_fsdp(config: DistillConfig, env: DistEnv) -> bool:
@@ -68,7 +72,7 @@ class TeacherModule(nn.Module):
 def wrap_student(train_module: nn.Module, env: DistEnv, config: DistillConfig) -> nn.Module:
     """The module the training step calls: FSDP2-sharded, DDP, or `train_module` itself on one process."""
     if uses_fsdp(config, env):
-        return _fully_shard(train_module, train_module.student, mixed_precision_policy(config, env))
+        return _fully_shard(train_module, train_module.student, mixed_precision_policy(config, env), env)
     if env.distributed:
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(train_module, device_ids=device_ids)
@@ -82,14 +86,19 @@ def wrap_teacher(teacher: nn.Module, env: DistEnv, config: DistillConfig) -> Tea
         return module
     dtype = torch.bfloat16 if config.student_bf16(env.device.type) else None
     from torch.distributed.fsdp import MixedPrecisionPolicy
-    return _fully_shard(module, teacher, MixedPrecisionPolicy(param_dtype=dtype))
+    return _fully_shard(module, teacher, MixedPrecisionPolicy(param_dtype=dtype), env)
 
 
-def _fully_shard(root: nn.Module, model: nn.Module, policy) -> nn.Module:
+def _fully_shard(root: nn.Module, model: nn.Module, policy, env: DistEnv) -> nn.Module:
+    """Shard `root` (each decoder layer of `model` a unit) and fill every rank's shards from rank 0's
+    weights: the other ranks may hold the model on the meta device (`materialise.load_for_rank`)."""
     from torch.distributed.fsdp import fully_shard
+    full_state = full_state_on_rank0(root, env)
     for layer in logits_adapter(model).layers(model):
         fully_shard(layer, mp_policy=policy)
-    return fully_shard(root, mp_policy=policy)
+    sharded = fully_shard(root, mp_policy=policy)
+    load_from_rank0_(sharded, full_state, env.device)
+    return sharded
 
 
 @contextlib.contextmanager
