@@ -112,7 +112,7 @@ def test_accelerate_launch_runs_the_same_distillation(run_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}  # no user accelerate config
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               "29534", "-m", "minitron.cli", *_distill_args(run_dir, launched, "--micro-batch-size", "1", "--quiet")]
+               str(free_port()), "-m", "minitron.cli", *_distill_args(run_dir, launched, "--micro-batch-size", "1", "--quiet")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("distill: model written to") == 1  # rank 0 alone reports (and writes)
