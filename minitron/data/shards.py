@@ -24,10 +24,12 @@ first need the whole corpus as an Arrow table on disk.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import multiprocessing
+import signal
 import time
 from pathlib import Path
 from typing import Iterator
@@ -145,6 +147,24 @@ def _flagged_batches(documents: Iterator[str], heldout_fraction: float) -> Itera
 _worker_tokenizer = None
 
 
+@contextlib.contextmanager
+def _worker_signals():
+    """Handlers the forked workers start with: Ctrl-C ignored (the parent stops the pool) and SIGTERM fatal
+    (Pool.terminate sends it). A worker forked with the CLI's handlers, which raise KeyboardInterrupt, would
+    unwind the parent's copied stack if signalled before its worker loop starts: it would clean up the
+    parent's partial output folder and carry on as a second copy of the parent."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:  # not the main thread: handlers cannot be changed, and the CLI installed none here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+
+
 def _init_worker(tokenizer) -> None:
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
@@ -168,7 +188,9 @@ def _encoded_batches(documents: Iterator[str], tokenizer, heldout_fraction: floa
         return
     # fork: the workers inherit the loaded tokenizer and modules instead of importing them again (seconds).
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(num_proc, _init_worker, (tokenizer,)) as pool:
+    with _worker_signals():
+        pool = multiprocessing.get_context(method).Pool(num_proc, _init_worker, (tokenizer,))
+    with pool:
         # A window of batches at a time, in order (Pool.imap would read the whole corpus ahead).
         while window := list(itertools.islice(batches, num_proc * _BATCHES_PER_PROCESS)):
             yield from pool.map(_encode_batch, window, chunksize=1)
