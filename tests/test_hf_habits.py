@@ -172,6 +172,7 @@ def test_every_command_is_quiet_with_quiet(workspace, tmp_path, capfd):
          "--max-candidates", "2", "--out", str(tmp_path / "nas"), "--quiet"],
         ["run", str(recipe), "--out", str(tmp_path / "run"), "--quiet"],
         ["report", str(tmp_path / "run"), "--quiet"],
+        ["tokenize", "--data", corpus, "--tokenizer", teacher, "--out", str(tmp_path / "tokens"), "--quiet"],
     ]
     capfd.readouterr()
     for argv in commands:
