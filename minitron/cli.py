@@ -17,67 +17,20 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
-import json
-import os
 import shlex
-import signal
 import sys
-import types
-import typing
 
-from .cliparse import Parser, package_version
-from .dryrun import add_fit_options, layout_from_args
+from .cliparse import Parser, _ParsedText, add_dataclass_arguments, from_args, package_version  # noqa: F401 - API
+from .dispatch import DEFAULT_DATA, dispatch, sigterm_as_ctrl_c
+from .dryrun import add_fit_options
 from .config import (CHAT_TEMPLATE_HELP, TEACHER_ONLY, TEXT_FIELD_HELP, DataConfig, DistillConfig, ImportanceConfig,
                      TargetConfig)
 from .errors import MinitronError
 from .search.config import GUIDE as SEARCH_GUIDE
 from .search.config import SearchConfig
-from .verbosity import is_main_process, verbosity
-
-DEFAULT_DATA = DataConfig().data
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, fixed: dict | None = None, **defaults) -> None:
-    """One `--field-name` option per dataclass field, with the field's help text and default. Fields in
-    `fixed` get no option: the command always uses that value (it is the parser's default, for from_args)."""
-    hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(cls.__name__.replace("Config", " settings"))
-    parser.set_defaults(**(fixed or {}))
-    for f in dataclasses.fields(cls):
-        if f.name in (fixed or {}):
-            continue
-        kind = hints[f.name]
-        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        default = defaults.get(f.name, f.default)
-        if kind is bool:
-            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
-                               default=default, help=f.metadata.get("help", ""))
-            continue
-        # A field with its own parser (token budgets: "94B") takes text; the dataclass parses it.
-        kind = _ParsedText(f.metadata["parse"]) if "parse" in f.metadata else kind
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                           help=f"{f.metadata.get('help', '')} (default: {default})")
-
-
-class _ParsedText:
-    """The argparse type of a field its dataclass parses itself: the text stays text (so a bad value is
-    the dataclass's one-line error), and `parse` says what it means (for `command_argv`)."""
-
-    __name__ = "str"
-
-    def __init__(self, parse) -> None:
-        self.parse = parse
-
-    def __call__(self, text: str) -> str:
-        return str(text)
-
-
-def from_args(cls, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+from .verbosity import verbosity
 
 
 def command_argv(command: str, *settings, **options) -> list[str]:
@@ -330,169 +283,12 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_table(rows: list[tuple[str, object]]) -> None:
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value:,}" if type(value) is int else f"{name:<{width}}  {value}")
-
-
-def _print_dry_run(summary: dict) -> None:
-    from .arch import text_config
-    config, before, after = summary["config"], summary["params_before"], summary["params_after"]
-    sizes = text_config(config)  # a multimodal checkpoint: its language model's
-    rows = [(key, getattr(sizes, key)) for key in ("hidden_size", "intermediate_size", "num_attention_heads",
-                                                    "num_key_value_heads", "head_dim", "num_hidden_layers")]
-    rows += [("params total", f"{after.total:,} ({after.total / before.total:.1%} of {before.total:,})"),
-             ("params non-embedding", f"{after.non_embedding:,} ({after.non_embedding / before.non_embedding:.1%})")]
-    if summary["target"].moe is not None:  # mixture of experts: what one token uses
-        moe = summary["target"].moe
-        rows[1:1] = [("experts (per token)", f"{moe.num_experts} ({moe.num_experts_per_tok})"),
-                     ("expert width", moe.expert_width)]
-        rows.append(("params active", f"{after.active:,} ({after.active / before.active:.1%} of {before.active:,})"))
-    _print_table(rows)
-
-
-def _tokenize(args: argparse.Namespace) -> None:
-    from .data.checks import check_data
-    from .data.shards import write_shards
-    from .loading import check_output_folder, load_tokenizer
-    check_output_folder(args.out, args.overwrite, inputs=[args.data, args.tokenizer])
-    check_data(args.data, args.text_field, chat_template=args.chat_template, tokenizer_of=args.tokenizer)
-    shards = write_shards(args.data, load_tokenizer(args.tokenizer), args.out, text_field=args.text_field,
-                          num_proc=args.num_proc, chat_template=args.chat_template)
-    sizes = ", ".join(f"{name} {split['tokens']:,} tokens in {split['documents']:,} documents"
-                      for name, split in shards.manifest["splits"].items())
-    print(f"prepared data written to {args.out}: {sizes} ({shards.manifest['seconds']} s); use --data {args.out}")
-
-
-def _is_main_process() -> bool:
-    """Rank 0 under torchrun (and any plain process): the one that prints results."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _dispatch(args: argparse.Namespace) -> None:
-    from . import jobs
-    from .hub import check_command_push, push_command_output
-    if getattr(args, "cache_dir", None):  # read by every data path, in this process and its children
-        from .data.cache import CACHE_ENV
-        os.environ[CACHE_ENV] = args.cache_dir
-    if getattr(args, "push_to_hub", None):
-        check_command_push(args)
-    if args.command == "demo":
-        from .demo import run_demo
-        run_demo(args.out, quick=args.quick)
-        push_command_output(args)
-    elif args.command == "importance":
-        out = jobs.run_importance(args.model, args.out, from_args(DataConfig, args), from_args(ImportanceConfig, args),
-                                  dtype=args.dtype, device=args.device, overwrite=args.overwrite,
-                                  device_map=args.device_map)
-        if _is_main_process():
-            print(f"scores written to {out}")
-    elif args.command == "prune":
-        if args.from_search:
-            from .search.commands import prune_args_from_search
-            prune_args_from_search(args)
-        if args.model is None:
-            raise MinitronError("give --model (or --from-search DIR, a `minitron search` folder)")
-        target = from_args(TargetConfig, args).as_target()
-        if not target:
-            raise MinitronError("give at least one target: --hidden-size, --intermediate-size, "
-                                "--num-attention-heads, --num-key-value-heads, --num-hidden-layers or --drop-layers")
-        result = jobs.run_prune(args.model, args.out, target, scores=args.scores, criterion=args.criterion,
-                                depth_metric=args.depth_metric, expert_metric=args.expert_metric,
-                                dry_run=args.dry_run, dtype=args.dtype,
-                                device=args.device, overwrite=args.overwrite, save_dtype=args.save_dtype)
-        if args.dry_run:
-            from .dryrun import describe_prune_memory
-            _print_dry_run(result)
-            print()
-            print(describe_prune_memory(result, layout_from_args(args), micro_batch_size=args.dry_micro_batch,
-                                        seq_len=args.dry_seq_len))
-        else:
-            print(f"pruned model written to {args.out}: {result['params_after']['total']:,} parameters "
-                  f"({result['params_after']['total'] / result['params_before']['total']:.1%} of the source)")
-            push_command_output(args, {"kind": "prune", "teacher": args.model, "target": target,
-                                       "importance": result["scores_meta"]})
-    elif args.command in ("distill", "finetune"):
-        from .distill.job import run_distill
-        config = from_args(DistillConfig, args)
-        student, teacher = (args.student, args.teacher) if args.command == "distill" else (args.model, None)
-        if args.data is None:
-            args.data = DEFAULT_DATA
-            print(f"minitron {args.command}: no --data given, training on {DEFAULT_DATA} (CPython's documentation);"
-                  " pass --data for your own text", file=sys.stderr)
-        record = run_distill(student, teacher, args.data, args.out, config, text_field=args.text_field,
-                             chat_template=args.chat_template, resume=args.resume, overwrite=args.overwrite,
-                             device=args.device, save_dtype=args.save_dtype)
-        final = record["final"]
-        if is_main_process():  # every rank returns the same record; one line says so
-            print(f"{args.command}: model written to {args.out}; final validation: "
-                  + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k.startswith("val_")))
-        push_command_output(args, {"kind": args.command, "teacher": teacher or student, "data": args.data,
-                                   **({"parent": student, "distilled_from": teacher} if teacher else {})})
-    elif args.command == "tokenize":
-        _tokenize(args)
-    elif args.command == "inspect":
-        info = jobs.inspect_model(args.model)
-        if args.json:
-            print(json.dumps(info, indent=2))
-        else:
-            params = info.pop("params")
-            _print_table([*info.items(), *((f"params {k}", v) for k, v in params.items())])
-    elif args.command == "eval":
-        result = jobs.run_eval(args.model, from_args(DataConfig, args), args.split, dtype=args.dtype,
-                               device=args.device, device_map=args.device_map)
-        if not _is_main_process():
-            return
-        if args.tasks:
-            result["lm_eval"] = jobs.run_lm_eval(args.model, args.tasks, batch_size=args.batch_size,
-                                                 limit=args.limit, device=args.device)["tasks"]
-        print(json.dumps(result, indent=2))
-    elif args.command == "search":
-        from .search.commands import search_command
-        search_command(args)
-    elif args.command == "run":
-        from .recipe import runner
-        if args.dry_run:
-            from .dryrun import describe_recipe_memory
-            print(describe_recipe_memory(args.recipe, layout_from_args(args), teacher_config=args.teacher_config,
-                                         micro_batch_size=args.dry_micro_batch, seq_len=args.dry_seq_len))
-        else:
-            members = runner.format_members(runner.run_recipe(args.recipe, args.out, overwrite=args.overwrite,
-                                                              device=args.device))
-            if is_main_process():  # under torchrun, one table rather than one per process
-                print(members)
-            push_command_output(args)
-    elif args.command == "report":
-        from .report import build_report, write_model_cards
-        path = build_report(args.run_dir)
-        cards = write_model_cards(args.run_dir)
-        print(f"report written to {path}" + (f"; {len(cards)} model card(s) updated" if cards else ""))
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c():
-    """SIGTERM (a cluster preempting the job) stops a command as Ctrl-C does: training checkpoints first,
-    a recipe saves its progress, and the exit code says it did not finish."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt("stopped by SIGTERM")
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave the default
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: the command in pushed model cards
     try:
-        with verbosity(args.verbosity), _sigterm_as_ctrl_c():
-            _dispatch(args)
+        with verbosity(args.verbosity), sigterm_as_ctrl_c():
+            dispatch(args)
     except MinitronError as error:
         print(f"minitron {args.command}: error: {error}", file=sys.stderr)
         return 2

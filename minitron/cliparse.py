@@ -7,6 +7,9 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 import argparse
 import difflib
 import importlib.metadata
@@ -50,3 +53,43 @@ class Parser(argparse.ArgumentParser):
         close = difflib.get_close_matches(flag.replace("_", "-"), options, n=3, cutoff=0.6)
         close += [o for o in options if o.startswith(flag) and o not in close][:3 - len(close)]  # abbreviations
         return f"{word} (did you mean {' or '.join(close)}?)" if close else word
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, fixed: dict | None = None, **defaults) -> None:
+    """One `--field-name` option per dataclass field, with the field's help text and default. Fields in
+    `fixed` get no option: the command always uses that value (it is the parser's default, for from_args)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__.replace("Config", " settings"))
+    parser.set_defaults(**(fixed or {}))
+    for f in dataclasses.fields(cls):
+        if f.name in (fixed or {}):
+            continue
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default = defaults.get(f.name, f.default)
+        if kind is bool:
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
+                               default=default, help=f.metadata.get("help", ""))
+            continue
+        # A field with its own parser (token budgets: "94B") takes text; the dataclass parses it.
+        kind = _ParsedText(f.metadata["parse"]) if "parse" in f.metadata else kind
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
+                           help=f"{f.metadata.get('help', '')} (default: {default})")
+
+
+class _ParsedText:
+    """The argparse type of a field its dataclass parses itself: the text stays text (so a bad value is
+    the dataclass's one-line error), and `parse` says what it means (for `command_argv`)."""
+
+    __name__ = "str"
+
+    def __init__(self, parse) -> None:
+        self.parse = parse
+
+    def __call__(self, text: str) -> str:
+        return str(text)
+
+
+def from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

@@ -1,6 +1,6 @@
 """Settings of every stage as dataclasses: each field carries its help text and validates itself.
 
-The CLI is generated from these (`cli.add_dataclass_arguments`), so the Python API and the command
+The CLI is generated from these (`cliparse.add_dataclass_arguments`), so the Python API and the command
 line never drift apart.
 """
 from __future__ import annotations
