@@ -149,6 +149,10 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
     check_output_folder(out, overwrite, inputs=[model, scores])
     if scores is None and criterion not in ("magnitude", "random"):
         raise SettingsError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
+    if not (model.startswith("builtin:") or model.endswith(".gguf")):  # a GGUF file's config comes with its weights
+        source_config = load_config(model)
+        get_adapter(source_config)
+        resolve_target(source_config, target)  # an impossible target is refused before the weights load
     loaded_scores = ImportanceScores.load(scores) if scores else None
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
     get_adapter(loaded)

@@ -122,3 +122,18 @@ def test_config_transformers_would_refuse_is_caught_before_work():
     model = tiny_model("llama")
     with pytest.raises(TargetError, match="transformers refuses"):
         prune(model, random_scores(model), {"hidden_size": 44})
+
+
+@pytest.mark.parametrize("target", [["--num-experts", "4"], ["--hidden-size", "1000"], ["--mamba-num-heads", "4"]])
+def test_prune_refuses_an_impossible_target_before_loading_weights(tmp_path, capsys, target):
+    """The config alone decides: with unreadable weights, the error is still the target's."""
+    from minitron.cli import main
+    from tests.tiny import tiny_model, tiny_tokenizer
+    folder = tmp_path / "model"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    argv = ["prune", "--model", str(folder), "--criterion", "magnitude", *target, "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert target[0].removeprefix("--").replace("-", "_") in error and "safetensors" not in error, error
