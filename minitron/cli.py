@@ -264,7 +264,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="Run folder (default: runs/<recipe name>).")
     run.add_argument("--overwrite", action="store_true", help="Start again; the previous run is replaced once the new one is complete.")
     run.add_argument("--dry-run", action="store_true", help="Print every stage's architecture and size, and what each "
-                     "process would hold per stage (see --nproc); nothing is loaded but configs.")
+                     "process would hold per stage (see --nproc); only configs are read (a GGUF teacher, such as the "
+                     "built-in one, is read whole: its config comes with its weights).")
     run.add_argument("--teacher-config", default=None, metavar="CONFIG_JSON", help="With --dry-run: the teacher's "
                      "config.json (offline; default: the recipe's teacher, from its folder or the Hub).")
     run.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda when available).")

@@ -109,9 +109,10 @@ def add_fit_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Memory (with --dry-run)")
     group.add_argument("--nproc", type=int, default=1, help="Processes (GPUs) the run would use (default: 1).")
     group.add_argument("--sharding", default=None, choices=["ddp", "fsdp"],
-                       help="Student training: ddp (replicated) or fsdp (FSDP2 shards); default: the recipe's fsdp.")
-    group.add_argument("--teacher-sharding", default="auto", choices=["auto", "replicated", "sharded"],
-                       help="Teacher: replicated in bf16, sharded (FSDP2), or auto (replicated when it fits).")
+                       help="Student training: ddp (replicated) or fsdp (FSDP2 shards); default: the recipe's fsdp setting for run, ddp for prune.")
+    group.add_argument("--teacher-sharding", default="auto", choices=["auto", "replicate", "shard"],
+                       help="Teacher: replicate (bf16 on every process), shard (FSDP2), or auto (replicated when it "
+                            "fits); distill's --teacher-sharding takes replicate or shard.")
     group.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default: 80).")
     group.add_argument("--micro-batch-size", dest="dry_micro_batch", type=int, default=None,
                        help="Micro-batch per process to size activations at (default: each stage's own).")

@@ -30,7 +30,7 @@ from .params import count_parameters_from_config
 
 GIB = 1024 ** 3
 SHARDINGS = ("ddp", "fsdp")
-TEACHER_SHARDINGS = ("auto", "replicated", "sharded")
+TEACHER_SHARDINGS = ("auto", "replicate", "shard")  # as `distill --teacher-sharding`, plus auto
 MARGIN_GIB = 4.0  # CUDA context, allocator fragmentation, NCCL buffers
 
 
@@ -169,7 +169,7 @@ def training_memory(stage: str, student, teacher, *, micro_batch_size: int, seq_
 def _place_teacher(memory: StageMemory, teacher: Sizes, layout: Layout, fsdp: bool) -> None:
     replicated = 2.0 * teacher.params
     sharded = 2.0 * teacher.params / layout.processes + 2 * (2 * teacher.layer_params + teacher.vocab * teacher.hidden)
-    choice = layout.teacher_sharding
+    choice = {"replicate": "replicated", "shard": "sharded"}.get(layout.teacher_sharding, layout.teacher_sharding)
     if choice == "auto":
         memory.teacher = replicated
         choice = "replicated" if memory.fits or not fsdp else "sharded"
