@@ -113,10 +113,10 @@ def kept_layers_by_task(layer_metrics: dict[str, torch.Tensor], depth_metric: st
     key = block_metric(depth_metric, block_size)
     if key not in layer_metrics:
         sizes = sorted(int(k.rsplit(":drop", 1)[1]) for k in layer_metrics if k.startswith(depth_metric + ":drop"))
-        have = f"blocks of {', '.join(map(str, sizes))} layers" if sizes else "no blocks scored by that task"
-        raise ScoresError(f"the target drops {block_size} layers, but these scores rank {have} by "
-                          f"{depth_metric}; rerun `minitron importance --depth-metric {depth_metric} "
-                          f"--task-block {block_size}`")
+        have = (f"rank blocks of {', '.join(map(str, sizes))} layers by {depth_metric}" if sizes
+                else f"hold no {depth_metric} scores")
+        raise ScoresError(f"the target drops {block_size} layers, but these scores {have}; rerun "
+                          f"`minitron importance --depth-metric {depth_metric} --task-block {block_size}`")
     accuracy = layer_metrics[key]
     valid = [s for s in range(num_layers - block_size + 1) if not math.isnan(float(accuracy[s]))]
     best = max(valid, key=lambda s: (float(accuracy[s]), s))
