@@ -197,8 +197,15 @@ def inspect_model(model: str) -> dict:
     sizes = {axis: getattr(text_config(config), axis, None) for axis in AXES}  # a multimodal model: its LM's
     if sizes["head_dim"] is None:
         sizes["head_dim"] = sizes["hidden_size"] // sizes["num_attention_heads"]
+    family_sizes = {key: getattr(text_config(config), key) for key in FAMILY_AXES  # experts, Mamba mixers
+                    if getattr(text_config(config), key, None) is not None}
     return {"model": model, "model_type": config.model_type, "tie_word_embeddings":
-            bool(getattr(config, "tie_word_embeddings", False)), **sizes, "params": counts.as_dict()}
+            bool(getattr(config, "tie_word_embeddings", False)), **sizes, **family_sizes, "params": counts.as_dict()}
+
+
+# Config sizes that only some families have (mixture-of-experts, hybrid Mamba), shown by `inspect` where present.
+FAMILY_AXES = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+               "shared_expert_intermediate_size", "mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size")
 
 
 def run_eval(model: str, data: DataConfig | None = None, split: str = "heldout", *,

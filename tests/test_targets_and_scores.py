@@ -137,3 +137,12 @@ def test_prune_refuses_an_impossible_target_before_loading_weights(tmp_path, cap
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert target[0].removeprefix("--").replace("-", "_") in error and "safetensors" not in error, error
+
+
+def test_inspect_shows_the_expert_and_mamba_sizes(tmp_path):
+    from minitron.jobs import inspect_model
+    for family, keys in (("qwen3_moe", ("num_experts", "num_experts_per_tok", "moe_intermediate_size")),
+                         ("nemotron_h", ("mamba_num_heads", "mamba_head_dim", "n_groups"))):
+        tiny_config(family).save_pretrained(tmp_path / family)
+        info = inspect_model(str(tmp_path / family))
+        assert all(info[key] == getattr(tiny_config(family), key) for key in keys), (family, info)
