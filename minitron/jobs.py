@@ -56,13 +56,6 @@ def load_for_forward(model: str, env: DistEnv, *, dtype: str | None, device_map:
     return load_model(model, dtype=forward_dtype(dtype, env.device), device=str(env.device), device_map=device_map)
 
 
-def _load_blocks_rank0_first(env: DistEnv, *args, **kwargs):
-    """Rank 0 tokenizes into the shared cache while the others wait, then they read it from there."""
-    blocks = load_blocks(*args, **kwargs) if env.is_main else None
-    barrier(env)
-    return blocks if env.is_main else load_blocks(*args, **kwargs)
-
-
 def compute_scores(model, tokenizer, data: DataConfig, settings: ImportanceConfig,
                    progress: bool = True, env: DistEnv | None = None) -> ImportanceScores:
     """Scores of `model` by `settings.criterion`; with `env` (torchrun), activation importance runs
@@ -86,8 +79,8 @@ def _width_and_layer_scores(model, tokenizer, data: DataConfig, settings: Import
     if settings.criterion == "random":
         return random_scores(model, settings.seed)
     env = env or DistEnv(rank=0, world_size=1, local_rank=0, device=next(model.parameters()).device)
-    blocks = _load_blocks_rank0_first(env, data.data, tokenizer, data.seq_len, data.samples, split="train",
-                                      text_field=data.text_field, chat_template=data.chat_template)
+    blocks = load_blocks(data.data, tokenizer, data.seq_len, data.samples, split="train",
+                         text_field=data.text_field, chat_template=data.chat_template)
     layer_loss_batches = -(-settings.layer_loss_samples // data.batch_size)
     return estimate_importance(
         model, list(iter_batches(blocks, data.batch_size)), seq_reduction=settings.seq_reduction,
@@ -149,14 +142,15 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
     check_output_folder(out, overwrite, inputs=[model, scores])
     if scores is None and criterion not in ("magnitude", "random"):
         raise SettingsError("pass --scores DIR (from `minitron importance`) or --criterion magnitude|random")
-    if not (model.startswith("builtin:") or model.endswith(".gguf")):  # a GGUF file's config comes with its weights
-        source_config = load_config(model)
-        get_adapter(source_config)
-        resolve_target(source_config, target)  # an impossible target is refused before the weights load
+    # An impossible target is refused from the config, before the weights load (a GGUF file's config
+    # comes with its weights: checked once they are loaded).
+    config_alone = not (model.startswith("builtin:") or model.endswith(".gguf"))
+    if config_alone:
+        _check_target(load_config(model), target)
     loaded_scores = ImportanceScores.load(scores) if scores else None
     loaded, tokenizer = load_model(model, dtype=dtype, device=device)
-    get_adapter(loaded)
-    resolve_target(loaded.config, target)  # refuse impossible targets before computing anything
+    if not config_alone:
+        _check_target(loaded.config, target)
     if loaded_scores is None:
         loaded_scores = compute_scores(loaded, tokenizer, DataConfig(), ImportanceConfig(criterion=criterion))
     pruned = prune(loaded, loaded_scores, target, depth_metric=depth_metric, expert_metric=expert_metric)
@@ -167,6 +161,11 @@ def run_prune(model: str, out: str | None, target: dict, *, scores: str | None =
     }
     save_checkpoint(pruned, tokenizer, out, {"stage": "prune", **record}, save_dtype=save_dtype)
     return record
+
+
+def _check_target(config, target: dict) -> None:
+    get_adapter(config)  # "not supported yet" for a family without an adapter
+    resolve_target(config, target)
 
 
 def load_config(spec: str):
@@ -221,9 +220,8 @@ def run_eval(model: str, data: DataConfig | None = None, split: str = "heldout",
     with process_group(device) as env:
         loaded, tokenizer = load_for_forward(model, env, dtype=dtype, device_map=device_map)
         check_seq_len(loaded, data.seq_len)
-        blocks = _load_blocks_rank0_first(env, data.data, tokenizer, data.seq_len, data.samples, split=split,
-                                          text_field=data.text_field,
-                                          chat_template=data.chat_template)
+        blocks = load_blocks(data.data, tokenizer, data.seq_len, data.samples, split=split,
+                             text_field=data.text_field, chat_template=data.chat_template)
         result = evaluate_loss(loaded, blocks, data.batch_size, progress=env.is_main, env=env)
     return {"model": model, "data": data.data, "split": split, "dtype": str(loaded.dtype).removeprefix("torch."),
             "processes": env.world_size, **result}
