@@ -185,7 +185,14 @@ def test_total_and_active_parameters_from_config_equal_the_built_model(moe_model
 
 
 def qwen3_30b_a3b_config():
-    """Qwen/Qwen3-30B-A3B's published config.json, written out (no download)."""
+    """Qwen/Qwen3-30B-A3B's published config.json, written out (no download).
+
+    Checked against NVIDIA/Megatron-LM examples/post_training/modelopt/conf/Qwen/Qwen3-30B-A3B.sh (48 layers,
+    hidden 2048, FFN 6144, 32 heads, 4 query groups of kv-channels 128, 128 experts of 768, top-8, max positions
+    40960, rotary base 1e6, untied embeddings; --make-vocab-size-divisible-by 1187 = 151936 / 128) and a verbatim
+    copy of the Hub's config.json quoted in public code (the search index does not name that repository): also
+    vocab_size 151936, decoder_sparse_step 1, mlp_only_layers [], norm_topk_prob true, rms_norm_eps 1e-06.
+    """
     return AutoConfig.for_model(
         "qwen3_moe", vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
         num_hidden_layers=48, num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
@@ -196,8 +203,9 @@ def qwen3_30b_a3b_config():
 def test_qwen3_30b_a3b_dry_run_to_96_experts():
     summary = describe_pruning(qwen3_30b_a3b_config(), {"num_experts": 96})
     before, after = summary["params_before"], summary["params_after"]
-    # The model card's "30.5B total, 3.3B activated, 29.9B non-embedding", which truncates to 0.1B
-    # (3.353B activated: embeddings, LM head, attention, routers and 8 of 128 experts per layer).
+    # The model card's "30.5B in total and 3.3B activated", "(Non-Embedding): 29.9B" (quoted from the
+    # Qwen/Qwen3-30B-A3B-{Instruct,Thinking}-2507 cards, same shapes; the original card was not in the index),
+    # which truncates to 0.1B (3.353B activated: embeddings, LM head, attention, routers, 8 of 128 experts a layer).
     tenths = lambda count: int(count / 1e8) / 10  # noqa: E731
     assert (tenths(before.total), tenths(before.active), tenths(before.non_embedding)) == (30.5, 3.3, 29.9)
     assert before.active == 3_353_032_704
