@@ -164,7 +164,8 @@ class SearchConfig:
             raise SettingsError(f"--fixed-axes: unknown axis {', '.join(unknown)}; axes are "
                                 f"{', '.join((*SIZE_KEYS, *OPTIONAL_AXES))}")
         if self.expert_metric is not None and self.expert_metric not in EXPERT_METRICS:
-            raise SettingsError(f"--expert-metric must be one of {', '.join(EXPERT_METRICS)}, got {self.expert_metric!r}")
+            raise SettingsError(f"--expert-metric must be one of {', '.join(EXPERT_METRICS)}, "
+                                f"got {self.expert_metric!r}")
 
     @property
     def distills(self) -> bool:

@@ -101,7 +101,8 @@ def _limit_text(budget: dict) -> str:
     if metric == "latency_ms":
         return f"{limit:,.1f} ms"
     if metric == "memory_gb":
-        return f"{limit:,.3f} GB (batch {budget['memory_setting']['batch']} x {budget['memory_setting']['context']} tokens)"
+        setting = budget["memory_setting"]
+        return f"{limit:,.3f} GB (batch {setting['batch']} x {setting['context']} tokens)"
     return f"{int(limit):,} {metric.replace('_', '-')} parameters"
 
 
