@@ -1,17 +1,24 @@
-"""Budgets for MoE and serving: active parameters, and memory = weights + KV cache (+ recurrent state)."""
+"""Budgets for MoE and serving: active parameters, and memory = weights + KV cache (+ recurrent state); the
+search's expert and Mamba axes."""
 from dataclasses import asdict
 
 import pytest
+import torch
+
+from transformers import AutoModelForCausalLM
 
 from minitron.errors import MinitronError, SettingsError
 from minitron.params import count_parameters_from_config
 from minitron.prune.surgery import pruned_config
 from minitron.prune.target import resolve_target
 from minitron.search import SearchConfig
-from minitron.search.candidates import ParamCounter, enumerate_candidates
-from minitron.search.memory import kv_cache_bytes, memory_gb
+from minitron.importance import random_scores
+from minitron.params import count_parameters
+from minitron.prune import prune
+from minitron.search.candidates import Architecture, ParamCounter, enumerate_candidates, refusal
+from minitron.search.memory import kv_cache_bytes, memory_gb, recurrent_state_bytes
 from minitron.search.rank import plan
-from tests.tiny import tiny_config
+from tests.tiny import VOCAB_SIZE, tiny_config, tiny_model
 
 GRID = {"hidden_step": 16, "mlp_step": 16}  # multiples of 8: MoE expert widths must stay so
 
@@ -55,7 +62,7 @@ def test_kv_cache_counts_every_attention_layer_and_caps_sliding_windows():
     assert kv_cache_bytes(gemma, batch=1, context=100, bytes_per_value=2) == 2 * 2 * 8 * (100 + 3 * 8) * 2
 
 
-@pytest.mark.parametrize("family", ["llama", "mixtral"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "nemotron_h"])
 def test_memory_budget_is_never_exceeded(family):
     config = tiny_config(family)
     settings = SearchConfig(target_memory=0.6, memory_batch=4, memory_context=512, max_candidates=4, **GRID)
@@ -71,3 +78,74 @@ def test_memory_budget_is_never_exceeded(family):
 def test_memory_budget_above_the_source_is_refused():
     with pytest.raises(MinitronError, match="not smaller than the source"):
         plan(tiny_config("llama"), SearchConfig(target_memory=1e3, **GRID))
+
+
+def _cache_bytes(cache) -> int:
+    """Every tensor a transformers cache object holds (keys, values, conv and recurrent states)."""
+    total = 0
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            tensors = value.values() if isinstance(value, dict) else [value]
+            total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    return total
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("target", [{}, {"mamba_num_heads": 4, "num_hidden_layers": 3}])
+def test_hybrid_memory_counts_what_the_transformers_cache_holds(dtype, target):
+    """KV cache for attention layers only, conv + SSM state for Mamba layers: the bytes of the cache that
+    transformers builds while generating (SSM state in float32 even in a bf16 model)."""
+    source = tiny_config("nemotron_h")  # Mamba, attention, MLP, Mamba
+    config = pruned_config(source, resolve_target(source, target))
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).to(dtype).eval()
+    batch, context = 3, 20
+    with torch.no_grad():
+        cache = model(torch.randint(0, VOCAB_SIZE, (batch, context - 1)), use_cache=True).past_key_values
+        model(torch.randint(0, VOCAB_SIZE, (batch, 1)), past_key_values=cache, use_cache=True)  # one decoded token
+    value_bytes = torch.finfo(dtype).bits // 8
+    counted = kv_cache_bytes(config, batch, context, value_bytes) + recurrent_state_bytes(config, batch, value_bytes)
+    assert counted == _cache_bytes(cache)
+
+
+def test_moe_search_varies_experts_and_expert_width_under_an_active_budget():
+    config = tiny_config("qwen3_moe")  # 8 experts of 64; layer 1 dense
+    settings = SearchConfig(target_active_params=0.5, max_candidates=4, **GRID)
+    candidates, _ = enumerate_candidates(config, settings)
+    assert {c.architecture.num_experts for c in candidates} == {8, 6, 4}
+    assert {c.architecture.moe_intermediate_size for c in candidates} == {64, 48, 32}
+    for candidate in candidates[::17]:  # dense and sparse layers differ: counted per kind of layer
+        assert refusal(config, candidate.architecture) is None
+        assert candidate.params == exact(config, candidate.architecture)
+    budget, kept, _ = plan(config, settings)
+    assert any({"experts", "expert_mlp"} & set(c.architecture.cut_axes(Architecture.of(config))) for c in kept)
+    model = tiny_model("qwen3_moe")
+    scores = random_scores(model, 0)
+    for candidate in kept:
+        assert candidate.params.active <= budget.limit
+        pruned = prune(model, scores, candidate.architecture.target(Architecture.of(config)))
+        assert count_parameters(pruned) == candidate.params
+
+
+def test_hybrid_search_varies_mamba_heads_in_whole_groups():
+    config = tiny_config("nemotron_h")  # 8 Mamba heads in 2 groups
+    candidates, counts = enumerate_candidates(config, SearchConfig(target_params=0.6, hidden_step=12, mlp_step=16))
+    assert {c.architecture.mamba_num_heads for c in candidates} == {8, 6, 4} and counts["refused"] == 0
+    for candidate in candidates[::9]:  # Mamba, attention and MLP layers differ: counted per kind of layer
+        assert candidate.params == exact(config, candidate.architecture)
+    with pytest.raises(SettingsError, match="not a multiple of the model's 2 Mamba groups"):
+        enumerate_candidates(config, SearchConfig(target_params=0.6, mamba_head_step=3))
+
+
+def test_axes_can_be_fixed_and_an_unused_mlp_size_is_not_searched():
+    config = tiny_config("qwen3_moe", mlp_only_layers=[])  # no dense layer reads intermediate_size
+    settings = SearchConfig(target_active_params=0.6, fixed_axes="num_experts, num_hidden_layers", **GRID)
+    candidates, _ = enumerate_candidates(config, settings)
+    assert {(c.architecture.num_experts, c.architecture.num_hidden_layers, c.architecture.intermediate_size)
+            for c in candidates} == {(8, 4, 64)}
+    assert len({c.architecture.moe_intermediate_size for c in candidates}) == 3
+    with pytest.raises(SettingsError, match="--fixed-axes: unknown axis experts"):
+        SearchConfig(target_params=0.5, fixed_axes="experts")
+    with pytest.raises(SettingsError, match="this model has no axis mamba_num_heads"):
+        enumerate_candidates(config, SearchConfig(target_params=0.5, fixed_axes="mamba_num_heads"))

@@ -128,6 +128,10 @@ def test_an_unknown_key_is_named_with_the_allowed_keys(tmp_path, where, bad):
     ({"distill_from": "grandparent"}, "must be teacher or parent"),
     ({"eval": {"samples": 0}}, "eval.samples must be positive"),
     ({"importance": {"criterion": "vibes"}}, "criterion must be"),
+    ({"stages": [{"name": "a", "target": {"num_experts": 4}, "expert_metric": "loudest"}]},
+     "expert_metric must be one of reap, weighted_output"),
+    ({"stages": [{"name": "a", "search": {"target_active_params": 0.5, "fixed_axes": "experts"}}]},
+     "--fixed-axes: unknown axis experts"),
 ])
 def test_bad_values_are_refused_before_any_work(tmp_path, change, message):
     with pytest.raises(MinitronError, match=message):
@@ -284,6 +288,26 @@ def test_a_search_stage_prunes_to_the_winner(inputs, tmp_path):
     member = state["members"][1]
     assert member["params"]["total"] <= 0.7 * state["members"][0]["params"]["total"]
     assert member["tokens_per_s"] is None
+
+
+def test_a_moe_search_stage_cuts_experts_under_an_active_budget(inputs, tmp_path):
+    """A tiny MoE family: the search varies experts and expert width under --target-active-params, and the
+    stage's expert_metric picks the experts in the candidates and in the pruned model."""
+    teacher = tmp_path / "moe-teacher"
+    torch.manual_seed(0)
+    save_checkpoint(tiny_model("qwen3_moe"), tiny_tokenizer(), teacher, {"stage": "test"})
+    search = {"target_active_params": 0.6, "hidden_step": 16, "mlp_step": 16, "fixed_axes": "num_hidden_layers",
+              "max_candidates": 2, "candidate_tokens": 0, "heldout_samples": 2}
+    recipe = tiny_recipe(inputs, teacher=str(teacher), correction=None, eval={"samples": 2, "throughput": False},
+                         stages=[{"name": "experts", "search": search, "expert_metric": "frequency",
+                                  "distill": {"steps": 1}}])
+    state = run_recipe(write_recipe(tmp_path / "moe.yaml", recipe), tmp_path / "run", device="cpu", report=False)
+    result = json.loads((tmp_path / "run/01-experts/search/search.json").read_text())
+    assert result["budget"]["metric"] == "active" and result["expert_metric"] == "frequency"
+    assert {r["architecture"]["num_experts"] for r in result["candidates"]} <= {8, 6, 4}
+    pruned = json.loads((tmp_path / "run/01-experts/pruned/minitron.json").read_text())
+    assert pruned["expert_metric"] == "frequency" and pruned["target"] == result["winner"]["target"]
+    assert state["members"][1]["params"]["active"] <= result["budget"]["limit"]
 
 
 def test_a_changed_search_budget_reuses_the_stage_importance(inputs, tmp_path, capsys):

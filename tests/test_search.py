@@ -206,3 +206,19 @@ def test_cli_search_with_candidate_distillation_writes_the_tables(teacher_folder
     assert (out / "scores" / "scores.json").is_file()  # computed on --data, kept for reuse
     assert main(argv) == 2  # an existing search is not overwritten
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_dry_run_tables_show_the_expert_and_mamba_axes(tmp_path, capsys):
+    """A MoE model's listing has expert columns and its active parameters; a hybrid's memory budget is listed
+    in GB with its Mamba heads (the dense tables keep their five sizes, above)."""
+    for family in ("qwen3_moe", "nemotron_h"):
+        tiny_config(family).save_pretrained(tmp_path / family)
+    assert main(["search", "--model", str(tmp_path / "qwen3_moe"), "--target-active-params", "0.6", "--dry-run",
+                 "--hidden-step", "16", "--mlp-step", "16", "--max-candidates", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "| layers | experts | expert MLP | cut | params | non-embedding | active | of budget |" in out
+    assert "active parameters (60.0% of the source)" in out
+    assert main(["search", "--model", str(tmp_path / "nemotron_h"), "--target-memory", "0.7", "--memory-context",
+                 "64", "--dry-run", "--hidden-step", "12", "--mlp-step", "16", "--max-candidates", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "GB (batch 1 x 64 tokens) (70.0% of the source)" in out and "| layers | Mamba heads | cut |" in out

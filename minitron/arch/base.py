@@ -97,6 +97,11 @@ class ArchAdapter:
     """Given a config, why this family's adapter cannot handle that variant (None: it can)."""
     moe: object | None = None
     """A `minitron.arch.moe.MoeSpec` for mixture-of-experts families (None: dense)."""
+    attention_layers: Callable[[object], list[int]] | None = None
+    """Given a config, the layers that hold a KV cache when they generate (None: every layer)."""
+    state_bytes: Callable[[object, int, int], int] | None = None
+    """Given (config, batch, bytes per value), the bytes of recurrent state a generating model holds besides
+    its KV cache (Mamba layers' conv and SSM states); None: none."""
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)

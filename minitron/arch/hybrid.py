@@ -8,7 +8,7 @@ configs may spell it `hybrid_override_pattern`, "M*-E"). Each kind has its own p
 from __future__ import annotations
 
 from .base import ArchAdapter, Axis, H, KEEP, llama_like_layer_params, optional_bias_params
-from .mamba import MambaLayout, mamba_layer_params, rescale_gated_norms
+from .mamba import MambaLayout, mamba_cache_bytes, mamba_layer_params, rescale_gated_norms
 
 _NEMOTRON_H_MAMBA = MambaLayout()
 
@@ -31,6 +31,20 @@ def _nemotron_h_unsupported(config) -> str | None:
     return None
 
 
+def _block_types(config) -> list[str]:
+    return list(getattr(config, "layers_block_type", None) or ())
+
+
+def _nemotron_h_attention_layers(config) -> list[int]:
+    """Only attention layers hold a KV cache; Mamba, MLP and MoE layers hold none."""
+    return [index for index, kind in enumerate(_block_types(config)) if kind in ("full_attention", "attention")]
+
+
+def _nemotron_h_state_bytes(config, batch: int, bytes_per_value: int) -> int:
+    mamba_layers = sum(kind in ("linear_attention", "mamba") for kind in _block_types(config))
+    return mamba_cache_bytes(_NEMOTRON_H_MAMBA, config, mamba_layers, batch, bytes_per_value)
+
+
 NEMOTRON_H = ArchAdapter(
     model_type="nemotron_h",
     global_params={"model.embeddings.weight": (KEEP, H), "lm_head.weight": (KEEP, H), "model.norm_f.weight": (H,)},
@@ -44,5 +58,7 @@ NEMOTRON_H = ArchAdapter(
     hybrid=True,
     fix_state=rescale_gated_norms(_NEMOTRON_H_MAMBA),
     unsupported_reason=_nemotron_h_unsupported,
+    attention_layers=_nemotron_h_attention_layers,
+    state_bytes=_nemotron_h_state_bytes,
     notes="one mixer per layer (Mamba-2, attention, squared-ReLU MLP); MoE layers ('E') are not pruned yet",
 )

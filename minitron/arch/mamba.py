@@ -31,6 +31,7 @@ class MambaLayout:
     head_dim_key: str = "mamba_head_dim"
     n_groups_key: str = "n_groups"
     state_size_key: str = "ssm_state_size"
+    conv_kernel_key: str = "conv_kernel"
     out_proj: str = "mixer.out_proj"
     """Module whose *input* is the gated-normed inner activation, (batch, seq, heads * head_dim)."""
     gated_norm_weight: str = "mixer.norm.weight"
@@ -42,6 +43,18 @@ class MambaLayout:
         """(heads, head_dim, groups, state_size) of the config's Mamba mixers."""
         return tuple(int(getattr(config, key)) for key in
                      (self.num_heads_key, self.head_dim_key, self.n_groups_key, self.state_size_key))
+
+
+def mamba_cache_bytes(layout: MambaLayout, config, mamba_layers: int, batch: int, bytes_per_value: int) -> int:
+    """What transformers' cache holds for `mamba_layers` Mamba-2 mixers generating `batch` sequences, whatever
+    their length: per mixer and sequence a conv state (conv channels [x | B C] x conv kernel) in the model's
+    dtype, and an SSM state (heads x head_dim x ssm_state_size), which the scan keeps in float32 even in a
+    bf16 model."""
+    heads, head_dim, groups, state_size = layout.sizes(config)
+    conv_channels = heads * head_dim + 2 * groups * state_size
+    conv = conv_channels * int(getattr(config, layout.conv_kernel_key)) * bytes_per_value
+    ssm = heads * head_dim * state_size * max(bytes_per_value, 4)
+    return mamba_layers * batch * (conv + ssm)
 
 
 MAMBA_AXES = (Axis.MAMBA_IN, Axis.MAMBA_CONV, Axis.MAMBA_INNER, Axis.MAMBA_HEADS)

@@ -199,6 +199,8 @@ def plan_stages(recipe: Recipe, run_dir: Path) -> tuple[list[dict], dict]:
                     "target": stage.target, "search": stage.search, "depth_metric": stage.depth_metric,
                     "distill": asdict(stage.distill_config(recipe)), "distill_from": source,
                     "distill_teacher": distill_teacher[2]}
+        if stage.expert_metric is not None:  # only when set: the fingerprints of runs without it stay the same
+            settings["expert_metric"] = stage.expert_metric
         entry = {"name": stage.name, "kind": "prune_distill", "dir": f"{index:02d}-{stage.name}",
                  "parent": parent_shown, "target": stage.target, "fingerprint": fingerprint(settings, parent_fp),
                  "steps": step_fingerprints(settings, parent_fp)}

@@ -23,13 +23,14 @@ import yaml
 from ..config import DataConfig, DistillConfig, ImportanceConfig
 from ..data.chat import check_chat_template_mode
 from ..errors import InputNotFoundError, MinitronError, SettingsError
+from ..prune.moe import EXPERT_METRICS
 from ..prune.target import TARGET_KEYS, check_layer_indices, parse_layer_list
 from ..importance.task_depth import task_of
 
 TOP_KEYS = ("teacher", "description", "data", "importance", "correction", "distill", "distill_from", "stages",
             "eval")
 DATA_KEYS = ("train", "eval", "seq_len", "text_field", "chat_template")
-STAGE_KEYS = ("name", "target", "search", "importance", "distill", "distill_from", "depth_metric")
+STAGE_KEYS = ("name", "target", "search", "importance", "distill", "distill_from", "depth_metric", "expert_metric")
 EVAL_KEYS = ("samples", "batch_size", "seq_len", "throughput")
 THROUGHPUT_KEYS = ("batch_size", "seq_len", "new_tokens", "repeats")
 IMPORTANCE_DATA_KEYS = ("samples", "batch_size")  # the rest of DataConfig comes from the data section
@@ -81,6 +82,7 @@ class Stage:
     distill: dict = field(default_factory=dict)
     distill_from: str | None = None
     depth_metric: str | None = None
+    expert_metric: str | None = None  # picks the routed experts kept (MoE); the search prunes with it too
 
     def importance_configs(self, recipe: Recipe, task_block: int | None = None) -> tuple[DataConfig, ImportanceConfig]:
         """task_block: the layers this stage's target drops (parent depth - target depth), known once the
@@ -99,7 +101,11 @@ class Stage:
 
     def search_config(self):
         from ..search import SearchConfig
-        return SearchConfig(**(self.search or {}))
+        return SearchConfig(**{"expert_metric": self.expert_metric, **(self.search or {})})
+
+    def prune_expert_metric(self) -> str | None:
+        """The expert metric the stage prunes with (a search section's own wins, as in its candidates)."""
+        return self.search_config().expert_metric if self.search is not None else self.expert_metric
 
     def teacher_source(self, recipe: Recipe) -> str:
         return self.distill_from or recipe.distill_from
@@ -225,7 +231,8 @@ def _stages(raw, recipe: Recipe, where: str) -> list[Stage]:
                            DistillConfig, f"{here} distill"),
             distill_from=_distill_from(section["distill_from"], f"{here} distill_from")
             if "distill_from" in section else None,
-            depth_metric=_optional_str(section.get("depth_metric"), f"{here} depth_metric"))
+            depth_metric=_optional_str(section.get("depth_metric"), f"{here} depth_metric"),
+            expert_metric=_choice(section.get("expert_metric"), EXPERT_METRICS, f"{here} expert_metric"))
         stage.distill_config(recipe)
         _checked(lambda stage=stage: _check_task_depth(stage), here)
         _checked(lambda stage=stage: stage.importance_configs(recipe), f"{here} importance")
@@ -388,6 +395,12 @@ def _number(value) -> int | float | None:
         except ValueError:
             return None
     return None
+
+
+def _choice(value, choices: tuple[str, ...], where: str) -> str | None:
+    if value is None or value in choices:
+        return value
+    raise SettingsError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _optional_str(value, where: str) -> str | None:

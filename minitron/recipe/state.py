@@ -22,8 +22,9 @@ RUN_FILE = "run.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 _PLANNED_KEYS = ("name", "kind", "dir", "fingerprint", "parent", "steps")
 # The steps of a prune + distill stage, in order: the folder each writes, and the stage settings it reads.
-STEP_SETTINGS = {"scores": ("data", "importance"), "search": ("search", "distill_teacher"),
-                 "pruned": ("target", "depth_metric"), "model": ("distill", "distill_from", "distill_teacher")}
+STEP_SETTINGS = {"scores": ("data", "importance"), "search": ("search", "distill_teacher", "expert_metric"),
+                 "pruned": ("target", "depth_metric", "expert_metric"),
+                 "model": ("distill", "distill_from", "distill_teacher")}
 STEP_WORDS = {"scores": "importance scores", "search": "search results", "pruned": "pruned model",
               "model": "trained model"}
 
@@ -46,7 +47,8 @@ def step_fingerprints(settings: dict, parent: str) -> dict[str, str]:
     for step, keys in STEP_SETTINGS.items():
         if step == "search" and settings["search"] is None:
             continue  # a fixed target: no search step
-        previous = steps[step] = fingerprint({key: settings[key] for key in keys}, previous)
+        # A setting left out (expert_metric unless given) is left out of the fingerprint as well.
+        previous = steps[step] = fingerprint({key: settings[key] for key in keys if key in settings}, previous)
     return steps
 
 

@@ -80,7 +80,8 @@ def _stage_lines(run: Run, recipe: Recipe, entry: dict, work: dict | None) -> li
                      "has not recorded it yet), then distill as below")
     else:
         lines.append(command_line("prune", _target_config(target), model=parent, scores=scores,
-                                  depth_metric=stage.depth_metric, out=str(folder / "pruned")))
+                                  depth_metric=stage.depth_metric, expert_metric=stage.prune_expert_metric(),
+                                  out=str(folder / "pruned")))
     lines.append(command_line("distill", stage.distill_config(recipe), student=str(folder / "pruned"),
                               teacher=teacher, data=recipe.data.train, text_field=recipe.data.text_field,
                               chat_template=recipe.data.chat_template, out=str(folder / "model")))

@@ -119,8 +119,7 @@ class LatencyMeter:
         return self._measured[architecture]
 
     def predict(self, architecture: Architecture, shallow: int, deep: int) -> float:
-        widths = architecture.widths()
-        low, high = self(Architecture(*widths, shallow)), self(Architecture(*widths, deep))
+        low, high = self(architecture.with_layers(shallow)), self(architecture.with_layers(deep))
         if deep == shallow:
             return low
         return low + (high - low) * (architecture.num_hidden_layers - shallow) / (deep - shallow)

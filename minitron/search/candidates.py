@@ -1,59 +1,76 @@
 """Candidate architectures: a grid of homogeneous sizes, their parameter counts, and the budget filter.
 
 Every candidate passes the same checks as `minitron prune` (resolve_target, then transformers' own
-config validation), so each one can really be pruned and saved. Parameter counts come from configs on
-the meta device; since every layer of a homogeneous model has the same size, a count with 1 and with 2
-layers gives the count at any depth (checked against a direct count for every candidate kept).
+config validation), so each one can really be pruned and saved. Beyond the five dense sizes, the grid
+varies the MoE and Mamba axes the family's adapter has (axes.py). Parameter counts come from configs on
+the meta device: a decoder layer's size depends only on the widths and on its kind (attention, Mamba,
+MLP, sparse or dense MoE, as the per-layer config fields say), so one-layer models of each kind give the
+count at any depth (checked against a direct count for every candidate kept).
 """
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from ..errors import MinitronError, TargetError
-from ..params import ParamCount, count_parameters_from_config
+from ..errors import MinitronError, SettingsError, TargetError
+from ..params import ParamCount
 from ..prune.surgery import pruned_config, validate_pruned_config
 from ..prune.target import SIZE_KEYS, resolve_target, source_sizes
+from .axes import OPTIONAL_AXES, dense_steps, optional_sizes, optional_steps
 from .config import SearchConfig
+from .counting import ParamCounter
 from ..arch.base import text_config
 
 WIDTH_KEYS = SIZE_KEYS[:4]  # hidden_size, intermediate_size, num_attention_heads, num_key_value_heads
+MAX_GRID = 20_000  # architectures checked against transformers; beyond this the screening takes minutes
+_CUT_NAMES = {"hidden_size": "hidden", "intermediate_size": "mlp", "num_experts": "experts",
+              "moe_intermediate_size": "expert_mlp", "shared_expert_intermediate_size": "shared_mlp",
+              "mamba_num_heads": "mamba"}
+_LABELS = {"num_experts": "experts", "moe_intermediate_size": "expert MLP",
+           "shared_expert_intermediate_size": "shared MLP", "mamba_num_heads": "Mamba heads"}
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """The five HF sizes of a homogeneous model."""
+    """The five HF sizes of a homogeneous model, and the MoE / Mamba sizes its family has (None: no such
+    axis, so a dense model's architecture is its five sizes)."""
 
     hidden_size: int
     intermediate_size: int
     num_attention_heads: int
     num_key_value_heads: int
     num_hidden_layers: int
+    num_experts: int | None = None
+    moe_intermediate_size: int | None = None
+    shared_expert_intermediate_size: int | None = None
+    mamba_num_heads: int | None = None
 
     @classmethod
     def of(cls, config) -> Architecture:
-        return cls(**source_sizes(config))
+        return cls(**source_sizes(config), **optional_sizes(config))
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
     def widths(self) -> tuple[int, ...]:
-        return tuple(getattr(self, key) for key in WIDTH_KEYS)
+        """Every size but the layer count (a dense model's: hidden, MLP, heads, KV heads)."""
+        return tuple(v for k, v in self.as_dict().items() if k != "num_hidden_layers")
+
+    def with_layers(self, num_hidden_layers: int) -> Architecture:
+        return replace(self, num_hidden_layers=num_hidden_layers)
 
     def target(self, source: Architecture) -> dict:
         """The pruning target: only the sizes that differ from the source."""
         return {k: v for k, v in self.as_dict().items() if v != getattr(source, k)}
 
     def cut_axes(self, source: Architecture) -> tuple[str, ...]:
-        axes = []
-        if self.hidden_size < source.hidden_size:
-            axes.append("hidden")
-        if self.intermediate_size < source.intermediate_size:
-            axes.append("mlp")
+        """The axes cut, in the order hidden, mlp, heads, the MoE / Mamba axes, depth."""
+        axes = [name for key, name in _CUT_NAMES.items()
+                if getattr(self, key) is not None and getattr(self, key) < getattr(source, key)]
         if (self.num_attention_heads, self.num_key_value_heads) != (source.num_attention_heads,
                                                                     source.num_key_value_heads):
-            axes.append("heads")
+            axes.insert(len([a for a in axes if a in ("hidden", "mlp")]), "heads")
         if self.num_hidden_layers < source.num_hidden_layers:
             axes.append("depth")
         return tuple(axes)
@@ -64,8 +81,10 @@ class Architecture:
         return "width" if "depth" not in axes else "depth" if axes == ("depth",) else "mixed"
 
     def label(self) -> str:
+        extra = "".join(f", {_LABELS[key]} {getattr(self, key)}" for key in OPTIONAL_AXES
+                        if getattr(self, key) is not None)
         return (f"hidden {self.hidden_size}, MLP {self.intermediate_size}, heads {self.num_attention_heads}/"
-                f"{self.num_key_value_heads} KV, layers {self.num_hidden_layers}")
+                f"{self.num_key_value_heads} KV, layers {self.num_hidden_layers}{extra}")
 
 
 @dataclass
@@ -96,17 +115,54 @@ def head_grid(heads: int, kv_heads: int, config: SearchConfig) -> list[tuple[int
     return pairs
 
 
-def grid(config, search: SearchConfig) -> list[Architecture]:
+def axis_values(config, search: SearchConfig, counter: ParamCounter) -> tuple[dict[str, list], list]:
+    """The sizes tried on each axis, and the (query heads, KV heads) pairs; fixed and inert axes hold one."""
+    source = Architecture.of(config)
+    sizes = source.as_dict()
+    steps = {**dense_steps(config, search), **optional_steps(config, search, optional_sizes(config))}
+    values = {key: size_grid(sizes[key], step, search.max_width_cut) if step else [sizes[key]]
+              for key, step in steps.items()}
+    values["num_hidden_layers"] = size_grid(source.num_hidden_layers,
+                                            search.layer_step or max(1, source.num_hidden_layers // 8),
+                                            search.max_depth_cut)
+    fixed = search.fixed_axis_names()
+    unknown = sorted(set(fixed) - set(sizes))
+    if unknown:
+        raise SettingsError(f"--fixed-axes: this model has no axis {', '.join(unknown)}; its axes are "
+                            f"{', '.join(sizes)}")
+    for key in values:
+        if key in fixed or (key not in ("hidden_size", "num_hidden_layers")
+                            and _inert(counter, source, key, values[key][-1])):
+            values[key] = [sizes[key]]
+    heads = [(q, kv) for q, kv in head_grid(source.num_attention_heads, source.num_key_value_heads, search)
+             if ("num_attention_heads" not in fixed or q == source.num_attention_heads)
+             and ("num_key_value_heads" not in fixed or kv == source.num_key_value_heads)]
+    return values, heads
+
+
+def _inert(counter: ParamCounter, source: Architecture, key: str, smallest: int) -> bool:
+    """Whether cutting this axis changes no parameter count (a dense MLP size no layer uses)."""
+    if smallest == getattr(source, key):
+        return False
+    try:
+        return counter(replace(source, **{key: smallest})) == counter(source)
+    except TargetError:
+        return False
+
+
+def grid(config, search: SearchConfig, counter: ParamCounter | None = None) -> list[Architecture]:
     """Every architecture of the grid except the source itself (not yet checked against transformers)."""
     source = Architecture.of(config)
-    hidden = size_grid(source.hidden_size, search.hidden_step or max(1, round(source.hidden_size / 8)),
-                       search.max_width_cut)
-    mlp = size_grid(source.intermediate_size, search.mlp_step or max(1, round(source.intermediate_size / 8)),
-                    search.max_width_cut)
-    layers = size_grid(source.num_hidden_layers, search.layer_step or max(1, source.num_hidden_layers // 8),
-                       search.max_depth_cut)
-    heads = head_grid(source.num_attention_heads, source.num_key_value_heads, search)
-    archs = [Architecture(h, m, q, kv, n) for h, m, (q, kv), n in itertools.product(hidden, mlp, heads, layers)]
+    values, heads = axis_values(config, search, counter or ParamCounter(config))
+    keys = list(values)
+    size = math.prod(len(v) for v in values.values()) * len(heads)
+    if size > MAX_GRID:
+        raise MinitronError(f"the grid holds {size:,} architectures ({' x '.join(str(len(v)) for v in values.values())}"
+                            f" x {len(heads)} head counts), more than {MAX_GRID:,}: raise the steps (--hidden-step, "
+                            "--mlp-step, --expert-step, ...) or hold axes at the source's size with --fixed-axes")
+    archs = []
+    for combination, (q, kv) in itertools.product(itertools.product(*values.values()), heads):
+        archs.append(Architecture(**dict(zip(keys, combination)), num_attention_heads=q, num_key_value_heads=kv))
     return [a for a in archs if a != source]
 
 
@@ -119,38 +175,10 @@ def refusal(config, architecture: Architecture) -> str | None:
     return None
 
 
-class ParamCounter:
-    """Parameter counts of candidates from the config alone, cached per width."""
-
-    def __init__(self, config) -> None:
-        self.config = config
-        self._per_width: dict[tuple[int, ...], tuple[ParamCount, ParamCount]] = {}
-
-    def exact(self, architecture: Architecture) -> ParamCount:
-        resolved = resolve_target(self.config, architecture.as_dict())
-        return count_parameters_from_config(pruned_config(self.config, resolved))
-
-    def __call__(self, architecture: Architecture) -> ParamCount:
-        if text_config(self.config).num_hidden_layers < 2:
-            return self.exact(architecture)
-        widths = architecture.widths()
-        if widths not in self._per_width:
-            one = self.exact(Architecture(*widths, 1))
-            two = self.exact(Architecture(*widths, 2))
-            self._per_width[widths] = one, ParamCount(*(b - a for a, b in zip(_fields(one), _fields(two))))
-        one, per_layer = self._per_width[widths]
-        extra = architecture.num_hidden_layers - 1
-        return ParamCount(*(a + extra * d for a, d in zip(_fields(one), _fields(per_layer))))
-
-
-def _fields(count: ParamCount) -> tuple[int, int, int, int]:
-    return count.total, count.embedding, count.non_embedding, count.active
-
-
 def enumerate_candidates(config, search: SearchConfig, counter: ParamCounter | None = None) -> tuple[list[Candidate], dict]:
     """Valid candidates with their (extrapolated) parameter counts, and counts of what the grid held."""
     counter = counter or ParamCounter(config)
-    archs = grid(config, search)
+    archs = grid(config, search, counter)
     valid, refused = [], {}
     for arch in archs:
         reason = refusal(config, arch)

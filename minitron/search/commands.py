@@ -38,6 +38,7 @@ def winner_settings(search: dict) -> dict:
     if not isinstance(winner, dict) or not isinstance(winner.get("target"), dict):
         raise MinitronError("search.json names no winner with a target: was the search complete?")
     return {"model": search.get("model"), "scores": search.get("scores"), "depth_metric": search.get("depth_metric"),
+            "expert_metric": search.get("expert_metric"),
             **dataclasses.asdict(TargetConfig(**winner["target"]))}
 
 

@@ -5,22 +5,29 @@ from dataclasses import dataclass, field
 
 from ..config import normalize_token_budget, token_budget_field
 from ..errors import MinitronError, SettingsError
+from ..prune.moe import EXPERT_METRICS
+from ..prune.target import SIZE_KEYS
+from .axes import OPTIONAL_AXES
 
 BUDGET_ON = ("total", "non_embedding", "active")
 
 GUIDE = """Lightweight architecture search (the Minitron papers' NAS), from one set of importance scores:
 
-  1. enumerate homogeneous architectures (hidden size, attention and KV heads, MLP size, layers) on a grid
-     (--hidden-step, --mlp-step, --kv-head-step, --heads-per-group-step, --layer-step) down to the largest
-     cuts allowed (--max-width-cut, --max-depth-cut); keep those that meet the budget, preferring those
-     within --slack of it, spread over width-only, depth-only and mixed cuts (--max-candidates);
+  1. enumerate homogeneous architectures (hidden size, attention and KV heads, MLP size, layers; for
+     mixture-of-experts models also routed experts and the expert width, for hybrid Mamba stacks Mamba
+     heads) on a grid (--hidden-step, --mlp-step, --kv-head-step, --heads-per-group-step, --layer-step,
+     --expert-step, --expert-width-step, --shared-expert-step, --mamba-head-step; --fixed-axes holds axes
+     at the source's size) down to the largest cuts allowed (--max-width-cut, --max-depth-cut); keep those
+     that meet the budget, preferring those within --slack of it, spread over width-only, depth-only and
+     mixed cuts (--max-candidates);
   2. prune each one and score it by held-out loss (--heldout-samples blocks of --data);
   3. distill the best --top-k for --candidate-tokens tokens each from the teacher and choose the winner by
      the loss after that retraining (rankings change after retraining; 0 tokens: choose by pruned loss).
 
 Budget: --target-params N (a count like 4.5e9, or a fraction like 0.5 of the source; --budget-on total,
 non_embedding or active), --target-active-params N (mixture-of-experts: the parameters one token uses),
---target-memory GB (weights + KV cache at --memory-batch sequences of --memory-context tokens), or
+--target-memory GB (weights + KV cache of the attention layers + Mamba state at --memory-batch sequences
+of --memory-context tokens), or
 --target-latency MS measured on this device (--latency-batch, --latency-seq-len, --latency-new-tokens).
 No candidate over budget is ever returned.
 
@@ -83,6 +90,17 @@ class SearchConfig:
                                       "multiple of KV heads).", default=1)
     layer_step: int | None = _help("Step of layer counts tried (default: an eighth of the source's, at least 1).",
                                    default=None)
+    expert_step: int | None = _help("Mixture of experts: step of routed-expert counts tried (default: a quarter "
+                                    "of the source's).", default=None)
+    expert_width_step: int | None = _help("Mixture of experts: step of expert widths (moe_intermediate_size) "
+                                          "tried (default: a quarter of the source's, a multiple of 8).",
+                                          default=None)
+    shared_expert_step: int | None = _help("Mixture of experts: step of shared-expert widths tried (default: the "
+                                           "shared expert keeps its width).", default=None)
+    mamba_head_step: int | None = _help("Hybrid Mamba stacks: step of Mamba heads tried, a multiple of n_groups "
+                                        "(default: about a quarter of the source's).", default=None)
+    fixed_axes: str | None = _help("Axes held at the source's size, by config name, comma-separated (e.g. "
+                                   "'num_experts,num_hidden_layers').", default=None)
     max_candidates: int = _help("Candidates pruned and scored, spread over width-only, depth-only and mixed cuts.",
                                 default=12)
     top_k: int = _help("Best candidates after pruning that are briefly distilled.", default=3)
@@ -93,6 +111,8 @@ class SearchConfig:
     heldout_samples: int = _help("Held-out blocks every candidate is scored on.", default=32)
     depth_metric: str | None = _help("Layer score that picks the layers kept when depth shrinks (default: lm_loss "
                                      "when the scores have it, else block_influence).", default=None)
+    expert_metric: str | None = _help("Expert score that picks the routed experts kept when num_experts shrinks "
+                                      f"({', '.join(EXPERT_METRICS)}; default: weighted_output).", default=None)
     seed: int = _help("Seed of the candidate distillations (the same for every candidate).", default=0)
 
     def _merge_active_budget(self) -> None:
@@ -122,7 +142,9 @@ class SearchConfig:
                 raise SettingsError(f"--{name.replace('_', '-')} is a fraction in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.slack < 1:
             raise SettingsError(f"--slack is a fraction in [0, 1), got {self.slack}")
-        for name in ("hidden_step", "mlp_step", "kv_head_step", "heads_per_group_step", "layer_step",
+        self._check_axes()
+        for name in ("hidden_step", "mlp_step", "kv_head_step", "heads_per_group_step", "layer_step", "expert_step",
+                     "expert_width_step", "shared_expert_step", "mamba_head_step",
                      "max_candidates", "top_k", "candidate_batch_size", "heldout_samples", "latency_batch",
                      "latency_seq_len", "candidate_lr"):
             value = getattr(self, name)
@@ -132,6 +154,18 @@ class SearchConfig:
             raise SettingsError("--latency-new-tokens must be at least 2 (one decoding step)")
         if self.candidate_tokens < 0:
             raise SettingsError("--candidate-tokens must be >= 0 (0: rank by the loss right after pruning)")
+
+    def fixed_axis_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in (self.fixed_axes or "").split(",") if name.strip())
+
+    def _check_axes(self) -> None:
+        unknown = [name for name in self.fixed_axis_names() if name not in (*SIZE_KEYS, *OPTIONAL_AXES)]
+        if unknown:
+            raise SettingsError(f"--fixed-axes: unknown axis {', '.join(unknown)}; axes are "
+                                f"{', '.join((*SIZE_KEYS, *OPTIONAL_AXES))}")
+        if self.expert_metric is not None and self.expert_metric not in EXPERT_METRICS:
+            raise SettingsError(f"--expert-metric must be one of {', '.join(EXPERT_METRICS)}, "
+                                f"got {self.expert_metric!r}")
 
     @property
     def distills(self) -> bool:

@@ -45,7 +45,8 @@ def list_candidates(model: str, config: SearchConfig, *, device: str | None = No
                                       dtype=resolve_dtype(dtype))
     source = Architecture.of(model_config)
     rows = [{"architecture": c.architecture.as_dict(), "target": c.architecture.target(source),
-             "cut": c.architecture.cut_kind(source), "params": c.params.as_dict(), "latency_ms": c.latency_ms}
+             "cut": c.architecture.cut_kind(source), "params": c.params.as_dict(), "latency_ms": c.latency_ms,
+             "memory_gb": c.memory_gb}
             for c in candidates]
     return {"model": model, "source": source.as_dict(), "budget": budget.as_dict(), "counts": counts,
             "candidates": rows}
@@ -108,6 +109,7 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
                         teacher=teacher_model, progress=progress, batch_size=data.batch_size)
         payload = {"model": model, "teacher": teacher or model, "scores": scores or str(Path(out) / SCORES_SUBDIR),
                    "data": data.data, "seq_len": data.seq_len, "depth_metric": config.depth_metric,
+                   "expert_metric": config.expert_metric,
                    **result.to_dict()}
 
         def write() -> dict:

@@ -165,7 +165,8 @@ def _score_pruned(model, scores, shortlisted, source, heldout, config: SearchCon
     """One table row per candidate: pruned from the same scores, scored on the same held-out blocks."""
     rows = []
     for index, candidate in enumerate(shortlisted):
-        pruned = prune(model, scores, candidate.architecture.target(source), depth_metric=config.depth_metric)
+        pruned = prune(model, scores, candidate.architecture.target(source), depth_metric=config.depth_metric,
+                       expert_metric=config.expert_metric)
         rows.append(_row(candidate, source, evaluate_loss(pruned, heldout, batch_size)["loss"]))
         rows[-1]["kept_layers"] = list(pruned.minitron_kept_layers)
         del pruned
@@ -193,7 +194,8 @@ def _distill_top(model, teacher, scores, rows, top, train, heldout, config: Sear
 
 def _distill_and_score(model, teacher, scores, row, train, heldout, config: SearchConfig, batch_size, device) -> float:
     """Held-out loss of a fresh prune of this candidate after the short distillation."""
-    student = prune(model, scores, row["target"], depth_metric=config.depth_metric).requires_grad_(True)
+    student = prune(model, scores, row["target"], depth_metric=config.depth_metric,
+                    expert_metric=config.expert_metric).requires_grad_(True)
     # Validation inside the loop is only its last step's; one block per process keeps it cheap (scored below
     # instead), and gives every process the same number of forward passes.
     env = init_distributed(str(device))
