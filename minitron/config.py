@@ -157,8 +157,9 @@ class TargetConfig:
                                        default=None)
     num_experts: int | None = _help("Routed experts to keep in every MoE layer (num_experts / num_local_experts).",
                                     default=None)
-    moe_intermediate_size: int | None = _help("FFN neurons to keep in every routed expert (Qwen-MoE's and NemotronH's name; "
-                                              "for Mixtral, OLMoE, GraniteMoE it is --intermediate-size).",
+    moe_intermediate_size: int | None = _help("FFN neurons to keep in every routed expert (the name in Qwen-MoE "
+                                              "and NemotronH; for Mixtral, OLMoE, GraniteMoE it is "
+                                              "--intermediate-size).",
                                               default=None)
     shared_expert_intermediate_size: int | None = _help("FFN neurons to keep in the shared expert (qwen2_moe; "
                                                         "NemotronH's moe_shared_expert_intermediate_size).",

@@ -64,8 +64,8 @@ _EXTRA = {
     "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
                        mamba_num_heads=8, mamba_head_dim=4, n_groups=2, ssm_state_size=8, conv_kernel=4,
                        chunk_size=8, use_bias=True, mlp_bias=True),
-    # Nemotron 3 (Nano 30B-A3B) in small: Mamba, attention (layer 1, as above), MoE, MLP. Sigmoid routing within the best one of
-    # two groups of four experts, a shared expert, routed_scaling_factor and norm_topk_prob as published.
+    # Nemotron 3 (Nano 30B-A3B) in small: Mamba, attention (layer 1, as above), MoE, MLP. Sigmoid routing
+    # within the best one of two groups of four experts, a shared expert, routed_scaling_factor as published.
     "nemotron_h_moe": dict(layers_block_type=["linear_attention", "full_attention", "moe", "mlp"],
                            mamba_num_heads=8, mamba_head_dim=4, n_groups=2, ssm_state_size=8, conv_kernel=4,
                            chunk_size=8, use_bias=True, mlp_bias=True, n_routed_experts=8, num_experts_per_tok=2,
