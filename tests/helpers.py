@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from minitron.arch import Axis, get_adapter, text_config
+from minitron.arch.moe import moe_spec
 
 
 @torch.no_grad()
@@ -25,6 +26,8 @@ def silence_neurons_(model, layer: int, neurons: list[int]) -> None:
             width = param.shape[1] // 2
             param[:, index] = 0.0
             param[:, index + width] = 0.0
+        elif axes[:2] == (Axis.EXPERT, Axis.EXPERT_MLP):  # non-gated routed experts: up rows
+            param[:, index] = 0.0
 
 
 def neuron_score_rows(scores, layer: int) -> list[torch.Tensor]:
@@ -36,7 +39,7 @@ def neuron_score_rows(scores, layer: int) -> list[torch.Tensor]:
 
 def neuron_width_target(model, removed: int) -> dict:
     """A target removing `removed` neurons from every FFN width of the model (dense, expert, shared)."""
-    spec = get_adapter(model).moe
+    spec = moe_spec(model)  # None also for a family's configs without experts (a dense NemotronH)
     keys = ("intermediate_size", *(spec.width_keys() if spec else ()))
     return {key: getattr(text_config(model.config), key) - removed for key in keys}
 

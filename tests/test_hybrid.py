@@ -130,16 +130,6 @@ def test_mamba_targets_on_a_model_without_mamba_are_refused():
         prune(llama, random_scores(llama), {"mamba_num_heads": 4})
 
 
-def test_moe_layers_are_refused_clearly():
-    from minitron.arch import get_adapter
-    from minitron.errors import UnsupportedArchitectureError
-    from tests.tiny import tiny_config
-
-    config = tiny_config("nemotron_h", layers_block_type=["linear_attention", "moe"])
-    with pytest.raises(UnsupportedArchitectureError, match="mixture-of-experts"):
-        get_adapter(config)
-
-
 def test_an_untied_head_under_a_tie_flag_is_kept(batches):
     # NemotronH accepts tie_word_embeddings=True but never ties: the pruned model must still get its head.
     torch.manual_seed(0)

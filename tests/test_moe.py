@@ -8,6 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from minitron.arch import Axis, get_adapter
+from minitron.arch.moe import moe_spec
 from minitron.errors import ScoresError, TargetError
 from minitron.importance import estimate_importance, random_scores
 from minitron.importance.scores import ImportanceScores
@@ -31,12 +32,12 @@ def sparse_layers(model) -> list[int]:
 
 
 @torch.no_grad()
-def never_route_expert_(model, expert: int) -> None:
-    """Push `expert`'s router logit to about -1e4 on every token, so no token is ever routed to it.
+def never_route_experts_(model, experts: list[int]) -> None:
+    """Push these experts' router logits to about -1e4 on every token, so no token is ever routed to them.
 
     A linear router without bias cannot do that for arbitrary inputs, so residual channel CHANNEL is made
     a positive constant (embedding column set, nothing writes to it, norm weights 1 there): the router
-    row -1e4 * e_CHANNEL then gives a large negative logit whatever the token.
+    rows -1e4 * e_CHANNEL then give a large negative logit whatever the token (sigmoid routers: a score of 0).
     """
     adapter = get_adapter(model)
     model.get_input_embeddings().weight[:, CHANNEL] = 0.05  # about the size of the others: routing stays varied
@@ -52,21 +53,29 @@ def never_route_expert_(model, expert: int) -> None:
     for index in sparse_layers(model):
         router = adapter.layers(model)[index].get_submodule(adapter.moe.router_path)
         router.weight[:, CHANNEL] = 0.0
-        router.weight[expert] = 0.0
-        router.weight[expert, CHANNEL] = -1e4
+        router.weight[experts] = 0.0
+        router.weight[experts, CHANNEL] = -1e4
+
+
+def never_routed_experts(model) -> list[int]:
+    """Expert 5, and under grouped routing expert 1 of every group of four: each group loses as many."""
+    groups, _ = moe_spec(model).routing_groups(model.config)
+    return [5] if groups == 1 else [group * 4 + 1 for group in range(groups)]
 
 
 def test_never_routed_expert_is_pruned_first_and_changes_nothing(moe_model, batches):
-    never_route_expert_(moe_model, expert=5)
+    never = never_routed_experts(moe_model)
+    never_route_experts_(moe_model, never)
     scores = estimate_importance(moe_model, batches, progress=False)
+    routed = torch.ones(8, dtype=torch.bool)
+    routed[never] = False
     for layer in sparse_layers(moe_model):
         for metric in ("reap", "weighted_output", "frequency"):
             expert_scores = scores.experts[metric][layer]
-            assert expert_scores[5] == 0 and int(torch.argmin(expert_scores)) == 5
-            assert (expert_scores[torch.arange(8) != 5] > 0).all()
-        assert torch.all(scores.expert_neurons[layer][5] == 0)  # neurons count routed tokens only
+            assert (expert_scores[never] == 0).all() and (expert_scores[routed] > 0).all()
+        assert torch.all(scores.expert_neurons[layer][never] == 0)  # neurons count routed tokens only
     num_experts = getattr(moe_model.config, get_adapter(moe_model).moe.num_experts_key)
-    pruned = prune(moe_model, scores, {"num_experts": num_experts - 1})
+    pruned = prune(moe_model, scores, {"num_experts": num_experts - len(never)})
     torch.testing.assert_close(logits(pruned, batches[0]), logits(moe_model, batches[0]), atol=1e-5, rtol=0)
 
 
@@ -167,6 +176,13 @@ def test_random_baseline_prunes_experts(moe_model, batches):
     ("llama", {"num_experts": 4}, "has no experts"),
     ("olmoe", {"hidden_size": 40}, "q/k norms"),
     ("granitemoe", {"num_experts": 4, "num_local_experts": 5}, "name the same size"),
+    # NemotronH: two routing groups of four experts, one group per token (tests/tiny.py).
+    ("nemotron_h_moe", {"num_experts": 6, "hidden_size": 44}, "multiple of 8"),
+    ("nemotron_h_moe", {"num_experts": 7}, "allowed num_experts are multiples of 2 from 4 to 8"),
+    ("nemotron_h_moe", {"num_experts": 2}, "allowed num_experts are multiples of 2 from 4 to 8"),
+    ("nemotron_h_moe", {"shared_expert_intermediate_size": 32, "moe_shared_expert_intermediate_size": 40},
+     "name the same size"),
+    ("mixtral", {"shared_expert_intermediate_size": 32}, "no shared expert"),
 ])
 def test_impossible_moe_targets_are_refused_before_any_work(family, target, message):
     with pytest.raises(TargetError, match=message):
@@ -179,7 +195,7 @@ def test_total_and_active_parameters_from_config_equal_the_built_model(moe_model
     counted = count_parameters(moe_model)
     assert count_parameters_from_config(config) == counted
     experts, per_token = getattr(config, spec.num_experts_key), config.num_experts_per_tok
-    per_expert = 3 * config.hidden_size * getattr(config, spec.expert_width_key)
+    per_expert = (3 if spec.gated_experts else 2) * config.hidden_size * getattr(config, spec.expert_width_key)
     unused = len(sparse_layers(moe_model)) * (experts - per_token) * per_expert
     assert counted.active == counted.total - unused
 

@@ -18,6 +18,9 @@ own code that loads those checkpoints (shapes must match, so the numbers are the
 Not found verbatim for the 4B and 12B: vocab_size (131072 there too is consistent with the published parameter
 counts checked below, but no config.json copy was found) and conv_kernel ([MIX]'s default; third-party summaries
 of the Nemotron Nano 2 paper, arXiv 2508.14444, quote a convolution window of 4 for the 12B).
+
+Nemotron 3 Nano 30B-A3B's config (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16) as published: the same values
+in Megatron-Bridge's Nemotron3NanoProvider and in copies of its config.json in several public repositories.
 """
 import pytest
 from transformers import AutoConfig
@@ -46,13 +49,15 @@ def nemotron_h_config(*, hidden_size, intermediate_size, num_attention_heads, ma
 
 
 def closed_form_parameters(hidden, ffn, heads, mamba_heads, mamba_head_dim, pattern, vocab=131072, kv_heads=8,
-                           head_dim=128, groups=8, state=128, kernel=4) -> int:
+                           head_dim=128, groups=8, state=128, kernel=4, experts=0, expert_width=0,
+                           shared_width=0) -> int:
     """Parameters counted by hand from the architecture, independently of transformers."""
     inner, bc = mamba_heads * mamba_head_dim, 2 * groups * state
     mamba = hidden * (2 * inner + bc + mamba_heads) + (inner + bc) * (kernel + 1) + 3 * mamba_heads + inner \
         + inner * hidden
     attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
-    per_kind = {"M": mamba, "*": attention, "-": 2 * hidden * ffn}
+    moe = experts * (2 * hidden * expert_width + hidden) + 2 * hidden * shared_width  # experts, router, shared
+    per_kind = {"M": mamba, "*": attention, "-": 2 * hidden * ffn, "E": moe}
     layers = sum(per_kind[kind] + hidden for kind in pattern)  # + each block's pre-norm
     return layers + 2 * vocab * hidden + hidden
 
@@ -106,3 +111,48 @@ def test_published_configs_refuse_impossible_mamba_targets(target, message):
                                mamba_num_heads=128, mamba_head_dim=64, pattern=NEMOTRON_H_PATTERN)
     with pytest.raises(TargetError, match=message):
         describe_pruning(source, target)
+
+
+NANO_3_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"  # 23 Mamba, 23 MoE, 6 attention layers
+
+
+def nemotron_3_nano_config():
+    return AutoConfig.for_model(
+        "nemotron_h", vocab_size=131072, hidden_size=2688, intermediate_size=1856,
+        hybrid_override_pattern=NANO_3_PATTERN,
+        num_attention_heads=32, num_key_value_heads=2, head_dim=128, mamba_num_heads=64, mamba_head_dim=64,
+        ssm_state_size=128, n_groups=8, conv_kernel=4, use_conv_bias=True, mamba_proj_bias=False, use_bias=False,
+        mlp_bias=False, n_routed_experts=128, n_shared_experts=1, num_experts_per_tok=6, moe_intermediate_size=1856,
+        moe_shared_expert_intermediate_size=3712, n_group=1, topk_group=1, norm_topk_prob=True,
+        routed_scaling_factor=2.5, tie_word_embeddings=False)
+
+
+def test_nemotron_3_nano_30b_a3b_to_96_experts():
+    result = describe_pruning(nemotron_3_nano_config(), {"num_experts": 96})
+    before, after = result["params_before"], result["params_after"]
+    nano = dict(kv_heads=2, expert_width=1856, shared_width=3712)
+    assert before.total == closed_form_parameters(2688, 1856, 32, 64, 64, NANO_3_PATTERN, experts=128, **nano)
+    assert after.total == closed_form_parameters(2688, 1856, 32, 64, 64, NANO_3_PATTERN, experts=96, **nano)
+    # NVIDIA's card: "3.2B active (3.6B with embeddings), 31.6B total"; 3.2B counts the LM head, not the
+    # input embedding (3.228B: Mamba, attention, routers, shared experts and 6 of 128 experts per MoE layer).
+    input_embedding = 131072 * 2688
+    assert (round(before.total / 1e9, 1), round(before.active / 1e9, 1)) == (31.6, 3.6)
+    assert round((before.active - input_embedding) / 1e9, 1) == 3.2
+    unused_experts = 23 * (128 - 6) * 2 * 2688 * 1856
+    assert before.active == before.total - unused_experts
+    assert before.active - after.active == 23 * 32 * 2688  # a token still uses 6 experts: only router rows go
+    pruned = result["config"]
+    assert (pruned.n_routed_experts, pruned.num_experts_per_tok, pruned.hybrid_override_pattern) == \
+        (96, 6, NANO_3_PATTERN)
+
+
+@pytest.mark.parametrize("target, message", [
+    ({"num_experts": 4}, "fewer than the 6 experts every token is routed to"),
+    ({"num_experts": 96, "moe_intermediate_size": 1850}, "multiple of 8"),
+    ({"num_experts": 160}, "larger than the source"),
+])
+def test_nemotron_3_nano_refuses_impossible_expert_targets(target, message):
+    from minitron.errors import TargetError
+
+    with pytest.raises(TargetError, match=message):
+        describe_pruning(nemotron_3_nano_config(), target)

@@ -20,8 +20,10 @@ MULTIMODAL = {
                                         num_position_embeddings=16, patch_size=4),
                      image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8),
 }
-MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe"]
+MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "nemotron_h_moe"]
 FAMILIES += MOE_FAMILIES
+# Grid ids that are another configuration of a model_type (the grid is keyed by family id, not model_type).
+VARIANTS = {"nemotron_h_moe": "nemotron_h"}
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -62,6 +64,13 @@ _EXTRA = {
     "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"],
                        mamba_num_heads=8, mamba_head_dim=4, n_groups=2, ssm_state_size=8, conv_kernel=4,
                        chunk_size=8, use_bias=True, mlp_bias=True),
+    # Nemotron 3 (Nano 30B-A3B) in small: Mamba, attention (layer 1, as above), MoE, MLP. Sigmoid routing
+    # within the best one of two groups of four experts, a shared expert, routed_scaling_factor as published.
+    "nemotron_h_moe": dict(layers_block_type=["linear_attention", "full_attention", "moe", "mlp"],
+                           mamba_num_heads=8, mamba_head_dim=4, n_groups=2, ssm_state_size=8, conv_kernel=4,
+                           chunk_size=8, use_bias=True, mlp_bias=True, n_routed_experts=8, num_experts_per_tok=2,
+                           moe_intermediate_size=64, moe_shared_expert_intermediate_size=64, n_group=2,
+                           topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True),
     # Mixture-of-experts: 8 experts, 2 per token; Qwen's with one dense layer, qwen2_moe with its shared expert.
     "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[1]),
     "qwen2_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=64, mlp_only_layers=[1],
@@ -78,7 +87,7 @@ def tiny_config(family: str, **overrides):
     settings = {**_COMMON, **_EXTRA[family], **overrides}
     if family in MULTIMODAL:
         return AutoConfig.for_model(family, text_config=settings, **MULTIMODAL[family])
-    return AutoConfig.for_model(family, **settings)
+    return AutoConfig.for_model(VARIANTS.get(family, family), **settings)
 
 
 def tiny_model(family: str, **overrides):
@@ -91,11 +100,15 @@ def tiny_model(family: str, **overrides):
 
 
 def _randomize_norms_(model) -> None:
-    """Norm weights (and Mamba's per-head D) start at 1 or 0; make them random so slicing errors show up."""
+    """Norm weights (and Mamba's per-head D, a router's expert correction bias) start at 1 or 0; make them
+    random so slicing errors show up. The bias stays small, like the router's scores' spread."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name or name.endswith("mixer.D"):
                 param.add_(torch.randn_like(param) * 0.3)
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.add_(torch.randn_like(buffer) * 0.02)
 
 
 _CORPUS = [

@@ -1,16 +1,33 @@
-"""Hybrid Mamba-2 / attention / MLP stacks (NVIDIA Nemotron-H, Nemotron-Nano-v2).
+"""Hybrid Mamba-2 / attention / MLP / MoE stacks (NVIDIA Nemotron-H, Nemotron-Nano-v2, Nemotron 3).
 
 NemotronH's decoder layer is one pre-norm residual block `norm -> mixer`, where the mixer is a Mamba-2
 mixer, attention, a squared-ReLU MLP or a MoE block, chosen per layer by `layers_block_type` (saved
 configs may spell it `hybrid_override_pattern`, "M*-E"). Each kind has its own parameter names under
 `mixer.`, so one table describes every kind; a layer simply lacks the others' parameters.
+
+The MoE block (Nemotron 3 Nano 30B-A3B) is `mixer.gate` (a sigmoid router with a per-expert
+`e_score_correction_bias`), `mixer.experts` (non-gated squared-ReLU experts, fused 3-D `up_proj` /
+`down_proj`) and `mixer.shared_experts` (one always-active squared-ReLU MLP). Its sizes are
+`n_routed_experts`, `moe_intermediate_size` and `moe_shared_expert_intermediate_size`.
 """
 from __future__ import annotations
 
 from .base import ArchAdapter, Axis, H, KEEP, llama_like_layer_params, optional_bias_params
 from .mamba import MambaLayout, mamba_cache_bytes, mamba_layer_params, rescale_gated_norms
+from .moe import MoeSpec, moe_block_params
 
 _NEMOTRON_H_MAMBA = MambaLayout()
+
+
+def _has_moe_layers(config) -> bool:
+    return "moe" in (getattr(config, "layers_block_type", None) or ())
+
+
+_NEMOTRON_H_MOE = MoeSpec(block="mixer", router="gate", experts="experts", num_experts_key="n_routed_experts",
+                          expert_width_key="moe_intermediate_size",
+                          shared_width_key="moe_shared_expert_intermediate_size", shared_expert="shared_experts",
+                          gated_experts=False, gated_shared_expert=False, routing_groups_key="n_group",
+                          topk_group_key="topk_group", has_experts=_has_moe_layers)
 
 
 def _nemotron_h_layer_params() -> dict[str, tuple[Axis, ...]]:
@@ -20,14 +37,14 @@ def _nemotron_h_layer_params() -> dict[str, tuple[Axis, ...]]:
     attention_and_mlp |= optional_bias_params(attention_and_mlp)
     table = {name.replace("self_attn.", "mixer.").replace("mlp.", "mixer."): axes
              for name, axes in attention_and_mlp.items()}
-    return {"norm.weight": (H,), **table, **mamba_layer_params()}
+    return {"norm.weight": (H,), **table, **mamba_layer_params(), **moe_block_params(_NEMOTRON_H_MOE)}
 
 
 def _nemotron_h_unsupported(config) -> str | None:
-    kinds = set(getattr(config, "layers_block_type", None) or ())
-    if "moe" in kinds:
-        return ("this checkpoint has mixture-of-experts layers ('E' in hybrid_override_pattern), which minitron "
-                "cannot prune in NemotronH yet; Mamba / attention / MLP stacks (Nemotron-H, Nemotron-Nano-v2) work")
+    if _has_moe_layers(config) and getattr(config, "moe_latent_size", None) is not None:
+        return ("this checkpoint's MoE layers route through a latent projection (moe_latent_size, LatentMoE as in "
+                "Nemotron 3 Super), which minitron cannot prune yet; Nemotron 3 Nano's MoE layers (no latent), "
+                "Mamba, attention and MLP layers work")
     return None
 
 
@@ -60,5 +77,7 @@ NEMOTRON_H = ArchAdapter(
     unsupported_reason=_nemotron_h_unsupported,
     attention_layers=_nemotron_h_attention_layers,
     state_bytes=_nemotron_h_state_bytes,
-    notes="one mixer per layer (Mamba-2, attention, squared-ReLU MLP); MoE layers ('E') are not pruned yet",
+    moe=_NEMOTRON_H_MOE,
+    notes="one mixer per layer (Mamba-2, attention, squared-ReLU MLP, MoE); MoE routing groups keep the same "
+          "number of experts each; MoE with a latent projection (moe_latent_size) is not pruned yet",
 )

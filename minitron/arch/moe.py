@@ -13,11 +13,16 @@ Families (their config names differ):
 - mixtral, olmoe, granitemoe: the expert width is `intermediate_size`; granitemoe's block is
   `block_sparse_moe` with a `router`. OLMoE normalises q/k over the whole projection with norms sized
   from `hidden_size`, so its attention width must stay equal to the hidden size.
+- nemotron_h (Nemotron 3, arch/hybrid.py): non-gated squared-ReLU experts (`experts.up_proj`
+  (experts, width, hidden)), an always-active non-gated shared expert, and a DeepSeek-V3-style router:
+  sigmoid scores plus a per-expert `e_score_correction_bias` choose the experts, within the `topk_group`
+  best of `n_group` contiguous groups of experts.
 Not covered: gpt_oss (experts stored (experts, in, out) with interleaved gate/up, biases and a clamped
 activation; per-head attention sinks).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +50,17 @@ class MoeSpec:
     """The always-active shared expert (a plain gated MLP), relative to the block."""
     attention_width_is_hidden: bool = False
     """OLMoE sizes its q/k norms from hidden_size: heads x head_dim must equal hidden_size."""
+    gated_experts: bool = True
+    """Routed experts hold a fused [gate; up] `gate_up_proj`; False: a plain `up_proj` (NemotronH)."""
+    gated_shared_expert: bool = True
+    """The shared expert has gate_proj / up_proj and the block a `shared_expert_gate` (qwen2_moe); False:
+    up_proj / down_proj only (NemotronH)."""
+    routing_groups_key: str | None = None
+    """Config name of the number of contiguous expert groups the router picks groups from (`n_group`)."""
+    topk_group_key: str | None = None
+    """Config name of how many groups each token's experts may come from (`topk_group`)."""
+    has_experts: Callable[[object], bool] | None = None
+    """Given a config, whether it has sparse layers at all (None: always; NemotronH only with 'moe' layers)."""
 
     @property
     def router_path(self) -> str:
@@ -69,31 +85,52 @@ class MoeSpec:
         """Config names of the MoE widths this family has (the expert width, the shared one)."""
         return tuple(k for k in (self.expert_width_key, self.shared_width_key) if k)
 
+    def routing_groups(self, config) -> tuple[int, int]:
+        """(n_group, topk_group) of grouped routing; (1, 1) for a router that picks among all experts."""
+        if self.routing_groups_key is None:
+            return 1, 1
+        return int(getattr(config, self.routing_groups_key) or 1), int(getattr(config, self.topk_group_key) or 1)
+
 
 def expert_forward(experts: nn.Module, expert: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One routed expert on (tokens, hidden): (its neuron activations (tokens, width), its output (tokens, hidden)).
 
     The computation of transformers' fused experts for one expert, unweighted by the router.
     """
-    gate, up = F.linear(tokens, experts.gate_up_proj[expert]).chunk(2, dim=-1)
-    activation = experts.act_fn(gate) * up
+    if hasattr(experts, "gate_up_proj"):
+        gate, up = F.linear(tokens, experts.gate_up_proj[expert]).chunk(2, dim=-1)
+        activation = experts.act_fn(gate) * up
+    else:  # non-gated experts (NemotronH): act(up x)
+        activation = experts.act_fn(F.linear(tokens, experts.up_proj[expert]))
     return activation, F.linear(activation, experts.down_proj[expert])
+
+
+def expert_input_weights(experts: nn.Module) -> torch.Tensor:
+    """The fused input projection of the routed experts: (experts, [gate; up] or up, hidden)."""
+    return experts.gate_up_proj if hasattr(experts, "gate_up_proj") else experts.up_proj
+
+
+def moe_block_params(spec: MoeSpec) -> dict[str, tuple[Axis, ...]]:
+    """The sparse block's table: router (rows and any bias, DeepSeek-style correction bias included),
+    routed experts, and the shared expert if the family has one."""
+    router, experts = spec.router_path, spec.experts_path
+    table = {f"{router}.weight": (EXPERT, H), f"{router}.bias": (EXPERT,),
+             f"{router}.e_score_correction_bias": (EXPERT,), f"{experts}.down_proj": (EXPERT, H, EM)}
+    table[f"{experts}.gate_up_proj" if spec.gated_experts else f"{experts}.up_proj"] = \
+        (EXPERT, EG if spec.gated_experts else EM, H)
+    if spec.shared_expert is not None:
+        shared = f"{spec.block}.{spec.shared_expert}"
+        table |= {f"{shared}.up_proj.weight": (SM, H), f"{shared}.down_proj.weight": (H, SM),
+                  f"{shared}.up_proj.bias": (SM,), f"{shared}.down_proj.bias": (H,)}
+        if spec.gated_shared_expert:
+            table |= {f"{shared}.gate_proj.weight": (SM, H), f"{spec.block}.shared_expert_gate.weight": (KEEP, H)}
+    return table
 
 
 def _moe_layer_params(spec: MoeSpec, **llama_kwargs) -> dict[str, tuple[Axis, ...]]:
     table = llama_like_layer_params(**llama_kwargs)  # keeps the plain-MLP entries for dense layers
     table |= optional_bias_params(table)
-    table |= {
-        f"{spec.router_path}.weight": (EXPERT, H),
-        f"{spec.router_path}.bias": (EXPERT,),
-        f"{spec.experts_path}.gate_up_proj": (EXPERT, EG, H),
-        f"{spec.experts_path}.down_proj": (EXPERT, H, EM),
-    }
-    if spec.shared_expert is not None:
-        shared = f"{spec.block}.{spec.shared_expert}"
-        table |= {f"{shared}.gate_proj.weight": (SM, H), f"{shared}.up_proj.weight": (SM, H),
-                  f"{shared}.down_proj.weight": (H, SM), f"{spec.block}.shared_expert_gate.weight": (KEEP, H)}
-    return table
+    return table | moe_block_params(spec)
 
 
 def _moe_adapter(model_type: str, spec: MoeSpec, logit_transform=None, notes: str = "",
@@ -120,7 +157,13 @@ MOE_ADAPTERS = {a.model_type: a for a in (QWEN3_MOE, QWEN2_MOE, MIXTRAL, OLMOE, 
 
 
 def moe_spec(model_or_config) -> MoeSpec | None:
-    """The MoE spec of a model or config (None for dense families and unsupported ones)."""
+    """The MoE spec of a model or config (None for dense families, unsupported ones, and a family's
+    configs without sparse layers, such as a NemotronH of Mamba, attention and MLP layers only)."""
+    from .families import ADAPTERS  # the hybrid families carry MoE specs too
+
     config = getattr(model_or_config, "config", model_or_config)
-    adapter = MOE_ADAPTERS.get(getattr(config, "model_type", None))
-    return None if adapter is None else adapter.moe
+    adapter = ADAPTERS.get(getattr(config, "model_type", None))
+    spec = None if adapter is None else adapter.moe
+    if spec is None or (spec.has_experts is not None and not spec.has_experts(config)):
+        return None
+    return spec

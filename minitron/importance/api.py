@@ -14,6 +14,7 @@ from ..fingerprint import model_fingerprint
 from .aggregate import REDUCTIONS
 from .depth import layer_loss_increase
 from .hooks import ActivationCollector
+from ..arch.moe import moe_spec
 from .moe import ExpertCollector
 from .scores import ImportanceScores
 from ..verbosity import progress_bar
@@ -71,7 +72,7 @@ def estimate_importance(
     was_training = model.training
     model.eval()
     collector = ActivationCollector(model, adapter, seq_reduction, head_dim)
-    expert_collector = ExpertCollector(model, adapter) if adapter.moe is not None else None
+    expert_collector = ExpertCollector(model, adapter) if moe_spec(model) is not None else None
     kept_for_loss: list[dict] = []
     samples = tokens = loss_samples = 0
     rank, world_size = (env.rank, env.world_size) if env is not None else (0, 1)

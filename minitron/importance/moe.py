@@ -11,7 +11,7 @@ no per-expert module exists to hook) and accumulates:
   all tokens, i.e. the expert's expected contribution per token (reap x frequency);
 - frequency: the share of tokens routed to the expert (the usual baseline);
 - expert neurons: mean |activation| at the expert's down-projection input, over its routed tokens only;
-- shared-expert neurons (qwen2_moe): mean |activation| at the shared down-projection input, over all tokens.
+- shared-expert neurons (qwen2_moe, nemotron_h): mean |activation| at the shared down-projection input, over all tokens.
 Padding tokens (attention mask 0) are left out everywhere.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..arch.base import ArchAdapter, Axis
-from ..arch.moe import MoeSpec, expert_forward
+from ..arch.moe import MoeSpec, expert_forward, expert_input_weights, moe_spec
 
 
 class ExpertCollector:
@@ -127,7 +127,7 @@ def moe_baseline_fields(model: nn.Module, adapter: ArchAdapter, criterion: str, 
 
     Both criteria fill every expert metric name, so any --expert-metric works with baseline scores.
     """
-    if adapter.moe is None:
+    if moe_spec(model) is None:
         return {}
     generator = torch.Generator().manual_seed(seed + 1)
     experts, neurons, shared = {}, {}, {}
@@ -135,14 +135,14 @@ def moe_baseline_fields(model: nn.Module, adapter: ArchAdapter, criterion: str, 
         module = adapter.moe.experts_module(layer)
         if module is None:
             continue
-        gate_up, down = module.gate_up_proj.double(), module.down_proj.double()
+        inputs, down = expert_input_weights(module).double(), module.down_proj.double()
         num_experts, width = down.shape[0], down.shape[-1]
         if criterion == "random":
             experts[index] = torch.rand(num_experts, generator=generator)
             neurons[index] = torch.rand(num_experts, width, generator=generator)
         else:
-            squares = gate_up.pow(2).sum(dim=-1)  # (experts, 2 x width)
-            per_neuron = squares[:, :width] + squares[:, width:] + down.pow(2).sum(dim=1)
+            squares = inputs.pow(2).sum(dim=-1)  # (experts, [gate; up] halves or up: 2 x width or width)
+            per_neuron = squares.view(num_experts, -1, width).sum(dim=1) + down.pow(2).sum(dim=1)
             neurons[index] = per_neuron.sqrt().float()
             experts[index] = per_neuron.sum(dim=1).sqrt().float()
         if adapter.moe.shared_down_proj is not None:
@@ -160,5 +160,6 @@ def _shared_scores(model, adapter: ArchAdapter, layer: int, criterion: str, gene
     for name, param in model.named_parameters():
         if name.startswith(prefix) and Axis.SHARED_MLP in adapter.axes_of(name)[1]:
             dim = adapter.axes_of(name)[1].index(Axis.SHARED_MLP)
-            total += param.double().pow(2).sum(dim=1 - dim)
+            others = [d for d in range(param.dim()) if d != dim]  # none for a bias
+            total += param.double().pow(2).sum(dim=others) if others else param.double().pow(2)
     return total.sqrt().float()

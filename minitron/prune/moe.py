@@ -7,6 +7,16 @@ Axes (config names are the family's, see minitron/arch/moe.py):
   the config has one size, so every kept expert keeps the same number of neurons, each its own best;
 - the shared-expert width (`shared_expert_intermediate_size`, qwen2_moe);
 - `num_experts_per_tok` is kept unless a target lowers it.
+
+Grouped routing (NemotronH's `n_group` / `topk_group`, after DeepSeek-V3): transformers splits the
+experts into `n_group` contiguous groups, scores each group by its two best experts, and routes a
+token only within its `topk_group` best groups. Pruning keeps `n_group` and the same number of
+experts in every group, each group its own best (like Mamba heads within their groups): every kept
+expert stays in the group it was trained in, so a group whose dropped experts were never picked routes
+exactly as before. Picking the best experts globally would regroup them (group g is simply experts
+[g * E / n_group, (g + 1) * E / n_group)) and change which experts compete. So the kept count must be
+a multiple of n_group with at least two experts per group, and enough experts in `topk_group` groups
+for `num_experts_per_tok`.
 """
 from __future__ import annotations
 
@@ -19,8 +29,9 @@ from ..arch.moe import MoeSpec, moe_spec
 from ..errors import ScoresError, TargetError
 
 # Target names accepted on top of the dense ones; `num_experts` means the family's own name for it.
-MOE_TARGET_KEYS = ("num_experts", "num_local_experts", "moe_intermediate_size", "shared_expert_intermediate_size",
-                   "num_experts_per_tok")
+EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts")
+SHARED_WIDTH_KEYS = ("shared_expert_intermediate_size", "moe_shared_expert_intermediate_size")  # Qwen's, NemotronH's
+MOE_TARGET_KEYS = (*EXPERT_COUNT_KEYS, "moe_intermediate_size", *SHARED_WIDTH_KEYS, "num_experts_per_tok")
 EXPERT_METRICS = ("reap", "weighted_output", "frequency", "random")
 # transformers runs routed experts through torch's grouped_mm, whose rows must be 16-byte aligned: 8 bf16
 # values (torch 2.13 on CPU: "strides should be multiple of 16 bytes" for an expert width of 59).
@@ -36,6 +47,8 @@ class MoeSizes:
     num_experts_per_tok: int
     expert_width: int
     shared_width: int | None
+    routing_groups: int = 1
+    """Contiguous expert groups of grouped routing (n_group): each keeps num_experts / routing_groups."""
 
 
 def source_moe_sizes(config, spec: MoeSpec) -> MoeSizes:
@@ -57,32 +70,61 @@ def resolve_moe_sizes(config, target: Mapping, sizes: dict, check_size) -> MoeSi
             raise TargetError(f"{', '.join(requested)}: this {config.model_type} model has no experts")
         return None
     source = source_moe_sizes(config, spec)
-    expert_keys = [key for key in ("num_experts", "num_local_experts") if target.get(key) is not None]
-    if len(expert_keys) == 2 and target["num_experts"] != target["num_local_experts"]:
-        raise TargetError("num_experts and num_local_experts name the same size; give one of them")
-    num_experts = check_size(expert_keys[0], target[expert_keys[0]], source.num_experts) if expert_keys \
-        else source.num_experts
+    expert_request = _requested_once(target, EXPERT_COUNT_KEYS)
+    num_experts = check_size(*expert_request, source.num_experts) if expert_request else source.num_experts
     per_token = source.num_experts_per_tok
     if target.get("num_experts_per_tok") is not None:
         per_token = check_size("num_experts_per_tok", target["num_experts_per_tok"], per_token)
     if per_token > num_experts:
         raise TargetError(f"num_experts={num_experts} is fewer than the {per_token} experts every token is routed "
                           f"to (num_experts_per_tok); keep at least {per_token} experts or lower num_experts_per_tok")
-    widths = {}
-    for key, source_value in ((spec.expert_width_key, source.expert_width), (spec.shared_width_key, source.shared_width)):
-        if key is None:
-            continue
-        value = sizes.get(key, target.get(key))
-        widths[key] = source_value if value is None else check_size(key, value, source_value)
-    for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):
-        if target.get(key) is not None and key not in widths:
-            raise TargetError(f"{key}: {config.model_type} has no such size; its expert width is "
-                              f"{spec.expert_width_key}")
+    _check_routing_groups(config, spec, source.num_experts, num_experts, per_token)
+    width = sizes.get(spec.expert_width_key, target.get(spec.expert_width_key))
+    widths = {spec.expert_width_key: source.expert_width if width is None
+              else check_size(spec.expert_width_key, width, source.expert_width)}
+    if target.get("moe_intermediate_size") is not None and spec.expert_width_key != "moe_intermediate_size":
+        raise TargetError(f"moe_intermediate_size: {config.model_type} has no such size; its expert width is "
+                          f"{spec.expert_width_key}")
+    shared_request = _requested_once(target, SHARED_WIDTH_KEYS)
+    if shared_request and spec.shared_width_key is None:
+        raise TargetError(f"{shared_request[0]}: {config.model_type} has no such size (no shared expert); its "
+                          f"expert width is {spec.expert_width_key}")
+    if spec.shared_width_key is not None:
+        widths[spec.shared_width_key] = check_size(*shared_request, source.shared_width) if shared_request \
+            else source.shared_width
     _check_attention_width(config, spec, sizes)
     _check_grouped_mm_widths(config, {"hidden_size": sizes["hidden_size"],
                                       spec.expert_width_key: widths[spec.expert_width_key]})
     return MoeSizes(num_experts, per_token, widths[spec.expert_width_key],
-                    widths.get(spec.shared_width_key) if spec.shared_width_key else None)
+                    widths.get(spec.shared_width_key) if spec.shared_width_key else None,
+                    routing_groups=spec.routing_groups(config)[0])
+
+
+def _requested_once(target: Mapping, keys: tuple[str, ...]) -> tuple[str, object] | None:
+    """(key, value) of the one size that several names in `keys` stand for; None when none is given."""
+    given = [key for key in keys if target.get(key) is not None]
+    if len({target[key] for key in given}) > 1:
+        raise TargetError(f"{' and '.join(given)} name the same size; give one of them")
+    return (given[0], target[given[0]]) if given else None
+
+
+def _check_routing_groups(config, spec: MoeSpec, source_experts: int, num_experts: int, per_token: int) -> None:
+    """Grouped routing (module docstring): every group keeps num_experts / n_group >= 2 experts, and the
+    topk_group groups a token may use hold at least num_experts_per_tok of them."""
+    if spec.routing_groups_key is None:
+        return
+    groups, topk_group = spec.routing_groups(config)
+    least_per_group = max(2, -(-per_token // topk_group))  # the group score sums its two best experts
+    per_group = num_experts // groups
+    if num_experts % groups == 0 and per_group >= least_per_group:
+        return
+    allowed = f"multiples of {groups} from {groups * least_per_group} to {source_experts}" if groups > 1 \
+        else f"{least_per_group} to {source_experts}"
+    raise TargetError(
+        f"num_experts={num_experts}: this {config.model_type} model routes within {spec.routing_groups_key}="
+        f"{groups} groups of experts, each token using its {spec.topk_group_key}={topk_group} best group(s) for "
+        f"num_experts_per_tok={per_token} experts; pruning keeps the same number of experts in every group "
+        f"(at least 2, and enough for num_experts_per_tok), so the allowed num_experts are {allowed}")
 
 
 def _check_attention_width(config, spec: MoeSpec, sizes: dict) -> None:
@@ -124,13 +166,21 @@ def plan_moe(scores, layers: list[int], sizes: MoeSizes | None, expert_metric: s
     metric = expert_metric or DEFAULT_EXPERT_METRIC
     for layer in layers:
         if layer in scores.expert_neurons:
-            kept = top_k_sorted(scores.expert_scores(metric)[layer], sizes.num_experts)
+            kept = _kept_experts(scores.expert_scores(metric)[layer], sizes, top_k_sorted)
             experts[layer] = kept
             per_expert = scores.expert_neurons[layer][kept]
             expert_neurons[layer] = torch.stack([top_k_sorted(row, sizes.expert_width) for row in per_expert])
         if layer in scores.shared_neurons and sizes.shared_width is not None:
             shared_neurons[layer] = top_k_sorted(scores.shared_neurons[layer], sizes.shared_width)
     return experts, expert_neurons, shared_neurons
+
+
+def _kept_experts(expert_scores: torch.Tensor, sizes: MoeSizes, top_k_sorted) -> torch.Tensor:
+    """The best num_experts / routing_groups experts of every contiguous routing group, ascending."""
+    per_group = expert_scores.float().view(sizes.routing_groups, -1)
+    kept_per_group = sizes.num_experts // sizes.routing_groups
+    return torch.cat([group * per_group.shape[1] + top_k_sorted(per_group[group], kept_per_group)
+                      for group in range(sizes.routing_groups)])
 
 
 def moe_axis_index(axis, layer: int, plan, config) -> torch.Tensor:
