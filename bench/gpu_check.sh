@@ -17,7 +17,7 @@ case "${1:-}" in
 esac
 OUT="${1:-runs/gpu_check}"
 PYTHON="${PYTHON:-python}"
-TEACHER="builtin:smollm2-135m"
+TEACHER="${TEACHER:-builtin:smollm2-135m}"  # another model spec: TEACHER=DIR bash bench/gpu_check.sh
 DATA="builtin:python-docs"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
