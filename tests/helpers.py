@@ -21,10 +21,9 @@ def silence_neurons_(model, layer: int, neurons: list[int]) -> None:
         elif axes[0] is Axis.GATE_UP:
             param[index] = 0.0
             param[index + intermediate] = 0.0
-        elif axes[:2] == (Axis.EXPERT, Axis.EXPERT_GATE_UP):  # every routed expert: [gate; up] rows
-            width = param.shape[1] // 2
-            param[:, index] = 0.0
-            param[:, index + width] = 0.0
+        elif Axis.EXPERT_GATE_UP in axes:  # every routed expert: its gate and up channels (and their biases)
+            dim = axes.index(Axis.EXPERT_GATE_UP)
+            param.index_fill_(dim, adapter.moe.gate_up_channels(index, param.shape[dim] // 2), 0.0)
 
 
 def neuron_score_rows(scores, layer: int) -> list[torch.Tensor]:
@@ -47,9 +46,17 @@ def make_identity_layer_(model, layer: int) -> None:
     adapter = get_adapter(model)
     for name, param in model.named_parameters():
         param_layer, axes = adapter.axes_of(name)
-        writes_residual = bool(axes) and (axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN))  # routed experts: down
-        if param_layer == layer and writes_residual and ("proj" in name):
+        if param_layer == layer and writes_residual(axes) and ("proj" in name):
             param.zero_()
+
+
+def writes_residual(axes) -> bool:
+    """Whether a parameter's output axis is the residual stream: a dense weight or bias (hidden first), or a
+    routed expert's down projection (hidden beside the expert neurons, in either storage order) and its bias."""
+    if not axes:
+        return False
+    return axes[0] is Axis.HIDDEN or (axes[0] is Axis.EXPERT and Axis.HIDDEN in axes
+                                      and Axis.EXPERT_GATE_UP not in axes)
 
 
 def logits(model, input_ids: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from minitron.importance import estimate_importance, random_scores
 from minitron.importance.scores import ImportanceScores
 from minitron.params import count_parameters, count_parameters_from_config
 from minitron.prune import describe_pruning, prune
-from tests.helpers import logits
+from tests.helpers import logits, writes_residual
 from tests.tiny import MOE_FAMILIES, tiny_config, tiny_model
 
 CHANNEL = 0  # the residual channel the never-routed expert's router row reads
@@ -44,8 +44,7 @@ def never_route_expert_(model, expert: int) -> None:
         layer, axes = adapter.axes_of(name)
         if layer is None or Axis.HIDDEN not in axes:
             continue
-        writes_residual = "proj" in name and (axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN))
-        if writes_residual:
+        if "proj" in name and writes_residual(axes):
             param.select(axes.index(Axis.HIDDEN), CHANNEL).zero_()
         elif "norm" in name and axes == (Axis.HIDDEN,):
             param[CHANNEL] = 1.0
@@ -101,9 +100,10 @@ def test_each_kept_expert_keeps_its_own_best_neurons(batches):
                                    atol=0, rtol=0)
 
 
-def test_reap_is_the_router_weighted_expert_output_norm(batches):
+@pytest.mark.parametrize("moe_family", ["qwen2_moe", "gpt_oss"])  # gpt_oss: transposed, biased, clamped experts
+def test_reap_is_the_router_weighted_expert_output_norm(batches, moe_family):
     """Reference: the real experts module run with each expert alone, on the routing it was given."""
-    model = tiny_model("qwen2_moe")
+    model = tiny_model(moe_family)
     experts = get_adapter(model).moe.experts_module(get_adapter(model).layers(model)[0])
     calls = []
     handle = experts.register_forward_pre_hook(lambda module, args: calls.append([a.detach() for a in args]))
@@ -167,6 +167,9 @@ def test_random_baseline_prunes_experts(moe_model, batches):
     ("llama", {"num_experts": 4}, "has no experts"),
     ("olmoe", {"hidden_size": 40}, "q/k norms"),
     ("granitemoe", {"num_experts": 4, "num_local_experts": 5}, "name the same size"),
+    ("gpt_oss", {"moe_intermediate_size": 32}, "no such size"),
+    ("gpt_oss", {"intermediate_size": 36}, "multiple of 8"),
+    ("gpt_oss", {"num_experts": 4, "num_local_experts": 6}, "name the same size"),
 ])
 def test_impossible_moe_targets_are_refused_before_any_work(family, target, message):
     with pytest.raises(TargetError, match=message):
@@ -179,7 +182,10 @@ def test_total_and_active_parameters_from_config_equal_the_built_model(moe_model
     counted = count_parameters(moe_model)
     assert count_parameters_from_config(config) == counted
     experts, per_token = getattr(config, spec.num_experts_key), config.num_experts_per_tok
-    per_expert = 3 * config.hidden_size * getattr(config, spec.expert_width_key)
+    width = getattr(config, spec.expert_width_key)
+    per_expert = 3 * config.hidden_size * width
+    if config.model_type == "gpt_oss":  # biases on the gate_up and down projections
+        per_expert += 2 * width + config.hidden_size
     unused = len(sparse_layers(moe_model)) * (experts - per_token) * per_expert
     assert counted.active == counted.total - unused
 

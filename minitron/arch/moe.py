@@ -1,10 +1,11 @@
 """Mixture-of-experts families: where the router and the fused experts live, and what their config calls things.
 
 transformers 5 stores the routed experts of a layer as two fused 3-D parameters, `experts.gate_up_proj`
-(experts, 2 x width, hidden) holding [gate; up] halves, and `experts.down_proj` (experts, hidden, width),
-and routes with a linear router (experts, hidden). The router returns the top-k expert indices and their
-weights; the experts module is called as `experts(hidden (tokens, hidden), top_k_index, top_k_weights)`,
-which is where importance estimation reads the routing (`minitron/importance/moe.py`).
+(experts, 2 x width, hidden) holding [gate; up] halves, and `experts.down_proj` (experts, hidden, width)
+(gpt_oss lays them out otherwise, below), and routes with a linear router (experts, hidden). The router
+returns the top-k expert indices and their weights, both (tokens, k); the experts module is called as
+`experts(hidden (tokens, hidden), top_k_index, top_k_weights)`, which is where importance estimation
+reads the routing (`minitron/importance/moe.py`).
 
 Families (their config names differ):
 - qwen3_moe, qwen2_moe: `num_experts`, `moe_intermediate_size`; dense layers (`mlp_only_layers`,
@@ -13,8 +14,10 @@ Families (their config names differ):
 - mixtral, olmoe, granitemoe: the expert width is `intermediate_size`; granitemoe's block is
   `block_sparse_moe` with a `router`. OLMoE normalises q/k over the whole projection with norms sized
   from `hidden_size`, so its attention width must stay equal to the hidden size.
-Not covered: gpt_oss (experts stored (experts, in, out) with interleaved gate/up, biases and a clamped
-activation; per-head attention sinks).
+- gpt_oss: experts stored transposed, (experts, in, out), with gate and up channels interleaved
+  ([g0, u0, g1, u1, ...]) and a bias on both projections; a clamped SwiGLU (`swiglu_alpha`,
+  `swiglu_limit`, size-free); a `router` with a bias; attention with biases and one learned sink logit
+  per query head (`self_attn.sinks`, sliced with the heads); alternating sliding / full `layer_types`.
 """
 from __future__ import annotations
 
@@ -45,6 +48,13 @@ class MoeSpec:
     """The always-active shared expert (a plain gated MLP), relative to the block."""
     attention_width_is_hidden: bool = False
     """OLMoE sizes its q/k norms from hidden_size: heads x head_dim must equal hidden_size."""
+    experts_transposed: bool = False
+    """Fused expert tensors are (experts, in, out) (gpt_oss), not (experts, out, in)."""
+    gate_up_interleaved: bool = False
+    """gate_up channels alternate [g0, u0, g1, u1, ...] (gpt_oss), not [gate; up] halves."""
+    experts_call: tuple[str, str, str] = ("hidden_states", "top_k_index", "top_k_weights")
+    """Names of the experts module's arguments: tokens (tokens, hidden), expert indices and router weights
+    (tokens, k), for a hook that receives them as keywords."""
 
     @property
     def router_path(self) -> str:
@@ -69,15 +79,44 @@ class MoeSpec:
         """Config names of the MoE widths this family has (the expert width, the shared one)."""
         return tuple(k for k in (self.expert_width_key, self.shared_width_key) if k)
 
+    def gate_up_channels(self, neurons: torch.Tensor, width: int) -> torch.Tensor:
+        """The gate_up channels of these expert neurons (..., n) -> (..., 2n), in storage order: sorted
+        neurons give sorted channels, so a kept subset keeps the layout."""
+        if self.gate_up_interleaved:
+            return torch.stack([2 * neurons, 2 * neurons + 1], dim=-1).flatten(-2)
+        return torch.cat([neurons, width + neurons], dim=-1)
 
-def expert_forward(experts: nn.Module, expert: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def expert_matrices(self, experts: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gate (experts, width, hidden), up (same), down (experts, hidden, width)), whatever the storage."""
+        gate_up, down = experts.gate_up_proj, experts.down_proj
+        if self.experts_transposed:
+            gate_up, down = gate_up.transpose(1, 2), down.transpose(1, 2)
+        if self.gate_up_interleaved:
+            return gate_up[:, 0::2], gate_up[:, 1::2], down
+        gate, up = gate_up.chunk(2, dim=1)
+        return gate, up, down
+
+    def expert_width(self, experts: nn.Module) -> int:
+        return self.expert_matrices(experts)[2].shape[-1]
+
+
+def expert_forward(spec: MoeSpec, experts: nn.Module, expert: int,
+                   tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One routed expert on (tokens, hidden): (its neuron activations (tokens, width), its output (tokens, hidden)).
 
-    The computation of transformers' fused experts for one expert, unweighted by the router.
+    The computation of transformers' fused experts for one expert, unweighted by the router. The gating
+    is the module's own `_apply_gate` (what transformers' expert kernels call): [gate; up] SwiGLU for most
+    families, the interleaved, clamped SwiGLU for gpt_oss.
     """
-    gate, up = F.linear(tokens, experts.gate_up_proj[expert]).chunk(2, dim=-1)
-    activation = experts.act_fn(gate) * up
-    return activation, F.linear(activation, experts.down_proj[expert])
+    def project(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        out = inputs @ weight if spec.experts_transposed else F.linear(inputs, weight)
+        return out if bias is None else out + bias
+
+    gate_up_bias = getattr(experts, "gate_up_proj_bias", None)
+    down_bias = getattr(experts, "down_proj_bias", None)
+    gate_up = project(tokens, experts.gate_up_proj[expert], None if gate_up_bias is None else gate_up_bias[expert])
+    activation = experts._apply_gate(gate_up)
+    return activation, project(activation, experts.down_proj[expert], None if down_bias is None else down_bias[expert])
 
 
 def _moe_layer_params(spec: MoeSpec, **llama_kwargs) -> dict[str, tuple[Axis, ...]]:
@@ -89,6 +128,10 @@ def _moe_layer_params(spec: MoeSpec, **llama_kwargs) -> dict[str, tuple[Axis, ..
         f"{spec.experts_path}.gate_up_proj": (EXPERT, EG, H),
         f"{spec.experts_path}.down_proj": (EXPERT, H, EM),
     }
+    if spec.experts_transposed:  # gpt_oss: (experts, in, out), with biases
+        experts = spec.experts_path
+        table |= {f"{experts}.gate_up_proj": (EXPERT, H, EG), f"{experts}.down_proj": (EXPERT, EM, H),
+                  f"{experts}.gate_up_proj_bias": (EXPERT, EG), f"{experts}.down_proj_bias": (EXPERT, H)}
     if spec.shared_expert is not None:
         shared = f"{spec.block}.{spec.shared_expert}"
         table |= {f"{shared}.gate_proj.weight": (SM, H), f"{shared}.up_proj.weight": (SM, H),
@@ -116,7 +159,16 @@ GRANITEMOE = _moe_adapter("granitemoe", MoeSpec(block="block_sparse_moe", router
                                                 expert_width_key="intermediate_size"),
                           logit_transform=scale_logits)
 
-MOE_ADAPTERS = {a.model_type: a for a in (QWEN3_MOE, QWEN2_MOE, MIXTRAL, OLMOE, GRANITEMOE)}
+# gpt_oss's clamped SwiGLU (swiglu_alpha, swiglu_limit) and its sinks' values are size-free.
+GPT_OSS = _moe_adapter("gpt_oss", MoeSpec(router="router", num_experts_key="num_local_experts",
+                                          expert_width_key="intermediate_size", experts_transposed=True,
+                                          gate_up_interleaved=True,
+                                          experts_call=("hidden_states", "router_indices", "routing_weights")),
+                       attention_bias=True, extra_params={"self_attn.sinks": (Axis.HEADS,)},
+                       notes="transposed experts with interleaved gate/up and biases; clamped SwiGLU; "
+                             "one attention sink per query head")
+
+MOE_ADAPTERS = {a.model_type: a for a in (QWEN3_MOE, QWEN2_MOE, MIXTRAL, OLMOE, GRANITEMOE, GPT_OSS)}
 
 
 def moe_spec(model_or_config) -> MoeSpec | None:
