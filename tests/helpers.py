@@ -22,11 +22,10 @@ def silence_neurons_(model, layer: int, neurons: list[int]) -> None:
         elif axes[0] is Axis.GATE_UP:
             param[index] = 0.0
             param[index + intermediate] = 0.0
-        elif axes[:2] == (Axis.EXPERT, Axis.EXPERT_GATE_UP):  # every routed expert: [gate; up] rows
-            width = param.shape[1] // 2
-            param[:, index] = 0.0
-            param[:, index + width] = 0.0
-        elif axes[:2] == (Axis.EXPERT, Axis.EXPERT_MLP):  # non-gated routed experts: up rows
+        elif Axis.EXPERT_GATE_UP in axes:  # every routed expert: its gate and up channels (and their biases)
+            dim = axes.index(Axis.EXPERT_GATE_UP)
+            param.index_fill_(dim, adapter.moe.gate_up_channels(index, param.shape[dim] // 2), 0.0)
+        elif axes[:2] == (Axis.EXPERT, Axis.EXPERT_MLP) and not adapter.moe.experts_transposed:  # non-gated: up rows
             param[:, index] = 0.0
 
 
@@ -50,9 +49,21 @@ def make_identity_layer_(model, layer: int) -> None:
     adapter = get_adapter(model)
     for name, param in model.named_parameters():
         param_layer, axes = adapter.axes_of(name)
-        writes_residual = bool(axes) and (axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN))  # routed experts: down
-        if param_layer == layer and writes_residual and ("proj" in name):
+        if param_layer == layer and writes_residual(axes, adapter.moe) and ("proj" in name):
             param.zero_()
+
+
+def writes_residual(axes, moe=None) -> bool:
+    """Whether a parameter's output axis is the residual stream: a dense weight or bias (hidden first), or a
+    routed expert's down projection and its bias. Routed experts store (experts, out, in), or (experts, in,
+    out) when transposed (gpt_oss): a non-gated up_proj (EXPERT, EXPERT_MLP, HIDDEN) reads the residual,
+    a transposed down_proj with the same axes writes it."""
+    if not axes:
+        return False
+    if axes[0] is not Axis.EXPERT:
+        return axes[0] is Axis.HIDDEN
+    output = axes[-1] if moe is not None and moe.experts_transposed else axes[min(1, len(axes) - 1)]
+    return output is Axis.HIDDEN
 
 
 def logits(model, input_ids: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from minitron.importance import estimate_importance, random_scores
 from minitron.importance.scores import ImportanceScores
 from minitron.params import count_parameters, count_parameters_from_config
 from minitron.prune import describe_pruning, prune
-from tests.helpers import logits
+from tests.helpers import logits, writes_residual
 from tests.tiny import MOE_FAMILIES, tiny_config, tiny_model
 
 CHANNEL = 0  # the residual channel the never-routed expert's router row reads
@@ -45,8 +45,7 @@ def never_route_experts_(model, experts: list[int]) -> None:
         layer, axes = adapter.axes_of(name)
         if layer is None or Axis.HIDDEN not in axes:
             continue
-        writes_residual = "proj" in name and (axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN))
-        if writes_residual:
+        if "proj" in name and writes_residual(axes, adapter.moe):
             param.select(axes.index(Axis.HIDDEN), CHANNEL).zero_()
         elif "norm" in name and axes == (Axis.HIDDEN,):
             param[CHANNEL] = 1.0
@@ -110,10 +109,12 @@ def test_each_kept_expert_keeps_its_own_best_neurons(batches):
                                    atol=0, rtol=0)
 
 
-def test_reap_is_the_router_weighted_expert_output_norm(batches):
+@pytest.mark.parametrize("moe_family", ["qwen2_moe", "gpt_oss", "nemotron_h_moe"])  # all three expert layouts
+def test_reap_is_the_router_weighted_expert_output_norm(batches, moe_family):
     """Reference: the real experts module run with each expert alone, on the routing it was given."""
-    model = tiny_model("qwen2_moe")
-    experts = get_adapter(model).moe.experts_module(get_adapter(model).layers(model)[0])
+    model = tiny_model(moe_family)
+    layer = sparse_layers(model)[0]  # NemotronH's first layer is a Mamba one
+    experts = get_adapter(model).moe.experts_module(get_adapter(model).layers(model)[layer])
     calls = []
     handle = experts.register_forward_pre_hook(lambda module, args: calls.append([a.detach() for a in args]))
     scores = estimate_importance(model, batches, progress=False)
@@ -129,12 +130,12 @@ def test_reap_is_the_router_weighted_expert_output_norm(batches):
                 output = experts(hidden[tokens], alone, one_hot)  # the expert's own output, unweighted
                 weighted[expert] += (weights[tokens, slots].double() * output.double().norm(dim=-1)).sum()
                 routed[expert] += tokens.numel()
-    torch.testing.assert_close(scores.experts["reap"][0].double(), weighted / routed.clamp_min(1), rtol=1e-4, atol=1e-6)
+    reap, weighted_output = (scores.experts[metric][layer].double() for metric in ("reap", "weighted_output"))
+    torch.testing.assert_close(reap, weighted / routed.clamp_min(1), rtol=1e-4, atol=1e-6)
     total_tokens = sum(call[0].shape[0] for call in calls)
-    torch.testing.assert_close(scores.experts["weighted_output"][0].double(), weighted / total_tokens, rtol=1e-4,
-                               atol=1e-6)
-    torch.testing.assert_close(scores.experts["frequency"][0].double(), routed / total_tokens, rtol=1e-6, atol=0)
-    assert scores.experts["frequency"][0].sum() == pytest.approx(model.config.num_experts_per_tok, rel=1e-5)
+    torch.testing.assert_close(weighted_output, weighted / total_tokens, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(scores.experts["frequency"][layer].double(), routed / total_tokens, rtol=1e-6, atol=0)
+    assert scores.experts["frequency"][layer].sum() == pytest.approx(model.config.num_experts_per_tok, rel=1e-5)
 
 
 def test_expert_metric_chooses_the_experts_kept(batches):
@@ -183,6 +184,9 @@ def test_random_baseline_prunes_experts(moe_model, batches):
     ("nemotron_h_moe", {"shared_expert_intermediate_size": 32, "moe_shared_expert_intermediate_size": 40},
      "name the same size"),
     ("mixtral", {"shared_expert_intermediate_size": 32}, "no shared expert"),
+    ("gpt_oss", {"moe_intermediate_size": 32}, "no such size"),
+    ("gpt_oss", {"intermediate_size": 36}, "multiple of 8"),
+    ("gpt_oss", {"num_experts": 4, "num_local_experts": 6}, "name the same size"),
 ])
 def test_impossible_moe_targets_are_refused_before_any_work(family, target, message):
     with pytest.raises(TargetError, match=message):
@@ -195,7 +199,10 @@ def test_total_and_active_parameters_from_config_equal_the_built_model(moe_model
     counted = count_parameters(moe_model)
     assert count_parameters_from_config(config) == counted
     experts, per_token = getattr(config, spec.num_experts_key), config.num_experts_per_tok
-    per_expert = (3 if spec.gated_experts else 2) * config.hidden_size * getattr(config, spec.expert_width_key)
+    width = getattr(config, spec.expert_width_key)
+    per_expert = (3 if spec.gated_experts else 2) * config.hidden_size * width  # NemotronH: up and down only
+    if config.model_type == "gpt_oss":  # biases on the gate_up and down projections
+        per_expert += 2 * width + config.hidden_size
     unused = len(sparse_layers(moe_model)) * (experts - per_token) * per_expert
     assert counted.active == counted.total - unused
 

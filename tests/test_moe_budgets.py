@@ -27,17 +27,18 @@ def exact(config, architecture):
     return count_parameters_from_config(pruned_config(config, resolve_target(config, architecture.as_dict())))
 
 
-def test_active_parameter_counts_extrapolated_over_depth_are_exact():
-    config = tiny_config("mixtral")
+@pytest.mark.parametrize("family", ["mixtral", "gpt_oss"])
+def test_active_parameter_counts_extrapolated_over_depth_are_exact(family):
+    config = tiny_config(family)
     candidates, _ = enumerate_candidates(config, SearchConfig(target_active_params=0.5, **GRID), ParamCounter(config))
     for candidate in candidates[::5]:
         assert candidate.params == exact(config, candidate.architecture)
         assert candidate.params.active < candidate.params.total  # 2 of 8 experts per token
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.7])
-def test_active_budget_is_never_exceeded(fraction):
-    config = tiny_config("mixtral")
+@pytest.mark.parametrize("family,fraction", [("mixtral", 0.5), ("mixtral", 0.7), ("gpt_oss", 0.5)])
+def test_active_budget_is_never_exceeded(family, fraction):
+    config = tiny_config(family)
     budget, kept, _ = plan(config, SearchConfig(target_active_params=fraction, max_candidates=4, **GRID))
     assert budget.metric == "active"
     assert budget.limit == pytest.approx(fraction * count_parameters_from_config(config).active)
@@ -60,9 +61,11 @@ def test_kv_cache_counts_every_attention_layer_and_caps_sliding_windows():
     assert kv_cache_bytes(llama, batch=3, context=100, bytes_per_value=2) == 4 * 2 * 2 * 8 * 3 * 100 * 2
     gemma = tiny_config("gemma3_text")  # 3 of 4 layers slide over 8 tokens
     assert kv_cache_bytes(gemma, batch=1, context=100, bytes_per_value=2) == 2 * 2 * 8 * (100 + 3 * 8) * 2
+    gpt_oss = tiny_config("gpt_oss")  # sliding (8 tokens) and full layers alternate
+    assert kv_cache_bytes(gpt_oss, batch=1, context=100, bytes_per_value=2) == 2 * 2 * 8 * (2 * 100 + 2 * 8) * 2
 
 
-@pytest.mark.parametrize("family", ["llama", "mixtral", "nemotron_h"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "nemotron_h", "gpt_oss"])
 def test_memory_budget_is_never_exceeded(family):
     config = tiny_config(family)
     settings = SearchConfig(target_memory=0.6, memory_batch=4, memory_context=512, max_candidates=4, **GRID)

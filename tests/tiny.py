@@ -20,7 +20,7 @@ MULTIMODAL = {
                                         num_position_embeddings=16, patch_size=4),
                      image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8),
 }
-MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "nemotron_h_moe"]
+MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "nemotron_h_moe", "gpt_oss"]
 FAMILIES += MOE_FAMILIES
 # Grid ids that are another configuration of a model_type (the grid is keyed by family id, not model_type).
 VARIANTS = {"nemotron_h_moe": "nemotron_h"}
@@ -79,6 +79,11 @@ _EXTRA = {
     "olmoe": dict(num_experts=8, num_experts_per_tok=2, norm_topk_prob=True),
     "granitemoe": dict(num_local_experts=8, num_experts_per_tok=2, embedding_multiplier=4.0, residual_multiplier=0.5,
                        attention_multiplier=0.2, logits_scaling=2.0),
+    # Sliding (8 tokens) and full layers alternate; YaRN stretching 32 original positions to the 128. At the
+    # default init (std 0.02) a few experts take most tokens; wider weights route the tiny batches varied.
+    "gpt_oss": dict(num_local_experts=8, num_experts_per_tok=2, sliding_window=8, initializer_range=0.08,
+                    rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0,
+                                         beta_slow=1.0, truncate=False, original_max_position_embeddings=32)),
 }
 
 
@@ -100,12 +105,16 @@ def tiny_model(family: str, **overrides):
 
 
 def _randomize_norms_(model) -> None:
-    """Norm weights (and Mamba's per-head D, a router's expert correction bias) start at 1 or 0; make them
-    random so slicing errors show up. The bias stays small, like the router's scores' spread."""
+    """Norm weights (and Mamba's per-head D, gpt_oss's attention sinks) start at 1, 0 or near 0, a router's
+    expert correction bias and gpt_oss's expert biases at 0; make them random so slicing errors show up. The
+    biases stay small, like the router's scores' spread and the weights' scale: larger, they would add the
+    same vector to every token and route all tokens alike."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("mixer.D"):
+            if "norm" in name or name.endswith(("mixer.D", "sinks")):
                 param.add_(torch.randn_like(param) * 0.3)
+            elif name.endswith("proj_bias"):
+                param.normal_(std=0.02)
         for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 buffer.add_(torch.randn_like(buffer) * 0.02)

@@ -31,6 +31,7 @@ class Axis(str, Enum):
     MLP = "mlp"  # MLP intermediate neurons of one layer
     Q = "q"  # query heads x head_dim of one layer
     KV = "kv"  # key/value heads x head_dim of one layer
+    HEADS = "heads"  # one entry per query head of one layer (gpt_oss attention sinks)
     QKV = "qkv"  # a fused [q; k; v] projection (phi3)
     GATE_UP = "gate_up"  # a fused [gate; up] projection (phi3)
     KEEP = "keep"  # never pruned (vocabulary, head_dim of q/k norms)

@@ -1,10 +1,11 @@
 """Mixture-of-experts families: where the router and the fused experts live, and what their config calls things.
 
 transformers 5 stores the routed experts of a layer as two fused 3-D parameters, `experts.gate_up_proj`
-(experts, 2 x width, hidden) holding [gate; up] halves, and `experts.down_proj` (experts, hidden, width),
-and routes with a linear router (experts, hidden). The router returns the top-k expert indices and their
-weights; the experts module is called as `experts(hidden (tokens, hidden), top_k_index, top_k_weights)`,
-which is where importance estimation reads the routing (`minitron/importance/moe.py`).
+(experts, 2 x width, hidden) holding [gate; up] halves, and `experts.down_proj` (experts, hidden, width)
+(gpt_oss lays them out otherwise, below), and routes with a linear router (experts, hidden). The router
+returns the top-k expert indices and their weights, both (tokens, k); the experts module is called as
+`experts(hidden (tokens, hidden), top_k_index, top_k_weights)`, which is where importance estimation
+reads the routing (`minitron/importance/moe.py`).
 
 Families (their config names differ):
 - qwen3_moe, qwen2_moe: `num_experts`, `moe_intermediate_size`; dense layers (`mlp_only_layers`,
@@ -17,8 +18,10 @@ Families (their config names differ):
   (experts, width, hidden)), an always-active non-gated shared expert, and a DeepSeek-V3-style router:
   sigmoid scores plus a per-expert `e_score_correction_bias` choose the experts, within the `topk_group`
   best of `n_group` contiguous groups of experts.
-Not covered: gpt_oss (experts stored (experts, in, out) with interleaved gate/up, biases and a clamped
-activation; per-head attention sinks).
+- gpt_oss: experts stored transposed, (experts, in, out), with gate and up channels interleaved
+  ([g0, u0, g1, u1, ...]) and a bias on both projections; a clamped SwiGLU (`swiglu_alpha`,
+  `swiglu_limit`, size-free); a `router` with a bias; attention with biases and one learned sink logit
+  per query head (`self_attn.sinks`, sliced with the heads); alternating sliding / full `layer_types`.
 """
 from __future__ import annotations
 
@@ -61,6 +64,13 @@ class MoeSpec:
     """Config name of how many groups each token's experts may come from (`topk_group`)."""
     has_experts: Callable[[object], bool] | None = None
     """Given a config, whether it has sparse layers at all (None: always; NemotronH only with 'moe' layers)."""
+    experts_transposed: bool = False
+    """Fused expert tensors are (experts, in, out) (gpt_oss), not (experts, out, in)."""
+    gate_up_interleaved: bool = False
+    """gate_up channels alternate [g0, u0, g1, u1, ...] (gpt_oss), not [gate; up] halves."""
+    experts_call: tuple[str, str, str] = ("hidden_states", "top_k_index", "top_k_weights")
+    """Names of the experts module's arguments: tokens (tokens, hidden), expert indices and router weights
+    (tokens, k), for a hook that receives them as keywords."""
 
     @property
     def router_path(self) -> str:
@@ -91,33 +101,64 @@ class MoeSpec:
             return 1, 1
         return int(getattr(config, self.routing_groups_key) or 1), int(getattr(config, self.topk_group_key) or 1)
 
+    def gate_up_channels(self, neurons: torch.Tensor, width: int) -> torch.Tensor:
+        """The gate_up channels of these expert neurons (..., n) -> (..., 2n), in storage order: sorted
+        neurons give sorted channels, so a kept subset keeps the layout."""
+        if self.gate_up_interleaved:
+            return torch.stack([2 * neurons, 2 * neurons + 1], dim=-1).flatten(-2)
+        return torch.cat([neurons, width + neurons], dim=-1)
 
-def expert_forward(experts: nn.Module, expert: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def expert_matrices(self, experts: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(gate (experts, width, hidden), up (same), down (experts, hidden, width)), whatever the storage;
+        gate is None for non-gated experts (NemotronH's plain `up_proj`)."""
+        if not self.gated_experts:
+            return None, experts.up_proj, experts.down_proj
+        gate_up, down = experts.gate_up_proj, experts.down_proj
+        if self.experts_transposed:
+            gate_up, down = gate_up.transpose(1, 2), down.transpose(1, 2)
+        if self.gate_up_interleaved:
+            return gate_up[:, 0::2], gate_up[:, 1::2], down
+        gate, up = gate_up.chunk(2, dim=1)
+        return gate, up, down
+
+    def expert_width(self, experts: nn.Module) -> int:
+        return self.expert_matrices(experts)[2].shape[-1]
+
+
+def expert_forward(spec: MoeSpec, experts: nn.Module, expert: int,
+                   tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One routed expert on (tokens, hidden): (its neuron activations (tokens, width), its output (tokens, hidden)).
 
-    The computation of transformers' fused experts for one expert, unweighted by the router.
+    The computation of transformers' fused experts for one expert, unweighted by the router. The gating
+    is the module's own `_apply_gate` (what transformers' expert kernels call): [gate; up] SwiGLU for most
+    families, the interleaved, clamped SwiGLU for gpt_oss; non-gated experts (NemotronH) compute act(up x).
     """
-    if hasattr(experts, "gate_up_proj"):
-        gate, up = F.linear(tokens, experts.gate_up_proj[expert]).chunk(2, dim=-1)
-        activation = experts.act_fn(gate) * up
-    else:  # non-gated experts (NemotronH): act(up x)
-        activation = experts.act_fn(F.linear(tokens, experts.up_proj[expert]))
-    return activation, F.linear(activation, experts.down_proj[expert])
+    def project(inputs: torch.Tensor, weight: torch.Tensor, bias_name: str) -> torch.Tensor:
+        out = inputs @ weight if spec.experts_transposed else F.linear(inputs, weight)
+        bias = getattr(experts, bias_name, None)
+        return out if bias is None else out + bias[expert]
 
-
-def expert_input_weights(experts: nn.Module) -> torch.Tensor:
-    """The fused input projection of the routed experts: (experts, [gate; up] or up, hidden)."""
-    return experts.gate_up_proj if hasattr(experts, "gate_up_proj") else experts.up_proj
+    if spec.gated_experts:
+        activation = experts._apply_gate(project(tokens, experts.gate_up_proj[expert], "gate_up_proj_bias"))
+    else:
+        activation = experts.act_fn(project(tokens, experts.up_proj[expert], "up_proj_bias"))
+    return activation, project(activation, experts.down_proj[expert], "down_proj_bias")
 
 
 def moe_block_params(spec: MoeSpec) -> dict[str, tuple[Axis, ...]]:
     """The sparse block's table: router (rows and any bias, DeepSeek-style correction bias included),
-    routed experts, and the shared expert if the family has one."""
+    routed experts in their storage (fused [gate; up], transposed and interleaved with biases, or a plain
+    up_proj), and the shared expert if the family has one."""
     router, experts = spec.router_path, spec.experts_path
     table = {f"{router}.weight": (EXPERT, H), f"{router}.bias": (EXPERT,),
-             f"{router}.e_score_correction_bias": (EXPERT,), f"{experts}.down_proj": (EXPERT, H, EM)}
-    table[f"{experts}.gate_up_proj" if spec.gated_experts else f"{experts}.up_proj"] = \
-        (EXPERT, EG if spec.gated_experts else EM, H)
+             f"{router}.e_score_correction_bias": (EXPERT,)}
+    if spec.experts_transposed:  # gpt_oss: (experts, in, out), with biases
+        table |= {f"{experts}.gate_up_proj": (EXPERT, H, EG), f"{experts}.down_proj": (EXPERT, EM, H),
+                  f"{experts}.gate_up_proj_bias": (EXPERT, EG), f"{experts}.down_proj_bias": (EXPERT, H)}
+    elif spec.gated_experts:
+        table |= {f"{experts}.gate_up_proj": (EXPERT, EG, H), f"{experts}.down_proj": (EXPERT, H, EM)}
+    else:  # NemotronH: non-gated experts
+        table |= {f"{experts}.up_proj": (EXPERT, EM, H), f"{experts}.down_proj": (EXPERT, H, EM)}
     if spec.shared_expert is not None:
         shared = f"{spec.block}.{spec.shared_expert}"
         table |= {f"{shared}.up_proj.weight": (SM, H), f"{shared}.down_proj.weight": (H, SM),
@@ -153,7 +194,16 @@ GRANITEMOE = _moe_adapter("granitemoe", MoeSpec(block="block_sparse_moe", router
                                                 expert_width_key="intermediate_size"),
                           logit_transform=scale_logits)
 
-MOE_ADAPTERS = {a.model_type: a for a in (QWEN3_MOE, QWEN2_MOE, MIXTRAL, OLMOE, GRANITEMOE)}
+# gpt_oss's clamped SwiGLU (swiglu_alpha, swiglu_limit) and its sinks' values are size-free.
+GPT_OSS = _moe_adapter("gpt_oss", MoeSpec(router="router", num_experts_key="num_local_experts",
+                                          expert_width_key="intermediate_size", experts_transposed=True,
+                                          gate_up_interleaved=True,
+                                          experts_call=("hidden_states", "router_indices", "routing_weights")),
+                       attention_bias=True, extra_params={"self_attn.sinks": (Axis.HEADS,)},
+                       notes="transposed experts with interleaved gate/up and biases; clamped SwiGLU; "
+                             "one attention sink per query head")
+
+MOE_ADAPTERS = {a.model_type: a for a in (QWEN3_MOE, QWEN2_MOE, MIXTRAL, OLMOE, GRANITEMOE, GPT_OSS)}
 
 
 def moe_spec(model_or_config) -> MoeSpec | None:

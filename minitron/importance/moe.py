@@ -1,9 +1,10 @@
 """Expert importance for mixture-of-experts layers, read from the routing itself.
 
 A forward pre-hook on each layer's fused experts module receives what the router decided:
-`(hidden (tokens, hidden), top_k_index (tokens, k), top_k_weights (tokens, k))`. For every expert the
-hook recomputes its output on the tokens routed to it (transformers fuses all experts in one call, so
-no per-expert module exists to hook) and accumulates:
+`(hidden (tokens, hidden), top_k_index (tokens, k), top_k_weights (tokens, k))` (gpt_oss names them
+`router_indices` and `routing_weights`: its softmax over the top-k logits, also (tokens, k)). For every
+expert the hook recomputes its output on the tokens routed to it (transformers fuses all experts in one
+call, so no per-expert module exists to hook) and accumulates:
 - reap: the router-weighted output norm, mean over the tokens routed to the expert of
   gate_weight x ||expert(x)|| (REAP, arXiv 2510.13999; NVIDIA Model Optimizer's Minitron scores experts
   by the same router-weighted output); an expert never routed scores 0;
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from ..arch.base import ArchAdapter, Axis
-from ..arch.moe import MoeSpec, expert_forward, expert_input_weights, moe_spec
+from ..arch.moe import MoeSpec, expert_forward, moe_spec
 
 
 class ExpertCollector:
@@ -40,7 +41,7 @@ class ExpertCollector:
             experts = self.spec.experts_module(layer)
             if experts is None:
                 continue
-            num_experts, width = experts.down_proj.shape[0], experts.down_proj.shape[-1]
+            num_experts, width = experts.down_proj.shape[0], self.spec.expert_width(experts)
             self.weighted_norm[index] = torch.zeros(num_experts, dtype=torch.float64)
             self.routed[index] = torch.zeros(num_experts, dtype=torch.float64)
             self.neuron_sum[index] = torch.zeros(num_experts, width, dtype=torch.float64)
@@ -56,7 +57,7 @@ class ExpertCollector:
 
     def _experts_hook(self, index: int):
         def hook(module, args, kwargs):
-            values = list(args) + [kwargs[k] for k in ("hidden_states", "top_k_index", "top_k_weights") if k in kwargs]
+            values = list(args) + [kwargs[k] for k in self.spec.experts_call if k in kwargs]
             self._record_experts(index, module, *values[:3])
         return hook
 
@@ -68,7 +69,7 @@ class ExpertCollector:
             routed = torch.where(self._token_mask.to(routed.device)[:, None], routed, -1)
         for expert in routed[routed >= 0].unique().tolist():
             token_ids, slots = torch.where(routed == expert)
-            activation, output = expert_forward(experts, expert, hidden[token_ids])
+            activation, output = expert_forward(self.spec, experts, expert, hidden[token_ids])
             weights = top_k_weights[token_ids, slots].double()
             self.weighted_norm[index][expert] += float((weights * output.double().norm(dim=-1)).sum())
             self.routed[index][expert] += token_ids.numel()
@@ -135,14 +136,15 @@ def moe_baseline_fields(model: nn.Module, adapter: ArchAdapter, criterion: str, 
         module = adapter.moe.experts_module(layer)
         if module is None:
             continue
-        inputs, down = expert_input_weights(module).double(), module.down_proj.double()
+        gate, up, down = (None if m is None else m.double() for m in adapter.moe.expert_matrices(module))
         num_experts, width = down.shape[0], down.shape[-1]
         if criterion == "random":
             experts[index] = torch.rand(num_experts, generator=generator)
             neurons[index] = torch.rand(num_experts, width, generator=generator)
         else:
-            squares = inputs.pow(2).sum(dim=-1)  # (experts, [gate; up] halves or up: 2 x width or width)
-            per_neuron = squares.view(num_experts, -1, width).sum(dim=1) + down.pow(2).sum(dim=1)
+            per_neuron = up.pow(2).sum(dim=-1) + down.pow(2).sum(dim=1)  # (experts, width)
+            if gate is not None:  # non-gated experts (NemotronH) have up and down only
+                per_neuron += gate.pow(2).sum(dim=-1)
             neurons[index] = per_neuron.sqrt().float()
             experts[index] = per_neuron.sum(dim=1).sqrt().float()
         if adapter.moe.shared_down_proj is not None:

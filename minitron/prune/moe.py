@@ -191,10 +191,9 @@ def moe_axis_index(axis, layer: int, plan, config) -> torch.Tensor:
             return plan.experts[layer]
         if axis is Axis.EXPERT_MLP:
             return plan.expert_neurons[layer]
-        if axis is Axis.EXPERT_GATE_UP:
-            neurons = plan.expert_neurons[layer]
-            source_width = getattr(config, moe_spec(config).expert_width_key)  # [gate; up] halves
-            return torch.cat([neurons, source_width + neurons], dim=1)
+        if axis is Axis.EXPERT_GATE_UP:  # each kept neuron's gate and up channels
+            spec = moe_spec(config)
+            return spec.gate_up_channels(plan.expert_neurons[layer], getattr(config, spec.expert_width_key))
         return plan.shared_neurons[layer]
     except KeyError:
         raise ScoresError(f"the importance scores hold no expert scores for layer {layer}; recompute them with "

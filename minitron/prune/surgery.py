@@ -47,6 +47,8 @@ def axis_index(axis: Axis, layer: int | None, plan: KeepPlan, config,
         return head_channels(plan.q_heads[layer], head_dim)
     if axis is Axis.KV:
         return head_channels(plan.kv_heads[layer], head_dim)
+    if axis is Axis.HEADS:
+        return plan.q_heads[layer]
     if axis is Axis.QKV:
         q_size = config.num_attention_heads * head_dim
         kv = head_channels(plan.kv_heads[layer], head_dim)

@@ -1,10 +1,10 @@
 """The search grid's axes beyond the five dense sizes, read from the family's adapter, and their default steps.
 
-- Mixture of experts (`adapter.moe`): routed experts (`num_experts`, the family's own name for it is
-  mapped by `minitron prune`), the expert width when the family keeps it apart from the dense MLP
-  (`moe_intermediate_size`; Mixtral, OLMoE and GraniteMoE call it `intermediate_size`, which the
-  dense MLP axis already varies), and the shared-expert width (`shared_expert_intermediate_size`, only
-  searched when `--shared-expert-step` is given).
+- Mixture of experts (`moe_spec`, when the config has sparse layers): routed experts (`num_experts`, the
+  family's own name for it is mapped by `minitron prune`), the expert width when the family keeps it
+  apart from the dense MLP (`moe_intermediate_size`; Mixtral, OLMoE and GraniteMoE call it
+  `intermediate_size`, which the dense MLP axis already varies), and the shared-expert width
+  (`shared_expert_intermediate_size`, only searched when `--shared-expert-step` is given).
 - Hybrid Mamba stacks (`adapter.mamba`): Mamba-2 heads per layer (`mamba_num_heads`), in steps of the
   group count (heads are pruned evenly within groups); the head dim is kept.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..arch import get_adapter
 from ..arch.base import text_config
+from ..arch.moe import moe_spec
 from ..errors import SettingsError
 from ..prune.moe import GROUPED_MM_MULTIPLE
 from ..prune.target import TARGET_KEYS
@@ -32,7 +33,7 @@ def optional_sizes(config) -> dict[str, int]:
     """The source's sizes on the optional axes its family has ({} for a dense transformer)."""
     adapter, text = get_adapter(config), text_config(config)
     sizes = {}
-    spec = adapter.moe
+    spec = moe_spec(config)  # None for a family's configs without sparse layers (a dense NemotronH)
     if spec is not None:
         sizes["num_experts"] = int(getattr(text, spec.num_experts_key))
         for key in spec.width_keys():
@@ -50,13 +51,13 @@ def aligned_step(source: int, parts: int, multiple: int) -> int:
 
 def grouped_mm_multiple(config) -> int:
     """Widths routed experts compute with must stay multiples of 8 (grouped_mm); 1 for dense families."""
-    return GROUPED_MM_MULTIPLE if get_adapter(config).moe is not None else 1
+    return GROUPED_MM_MULTIPLE if moe_spec(config) is not None else 1
 
 
 def dense_steps(config, search) -> dict[str, int]:
     """Steps of the dense width axes: an eighth of the source (a multiple of 8 where experts compute with it)."""
     text, multiple = text_config(config), grouped_mm_multiple(config)
-    spec = get_adapter(config).moe
+    spec = moe_spec(config)
     mlp_multiple = multiple if spec is not None and spec.expert_width_key == "intermediate_size" else 1
     return {"hidden_size": search.hidden_step or aligned_step(text.hidden_size, 8, multiple),
             "intermediate_size": search.mlp_step or aligned_step(text.intermediate_size, 8, mlp_multiple)}
