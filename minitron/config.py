@@ -160,7 +160,8 @@ class TargetConfig:
     moe_intermediate_size: int | None = _help("FFN neurons to keep in every routed expert (Qwen-MoE's name; "
                                               "for Mixtral, OLMoE, GraniteMoE it is --intermediate-size).",
                                               default=None)
-    shared_expert_intermediate_size: int | None = _help("FFN neurons to keep in the shared expert (qwen2_moe).",
+    shared_expert_intermediate_size: int | None = _help("FFN neurons to keep in the shared expert (qwen2_moe; "
+                                                        "granitemoehybrid's shared_intermediate_size).",
                                                         default=None)
     num_experts_per_tok: int | None = _help("Experts each token is routed to (kept unless given).", default=None)
 

@@ -21,6 +21,9 @@ def silence_neurons_(model, layer: int, neurons: list[int]) -> None:
         elif axes[0] is Axis.GATE_UP:
             param[index] = 0.0
             param[index + intermediate] = 0.0
+        elif axes[0] is Axis.SHARED_GATE_UP:  # a fused shared expert (granitemoehybrid): [gate; up] rows
+            param[index] = 0.0
+            param[index + param.shape[0] // 2] = 0.0
         elif axes[:2] == (Axis.EXPERT, Axis.EXPERT_GATE_UP):  # every routed expert: [gate; up] rows
             width = param.shape[1] // 2
             param[:, index] = 0.0
@@ -41,14 +44,20 @@ def neuron_width_target(model, removed: int) -> dict:
     return {key: getattr(text_config(model.config), key) - removed for key in keys}
 
 
+def writes_residual(name: str, axes: tuple) -> bool:
+    """Whether a layer parameter is (part of) a projection writing into the residual stream: its output
+    axis is the hidden one (routed experts: (experts, hidden, width)), and it is not a norm's weight."""
+    output_hidden = bool(axes) and (axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN))
+    return output_hidden and "norm" not in name
+
+
 @torch.no_grad()
 def make_identity_layer_(model, layer: int) -> None:
     """Zero every projection that writes into the residual stream: the layer returns its input."""
     adapter = get_adapter(model)
     for name, param in model.named_parameters():
         param_layer, axes = adapter.axes_of(name)
-        writes_residual = bool(axes) and (axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN))  # routed experts: down
-        if param_layer == layer and writes_residual and ("proj" in name):
+        if param_layer == layer and writes_residual(name, axes):
             param.zero_()
 
 

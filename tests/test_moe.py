@@ -13,7 +13,7 @@ from minitron.importance import estimate_importance, random_scores
 from minitron.importance.scores import ImportanceScores
 from minitron.params import count_parameters, count_parameters_from_config
 from minitron.prune import describe_pruning, prune
-from tests.helpers import logits
+from tests.helpers import logits, writes_residual
 from tests.tiny import MOE_FAMILIES, tiny_config, tiny_model
 
 CHANNEL = 0  # the residual channel the never-routed expert's router row reads
@@ -44,8 +44,7 @@ def never_route_expert_(model, expert: int) -> None:
         layer, axes = adapter.axes_of(name)
         if layer is None or Axis.HIDDEN not in axes:
             continue
-        writes_residual = "proj" in name and (axes[0] is Axis.HIDDEN or axes[:2] == (Axis.EXPERT, Axis.HIDDEN))
-        if writes_residual:
+        if writes_residual(name, axes):
             param.select(axes.index(Axis.HIDDEN), CHANNEL).zero_()
         elif "norm" in name and axes == (Axis.HIDDEN,):
             param[CHANNEL] = 1.0

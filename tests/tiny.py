@@ -20,8 +20,9 @@ MULTIMODAL = {
                                         num_position_embeddings=16, patch_size=4),
                      image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8),
 }
-MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe"]
+MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "granitemoehybrid"]
 FAMILIES += MOE_FAMILIES
+HYBRID_FAMILIES = ["nemotron_h", "granitemoehybrid"]  # Mamba-2 layers among attention (tests/test_hybrid.py)
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -70,6 +71,15 @@ _EXTRA = {
     "olmoe": dict(num_experts=8, num_experts_per_tok=2, norm_topk_prob=True),
     "granitemoe": dict(num_local_experts=8, num_experts_per_tok=2, embedding_multiplier=4.0, residual_multiplier=0.5,
                        attention_multiplier=0.2, logits_scaling=2.0),
+    # Granite 4.0-H: Mamba-2 and attention alternating (layer 1 is attention, as for nemotron_h; two attention
+    # layers, because transformers cannot generate with the cache of a stack left without any); every layer has
+    # 8 experts and a shared MLP. Mamba width 8 x 12 = 96 = mamba_expand 2 x 48, and still a multiple (3 x) of
+    # the grid's hidden_size 32. Two groups of four heads, chunks of 8 as for nemotron_h; RoPE switched on.
+    "granitemoehybrid": dict(layer_types=["mamba", "attention", "mamba", "attention"], mamba_n_heads=8, mamba_d_head=12,
+                             mamba_n_groups=2, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=8,
+                             num_local_experts=8, num_experts_per_tok=2, shared_intermediate_size=64,
+                             position_embedding_type="rope", embedding_multiplier=4.0, residual_multiplier=0.5,
+                             attention_multiplier=0.2, logits_scaling=2.0),
 }
 
 
@@ -94,7 +104,7 @@ def _randomize_norms_(model) -> None:
     """Norm weights (and Mamba's per-head D) start at 1 or 0; make them random so slicing errors show up."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("mixer.D"):
+            if "norm" in name or name.endswith(".D"):  # Mamba's D: nemotron_h's mixer.D, granite's mamba.D
                 param.add_(torch.randn_like(param) * 0.3)
 
 

@@ -11,7 +11,7 @@ no per-expert module exists to hook) and accumulates:
   all tokens, i.e. the expert's expected contribution per token (reap x frequency);
 - frequency: the share of tokens routed to the expert (the usual baseline);
 - expert neurons: mean |activation| at the expert's down-projection input, over its routed tokens only;
-- shared-expert neurons (qwen2_moe): mean |activation| at the shared down-projection input, over all tokens.
+- shared-expert neurons (qwen2_moe, granitemoehybrid): mean |activation| at the shared down-projection input, over all tokens.
 Padding tokens (attention mask 0) are left out everywhere.
 """
 from __future__ import annotations
@@ -38,15 +38,14 @@ class ExpertCollector:
         self.tokens = 0
         for index, layer in enumerate(adapter.layers(model)):
             experts = self.spec.experts_module(layer)
-            if experts is None:
-                continue
-            num_experts, width = experts.down_proj.shape[0], experts.down_proj.shape[-1]
-            self.weighted_norm[index] = torch.zeros(num_experts, dtype=torch.float64)
-            self.routed[index] = torch.zeros(num_experts, dtype=torch.float64)
-            self.neuron_sum[index] = torch.zeros(num_experts, width, dtype=torch.float64)
-            self._handles.append(experts.register_forward_pre_hook(self._experts_hook(index), with_kwargs=True))
-            if self.spec.shared_down_proj is not None:
-                down = layer.get_submodule(self.spec.shared_down_proj)
+            if experts is not None:
+                num_experts, width = experts.down_proj.shape[0], experts.down_proj.shape[-1]
+                self.weighted_norm[index] = torch.zeros(num_experts, dtype=torch.float64)
+                self.routed[index] = torch.zeros(num_experts, dtype=torch.float64)
+                self.neuron_sum[index] = torch.zeros(num_experts, width, dtype=torch.float64)
+                self._handles.append(experts.register_forward_pre_hook(self._experts_hook(index), with_kwargs=True))
+            down = self.spec.shared_down_module(layer)  # granitemoehybrid without experts: the shared MLP alone
+            if down is not None:
                 self.shared_sum[index] = torch.zeros(down.in_features, dtype=torch.float64)
                 self._handles.append(down.register_forward_pre_hook(self._shared_hook(index)))
 
@@ -133,32 +132,35 @@ def moe_baseline_fields(model: nn.Module, adapter: ArchAdapter, criterion: str, 
     experts, neurons, shared = {}, {}, {}
     for index, layer in enumerate(adapter.layers(model)):
         module = adapter.moe.experts_module(layer)
-        if module is None:
-            continue
-        gate_up, down = module.gate_up_proj.double(), module.down_proj.double()
-        num_experts, width = down.shape[0], down.shape[-1]
-        if criterion == "random":
-            experts[index] = torch.rand(num_experts, generator=generator)
-            neurons[index] = torch.rand(num_experts, width, generator=generator)
-        else:
-            squares = gate_up.pow(2).sum(dim=-1)  # (experts, 2 x width)
-            per_neuron = squares[:, :width] + squares[:, width:] + down.pow(2).sum(dim=1)
-            neurons[index] = per_neuron.sqrt().float()
-            experts[index] = per_neuron.sum(dim=1).sqrt().float()
-        if adapter.moe.shared_down_proj is not None:
+        if module is not None:
+            experts[index], neurons[index] = _expert_baseline(module, criterion, generator)
+        if adapter.moe.shared_down_module(layer) is not None:
             shared[index] = _shared_scores(model, adapter, index, criterion, generator)
     return {"experts": {metric: experts for metric in ("reap", "weighted_output", "frequency", "random")},
             "expert_neurons": neurons, "shared_neurons": shared}
 
 
+def _expert_baseline(module: nn.Module, criterion: str, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(expert scores (experts,), neuron scores (experts, width)) of one layer's fused experts."""
+    gate_up, down = module.gate_up_proj.double(), module.down_proj.double()
+    num_experts, width = down.shape[0], down.shape[-1]
+    if criterion == "random":
+        return torch.rand(num_experts, generator=generator), torch.rand(num_experts, width, generator=generator)
+    squares = gate_up.pow(2).sum(dim=-1)  # (experts, 2 x width)
+    per_neuron = squares[:, :width] + squares[:, width:] + down.pow(2).sum(dim=1)
+    return per_neuron.sum(dim=1).sqrt().float(), per_neuron.sqrt().float()
+
+
 def _shared_scores(model, adapter: ArchAdapter, layer: int, criterion: str, generator) -> torch.Tensor:
     prefix = adapter.layer_prefix(layer)
-    width = adapter.layers(model)[layer].get_submodule(adapter.moe.shared_down_proj).in_features
+    width = adapter.moe.shared_down_module(adapter.layers(model)[layer]).in_features
     if criterion == "random":
         return torch.rand(width, generator=generator)
     total = torch.zeros(width, dtype=torch.float64)
     for name, param in model.named_parameters():
-        if name.startswith(prefix) and Axis.SHARED_MLP in adapter.axes_of(name)[1]:
-            dim = adapter.axes_of(name)[1].index(Axis.SHARED_MLP)
-            total += param.double().pow(2).sum(dim=1 - dim)
+        axes = adapter.axes_of(name)[1] if name.startswith(prefix) else ()
+        for dim, axis in enumerate(axes):
+            if axis in (Axis.SHARED_MLP, Axis.SHARED_GATE_UP):  # 2-D weights: sum over the other dim
+                per_row = param.double().pow(2).sum(dim=1 - dim)
+                total += per_row if axis is Axis.SHARED_MLP else per_row[:width] + per_row[width:]
     return total.sqrt().float()

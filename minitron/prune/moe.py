@@ -5,7 +5,8 @@ Axes (config names are the family's, see minitron/arch/moe.py):
   metric, with their router rows (and biases);
 - the expert FFN width (`moe_intermediate_size`, or `intermediate_size` where that is the expert width):
   the config has one size, so every kept expert keeps the same number of neurons, each its own best;
-- the shared-expert width (`shared_expert_intermediate_size`, qwen2_moe);
+- the shared-expert width (`shared_expert_intermediate_size`: qwen2_moe's name, also accepted for
+  granitemoehybrid's `shared_intermediate_size`, as `num_experts` is for `num_local_experts`);
 - `num_experts_per_tok` is kept unless a target lowers it.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from ..arch.moe import MoeSpec, moe_spec
 from ..errors import ScoresError, TargetError
 
 # Target names accepted on top of the dense ones; `num_experts` means the family's own name for it.
-MOE_TARGET_KEYS = ("num_experts", "num_local_experts", "moe_intermediate_size", "shared_expert_intermediate_size",
+SHARED_WIDTH_NAMES = ("shared_expert_intermediate_size", "shared_intermediate_size")
+MOE_TARGET_KEYS = ("num_experts", "num_local_experts", "moe_intermediate_size", *SHARED_WIDTH_NAMES,
                    "num_experts_per_tok")
 EXPERT_METRICS = ("reap", "weighted_output", "frequency", "random")
 # transformers runs routed experts through torch's grouped_mm, whose rows must be 16-byte aligned: 8 bf16
@@ -65,24 +67,42 @@ def resolve_moe_sizes(config, target: Mapping, sizes: dict, check_size) -> MoeSi
     per_token = source.num_experts_per_tok
     if target.get("num_experts_per_tok") is not None:
         per_token = check_size("num_experts_per_tok", target["num_experts_per_tok"], per_token)
-    if per_token > num_experts:
+    if per_token > num_experts and source.num_experts:  # no routed experts at all (Granite-4.0-H-Micro): nothing routes
         raise TargetError(f"num_experts={num_experts} is fewer than the {per_token} experts every token is routed "
                           f"to (num_experts_per_tok); keep at least {per_token} experts or lower num_experts_per_tok")
     widths = {}
+    requested_widths = {spec.expert_width_key: sizes.get(spec.expert_width_key, target.get(spec.expert_width_key))}
+    if spec.shared_width_key:
+        requested_widths[spec.shared_width_key] = _shared_width_target(target)
     for key, source_value in ((spec.expert_width_key, source.expert_width), (spec.shared_width_key, source.shared_width)):
         if key is None:
             continue
-        value = sizes.get(key, target.get(key))
+        value = requested_widths[key]
         widths[key] = source_value if value is None else check_size(key, value, source_value)
-    for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):
-        if target.get(key) is not None and key not in widths:
-            raise TargetError(f"{key}: {config.model_type} has no such size; its expert width is "
-                              f"{spec.expert_width_key}")
+    _refuse_absent_widths(config, spec, target)
     _check_attention_width(config, spec, sizes)
-    _check_grouped_mm_widths(config, {"hidden_size": sizes["hidden_size"],
-                                      spec.expert_width_key: widths[spec.expert_width_key]})
+    if source.num_experts:  # without routed experts nothing runs through grouped_mm
+        _check_grouped_mm_widths(config, {"hidden_size": sizes["hidden_size"],
+                                          spec.expert_width_key: widths[spec.expert_width_key]})
     return MoeSizes(num_experts, per_token, widths[spec.expert_width_key],
                     widths.get(spec.shared_width_key) if spec.shared_width_key else None)
+
+
+def _shared_width_target(target: Mapping) -> int | None:
+    given = {target[key] for key in SHARED_WIDTH_NAMES if target.get(key) is not None}
+    if len(given) > 1:
+        raise TargetError(f"{' and '.join(SHARED_WIDTH_NAMES)} name the same size; give one of them")
+    return next(iter(given), None)
+
+
+def _refuse_absent_widths(config, spec: MoeSpec, target: Mapping) -> None:
+    if target.get("moe_intermediate_size") is not None and spec.expert_width_key != "moe_intermediate_size":
+        raise TargetError(f"moe_intermediate_size: {config.model_type} has no such size; its expert width is "
+                          f"{spec.expert_width_key}")
+    shared = [key for key in SHARED_WIDTH_NAMES if target.get(key) is not None]
+    if shared and spec.shared_width_key is None:
+        raise TargetError(f"{shared[0]}: {config.model_type} has no such size (no shared expert); its expert width "
+                          f"is {spec.expert_width_key}")
 
 
 def _check_attention_width(config, spec: MoeSpec, sizes: dict) -> None:
@@ -145,7 +165,10 @@ def moe_axis_index(axis, layer: int, plan, config) -> torch.Tensor:
             neurons = plan.expert_neurons[layer]
             source_width = getattr(config, moe_spec(config).expert_width_key)  # [gate; up] halves
             return torch.cat([neurons, source_width + neurons], dim=1)
-        return plan.shared_neurons[layer]
+        neurons = plan.shared_neurons[layer]
+        if axis is Axis.SHARED_GATE_UP:  # [gate; up] halves of the shared expert
+            return torch.cat([neurons, getattr(config, moe_spec(config).shared_width_key) + neurons])
+        return neurons
     except KeyError:
         raise ScoresError(f"the importance scores hold no expert scores for layer {layer}; recompute them with "
                           "`minitron importance` (this minitron scores experts)") from None
