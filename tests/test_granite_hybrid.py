@@ -39,7 +39,8 @@ def test_micro_silent_shared_neurons_go_first_and_change_nothing(micro, batches)
     scores = estimate_importance(micro, batches, progress=False)
     assert sorted(scores.shared_neurons) == [0, 1, 2, 3] and not scores.experts["reap"]
     for layer_scores in scores.shared_neurons.values():
-        assert torch.all(layer_scores[silent] == 0) and torch.all(torch.topk(layer_scores, 8, largest=False).values == 0)
+        assert torch.all(layer_scores[silent] == 0)
+        assert torch.all(torch.topk(layer_scores, len(silent), largest=False).values == 0)
     pruned = prune(micro, scores, {"shared_intermediate_size": 64 - len(silent)})
     assert pruned.config.shared_intermediate_size == 56 and pruned.config.num_local_experts == 0
     torch.testing.assert_close(logits(pruned, batches[0]), logits(micro, batches[0]), atol=1e-5, rtol=0)

@@ -11,7 +11,8 @@ no per-expert module exists to hook) and accumulates:
   all tokens, i.e. the expert's expected contribution per token (reap x frequency);
 - frequency: the share of tokens routed to the expert (the usual baseline);
 - expert neurons: mean |activation| at the expert's down-projection input, over its routed tokens only;
-- shared-expert neurons (qwen2_moe, granitemoehybrid): mean |activation| at the shared down-projection input, over all tokens.
+- shared-expert neurons (qwen2_moe, granitemoehybrid): mean |activation| at the shared down-projection
+  input, over all tokens.
 Padding tokens (attention mask 0) are left out everywhere.
 """
 from __future__ import annotations

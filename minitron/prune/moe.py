@@ -67,25 +67,28 @@ def resolve_moe_sizes(config, target: Mapping, sizes: dict, check_size) -> MoeSi
     per_token = source.num_experts_per_tok
     if target.get("num_experts_per_tok") is not None:
         per_token = check_size("num_experts_per_tok", target["num_experts_per_tok"], per_token)
-    if per_token > num_experts and source.num_experts:  # no routed experts at all (Granite-4.0-H-Micro): nothing routes
+    if per_token > num_experts and source.num_experts:  # Granite-4.0-H-Micro has no routed experts at all
         raise TargetError(f"num_experts={num_experts} is fewer than the {per_token} experts every token is routed "
                           f"to (num_experts_per_tok); keep at least {per_token} experts or lower num_experts_per_tok")
-    widths = {}
-    requested_widths = {spec.expert_width_key: sizes.get(spec.expert_width_key, target.get(spec.expert_width_key))}
-    if spec.shared_width_key:
-        requested_widths[spec.shared_width_key] = _shared_width_target(target)
-    for key, source_value in ((spec.expert_width_key, source.expert_width), (spec.shared_width_key, source.shared_width)):
-        if key is None:
-            continue
-        value = requested_widths[key]
-        widths[key] = source_value if value is None else check_size(key, value, source_value)
-    _refuse_absent_widths(config, spec, target)
+    widths = _resolve_widths(config, spec, source, target, sizes, check_size)
     _check_attention_width(config, spec, sizes)
     if source.num_experts:  # without routed experts nothing runs through grouped_mm
         _check_grouped_mm_widths(config, {"hidden_size": sizes["hidden_size"],
                                           spec.expert_width_key: widths[spec.expert_width_key]})
     return MoeSizes(num_experts, per_token, widths[spec.expert_width_key],
                     widths.get(spec.shared_width_key) if spec.shared_width_key else None)
+
+
+def _resolve_widths(config, spec: MoeSpec, source: MoeSizes, target: Mapping, sizes: dict,
+                    check_size) -> dict[str, int]:
+    """The expert width and the shared-expert width (where the family has one), by config name."""
+    asked = {spec.expert_width_key: (sizes.get(spec.expert_width_key, target.get(spec.expert_width_key)),
+                                     source.expert_width)}
+    if spec.shared_width_key:
+        asked[spec.shared_width_key] = (_shared_width_target(target), source.shared_width)
+    _refuse_absent_widths(config, spec, target)
+    return {key: source_value if value is None else check_size(key, value, source_value)
+            for key, (value, source_value) in asked.items()}
 
 
 def _shared_width_target(target: Mapping) -> int | None:
