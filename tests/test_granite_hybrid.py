@@ -21,11 +21,11 @@ OWN_SIZES = dict(hidden_size=48, shared_intermediate_size=64, num_attention_head
 @pytest.fixture
 def micro():
     torch.manual_seed(0)
-    return tiny_model("granitemoehybrid", num_local_experts=0)
+    return tiny_model("granitemoehybrid", num_local_experts=0, position_embedding_type="nope")  # as published
 
 
 def test_micro_has_no_experts_and_counts_every_parameter_as_active(micro):
-    assert all(layer.block_sparse_moe is None for layer in micro.model.layers)
+    assert all(layer.block_sparse_moe is None for layer in micro.model.layers) and micro.model.rotary_emb is None
     counted = count_parameters(micro)
     assert counted == count_parameters_from_config(micro.config) and counted.active == counted.total
 
