@@ -158,11 +158,12 @@ class TargetConfig:
     num_experts: int | None = _help("Routed experts to keep in every MoE layer (num_experts / num_local_experts).",
                                     default=None)
     moe_intermediate_size: int | None = _help("FFN neurons to keep in every routed expert (the name in Qwen-MoE "
-                                              "and NemotronH; for Mixtral, OLMoE, GraniteMoE it is "
-                                              "--intermediate-size).",
+                                              "and NemotronH; for Mixtral, OLMoE, GraniteMoE, Granite "
+                                              "4.0-H it is --intermediate-size).",
                                               default=None)
     shared_expert_intermediate_size: int | None = _help("FFN neurons to keep in the shared expert (qwen2_moe; "
-                                                        "NemotronH's moe_shared_expert_intermediate_size).",
+                                                        "NemotronH's moe_shared_expert_intermediate_size, "
+                                                        "granitemoehybrid's shared_intermediate_size).",
                                                         default=None)
     num_experts_per_tok: int | None = _help("Experts each token is routed to (kept unless given).", default=None)
 

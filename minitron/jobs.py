@@ -204,7 +204,8 @@ def inspect_model(model: str) -> dict:
 
 # Config sizes that only some families have (mixture-of-experts, hybrid Mamba), shown by `inspect` where present.
 FAMILY_AXES = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
-               "shared_expert_intermediate_size", "mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size")
+               "shared_expert_intermediate_size", "shared_intermediate_size", "mamba_num_heads", "mamba_head_dim",
+               "n_groups", "ssm_state_size", "mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_state")
 
 
 def run_eval(model: str, data: DataConfig | None = None, split: str = "heldout", *,

@@ -92,9 +92,15 @@ def sizes_of(config) -> Sizes:
     return _sizes_of_text(config.to_json_string(use_diff=False), type(config))
 
 
+def _special_float(obj: dict):
+    """transformers writes inf and nan into config JSON as {"__float__": "Infinity"} (Granite 4.0-H's
+    time_step_limit); from_dict wants the float back."""
+    return float(obj["__float__"]) if obj.keys() == {"__float__"} else obj
+
+
 @functools.lru_cache(maxsize=64)
 def _sizes_of_text(text: str, config_class) -> Sizes:
-    config = config_class.from_dict(json.loads(text))
+    config = config_class.from_dict(json.loads(text, object_hook=_special_float))
     counts = count_parameters_from_config(config)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

@@ -22,6 +22,9 @@ def silence_neurons_(model, layer: int, neurons: list[int]) -> None:
         elif axes[0] is Axis.GATE_UP:
             param[index] = 0.0
             param[index + intermediate] = 0.0
+        elif axes[0] is Axis.SHARED_GATE_UP:  # a fused shared expert (granitemoehybrid): [gate; up] rows
+            param[index] = 0.0
+            param[index + param.shape[0] // 2] = 0.0
         elif Axis.EXPERT_GATE_UP in axes:  # every routed expert: its gate and up channels (and their biases)
             dim = axes.index(Axis.EXPERT_GATE_UP)
             param.index_fill_(dim, adapter.moe.gate_up_channels(index, param.shape[dim] // 2), 0.0)
@@ -49,16 +52,17 @@ def make_identity_layer_(model, layer: int) -> None:
     adapter = get_adapter(model)
     for name, param in model.named_parameters():
         param_layer, axes = adapter.axes_of(name)
-        if param_layer == layer and writes_residual(axes, adapter.moe) and ("proj" in name):
+        if param_layer == layer and writes_residual(name, axes, adapter.moe):
             param.zero_()
 
 
-def writes_residual(axes, moe=None) -> bool:
-    """Whether a parameter's output axis is the residual stream: a dense weight or bias (hidden first), or a
-    routed expert's down projection and its bias. Routed experts store (experts, out, in), or (experts, in,
-    out) when transposed (gpt_oss): a non-gated up_proj (EXPERT, EXPERT_MLP, HIDDEN) reads the residual,
-    a transposed down_proj with the same axes writes it."""
-    if not axes:
+def writes_residual(name: str, axes, moe=None) -> bool:
+    """Whether a layer parameter is (part of) a projection writing into the residual stream: a dense weight
+    or bias with the hidden axis first (not a norm's weight), or a routed expert's down projection and its
+    bias; a router reads the residual. Routed experts store (experts, out, in), or (experts, in, out) when
+    transposed (gpt_oss): a non-gated up_proj (EXPERT, EXPERT_MLP, HIDDEN) reads the residual, a transposed
+    down_proj with the same axes writes it."""
+    if not axes or "norm" in name or (moe is not None and f".{moe.router_path}." in name):
         return False
     if axes[0] is not Axis.EXPERT:
         return axes[0] is Axis.HIDDEN

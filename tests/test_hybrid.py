@@ -1,31 +1,76 @@
-"""Hybrid Mamba-2 stacks (nemotron_h): the Mamba axes, on a tiny random model built in-process.
+"""Hybrid Mamba-2 stacks (nemotron_h, granitemoehybrid): the Mamba axes, on tiny random models built in-process.
 
 The family grid (tests/test_prune.py etc.) covers hidden size, attention, MLP and depth; these tests
 cover what only Mamba layers have: heads pruned within their groups, one head-dim order, the cache.
 """
+from dataclasses import dataclass
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from minitron.arch import get_adapter
 from minitron.errors import TargetError
 from minitron.importance import estimate_importance, magnitude_scores, random_scores
 from minitron.params import count_parameters, count_parameters_from_config
 from minitron.prune import prune
 from tests.helpers import logits, silence_mamba_channels_
-from tests.tiny import tiny_model
+from tests.tiny import HYBRID_FAMILIES, tiny_model
 
-HEADS, HEAD_DIM, GROUPS = 8, 4, 2  # tests/tiny.py's nemotron_h
-MAMBA_LAYERS = (0, 3)
+HEADS, GROUPS = 8, 2  # both tiny hybrids: two groups of four heads
+
+
+@dataclass(frozen=True)
+class Case:
+    """What the shared tests need to know of one family's tiny hybrid (tests/tiny.py)."""
+
+    head_dim: int
+    eps_key: str  # the config's norm epsilon, gated norm included
+    silent_heads: list  # pruned by the zeroed-heads test: the same number in each group
+    silent_positions: list  # head-dim positions pruned by the zeroed-positions test
+    mamba_and_more: dict  # a cut of every axis at once, keeping layers [0, 1, 3]
+    kept_kinds: list  # layers_block_type after that cut
+    baseline_target: dict
+    mlp_layer: int | None  # a layer with a dense MLP (its neuron scores are not empty)
+
+
+# Granite sizes its Mamba mixers as mamba_expand x hidden_size with a whole-number mamba_expand: every target
+# below keeps heads x head_dim a multiple of hidden_size (96 at 48; 48 at 48; 32 at 32; 24 at 24).
+CASES = {
+    "nemotron_h": Case(head_dim=4, eps_key="layer_norm_epsilon", silent_heads=[1, 6], silent_positions=[2],
+                       mamba_and_more=dict(mamba_num_heads=4, mamba_head_dim=3, hidden_size=32, intermediate_size=40,
+                                           num_attention_heads=4, num_key_value_heads=2, drop_layers=[2]),
+                       kept_kinds=["linear_attention", "full_attention", "linear_attention"],
+                       baseline_target={"mamba_num_heads": 4, "mamba_head_dim": 2}, mlp_layer=2),
+    "granitemoehybrid": Case(head_dim=12, eps_key="rms_norm_eps", silent_heads=[1, 2, 5, 6],
+                             silent_positions=[1, 3, 5, 7, 9, 11],
+                             mamba_and_more=dict(mamba_num_heads=4, mamba_head_dim=8, hidden_size=32,
+                                                 intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                                 drop_layers=[2]),
+                             kept_kinds=["linear_attention", "full_attention", "full_attention"],
+                             baseline_target={"mamba_num_heads": 4, "mamba_head_dim": 6, "hidden_size": 24},
+                             mlp_layer=None),
+}
+
+
+@pytest.fixture(params=HYBRID_FAMILIES)
+def family(request) -> str:
+    return request.param
 
 
 @pytest.fixture
-def hybrid():
+def case(family) -> Case:
+    return CASES[family]
+
+
+@pytest.fixture
+def hybrid(family):
     torch.manual_seed(0)
-    return tiny_model("nemotron_h")
+    return tiny_model(family)
 
 
 @pytest.fixture
-def exact_hybrid():
+def exact_hybrid(family, case):
     """The tiny hybrid in float64 with the norms' epsilon taken out.
 
     Dropping a silent Mamba head shrinks its group in the gated RMSNorm; the pruned model rescales the
@@ -34,55 +79,70 @@ def exact_hybrid():
     difference (0.07 in the logits); without epsilon the slicing and the rescale are checked exactly.
     """
     torch.manual_seed(0)
-    return tiny_model("nemotron_h", layer_norm_epsilon=1e-20).double()
+    model = tiny_model(family, **{case.eps_key: 1e-20})
+    if get_adapter(model).moe is not None:  # torch's grouped_mm has no float64: run the experts one by one
+        model.set_experts_implementation("eager")
+    return model.double()
 
 
-def test_zeroed_mamba_heads_go_first_and_change_nothing(exact_hybrid, batches):
+def mamba_layers(model) -> list[int]:
+    adapter = get_adapter(model)
+    return [i for i, layer in enumerate(adapter.layers(model))
+            if adapter.layer_module(layer, adapter.mamba.out_proj) is not None]
+
+
+def mamba_size(model, key: str) -> int:
+    """A Mamba size under minitron's name (mamba_num_heads, mamba_head_dim), read from the family's config key."""
+    return getattr(model.config, get_adapter(model).mamba.config_key(key))
+
+
+def test_zeroed_mamba_heads_go_first_and_change_nothing(exact_hybrid, case, batches):
     hybrid = exact_hybrid
-    silent = [1, 6]  # one head in each of the two groups (heads 0-3 and 4-7)
-    silence_mamba_channels_(hybrid, silent, list(range(HEAD_DIM)))
+    silent = case.silent_heads  # as many in each of the two groups (heads 0-3 and 4-7)
+    silence_mamba_channels_(hybrid, silent, list(range(case.head_dim)))
     scores = estimate_importance(hybrid, batches, progress=False)
-    assert sorted(scores.mamba_heads) == list(MAMBA_LAYERS)
-    for layer in MAMBA_LAYERS:
+    assert sorted(scores.mamba_heads) == mamba_layers(hybrid)
+    live = [head for head in range(HEADS) if head not in silent]
+    for layer in mamba_layers(hybrid):
         head_scores = scores.mamba_heads[layer]
-        assert torch.all(head_scores[silent] == 0) and torch.all(head_scores[[0, 2, 3, 4, 5, 7]] > 0)
+        assert torch.all(head_scores[silent] == 0) and torch.all(head_scores[live] > 0)
     pruned = prune(hybrid, scores, {"mamba_num_heads": HEADS - len(silent)})
-    assert pruned.config.mamba_num_heads == HEADS - len(silent)
+    assert mamba_size(pruned, "mamba_num_heads") == HEADS - len(silent)
     torch.testing.assert_close(logits(pruned, batches[0]), logits(hybrid, batches[0]), atol=1e-5, rtol=0)
 
 
-def test_heads_are_pruned_within_their_groups(hybrid, batches):
+def test_heads_are_pruned_within_their_groups(hybrid, case, batches):
     # The four silent heads are all in group 0: pruning four heads must still keep two in each group, so
     # two of group 1's live heads go and the output changes; had group 0 lost all four, it would not.
-    silence_mamba_channels_(hybrid, [0, 1, 2, 3], list(range(HEAD_DIM)))
+    silence_mamba_channels_(hybrid, [0, 1, 2, 3], list(range(case.head_dim)))
     scores = estimate_importance(hybrid, batches, progress=False)
     pruned = prune(hybrid, scores, {"mamba_num_heads": 4})
-    mixer_a_log = {name: p for name, p in pruned.named_parameters() if name.endswith("layers.0.mixer.A_log")}
-    source_a_log = dict(hybrid.named_parameters())["model.layers.0.mixer.A_log"]
-    kept = [int(torch.nonzero(source_a_log == value)[0]) for value in next(iter(mixer_a_log.values()))]
+    a_log = get_adapter(hybrid).mamba.out_proj.replace("out_proj", "A_log")  # one entry per head, all distinct
+    source_a_log, pruned_a_log = (get_adapter(m).layers(m)[0].get_parameter(a_log) for m in (hybrid, pruned))
+    kept = [int(torch.nonzero(source_a_log == value)[0]) for value in pruned_a_log]
     assert sum(head < 4 for head in kept) == 2 and sum(head >= 4 for head in kept) == 2
     assert not torch.allclose(logits(pruned, batches[0]), logits(hybrid, batches[0]), atol=1e-3)
 
 
-def test_zeroed_head_dim_positions_go_first_and_change_nothing(exact_hybrid, batches):
+def test_zeroed_head_dim_positions_go_first_and_change_nothing(exact_hybrid, case, batches):
     hybrid = exact_hybrid
-    silence_mamba_channels_(hybrid, list(range(HEADS)), [2])
+    silent = case.silent_positions
+    silence_mamba_channels_(hybrid, list(range(HEADS)), silent)
     scores = estimate_importance(hybrid, batches, progress=False)
-    for layer in MAMBA_LAYERS:
-        assert scores.mamba_head_dim[layer][2] == 0 and torch.all(scores.mamba_head_dim[layer][[0, 1, 3]] > 0)
-    pruned = prune(hybrid, scores, {"mamba_head_dim": HEAD_DIM - 1})
-    assert pruned.config.mamba_head_dim == HEAD_DIM - 1
+    live = [position for position in range(case.head_dim) if position not in silent]
+    for layer in mamba_layers(hybrid):
+        assert torch.all(scores.mamba_head_dim[layer][silent] == 0)
+        assert torch.all(scores.mamba_head_dim[layer][live] > 0)
+    pruned = prune(hybrid, scores, {"mamba_head_dim": case.head_dim - len(silent)})
+    assert mamba_size(pruned, "mamba_head_dim") == case.head_dim - len(silent)
     torch.testing.assert_close(logits(pruned, batches[0]), logits(hybrid, batches[0]), atol=1e-5, rtol=0)
 
 
-MAMBA_AND_MORE = dict(mamba_num_heads=4, mamba_head_dim=3, hidden_size=32, intermediate_size=40,
-                      num_attention_heads=4, num_key_value_heads=2, drop_layers=[2])
-
-
-def test_mamba_pruned_model_round_trips_and_generates_with_its_cache(hybrid, batches, tmp_path):
-    pruned = prune(hybrid, estimate_importance(hybrid, batches, progress=False), MAMBA_AND_MORE)
-    assert pruned.config.layers_block_type == ["linear_attention", "full_attention", "linear_attention"]
-    assert pruned.config.hybrid_override_pattern == "M*M"
+def test_mamba_pruned_model_round_trips_and_generates_with_its_cache(hybrid, case, batches, tmp_path):
+    pruned = prune(hybrid, estimate_importance(hybrid, batches, progress=False), case.mamba_and_more)
+    assert pruned.config.layers_block_type == case.kept_kinds
+    if hasattr(pruned.config, "hybrid_override_pattern"):  # NemotronH's other spelling of the same list
+        assert pruned.config.hybrid_override_pattern == "M*M"
     pruned.save_pretrained(tmp_path)
     reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -96,21 +156,23 @@ def test_mamba_pruned_model_round_trips_and_generates_with_its_cache(hybrid, bat
 
 
 @pytest.mark.parametrize("criterion", [magnitude_scores, random_scores])
-def test_baseline_criteria_score_mamba_heads(hybrid, batches, criterion):
-    pruned = prune(hybrid, criterion(hybrid), {"mamba_num_heads": 4, "mamba_head_dim": 2})
+def test_baseline_criteria_score_mamba_heads(hybrid, case, batches, criterion):
+    pruned = prune(hybrid, criterion(hybrid), case.baseline_target)
     assert logits(pruned, batches[0]).isfinite().all()
 
 
-def test_scores_with_mamba_heads_survive_a_save(hybrid, batches, tmp_path):
+def test_scores_with_mamba_heads_survive_a_save(hybrid, case, batches, tmp_path):
     from minitron.importance import ImportanceScores
 
     scores = estimate_importance(hybrid, batches, progress=False)
     loaded = ImportanceScores.load(scores.save(tmp_path / "scores"))
     assert loaded.mamba_heads.keys() == scores.mamba_heads.keys()
-    for layer in MAMBA_LAYERS:
+    for layer in mamba_layers(hybrid):
         assert torch.equal(loaded.mamba_heads[layer], scores.mamba_heads[layer])
         assert torch.equal(loaded.mamba_head_dim[layer], scores.mamba_head_dim[layer])
-    assert loaded.neurons[0].numel() == 0 and loaded.neurons[2].numel() == 64  # layer 0 is Mamba, 2 an MLP
+    assert loaded.neurons[0].numel() == 0  # layer 0 is Mamba
+    if case.mlp_layer is not None:
+        assert loaded.neurons[case.mlp_layer].numel() == 64
 
 
 @pytest.mark.parametrize("target, message", [
@@ -122,6 +184,15 @@ def test_scores_with_mamba_heads_survive_a_save(hybrid, batches, tmp_path):
 def test_impossible_mamba_targets_are_refused_before_any_work(hybrid, target, message):
     with pytest.raises(TargetError, match=message):
         prune(hybrid, random_scores(hybrid), target)  # random scores: the refusal comes before any scoring
+
+
+@pytest.mark.parametrize("target", [{"hidden_size": 40}, {"mamba_head_dim": 11}, {"mamba_num_heads": 6},
+                                    {"hidden_size": 32, "mamba_num_heads": 4, "mamba_head_dim": 6}])
+def test_granite_mamba_width_must_stay_a_multiple_of_hidden_size(target):
+    # Granite's Mamba width is mamba_expand x hidden_size, mamba_expand a whole number in its config.
+    granite = tiny_model("granitemoehybrid")
+    with pytest.raises(TargetError, match="must be a multiple of hidden_size"):
+        prune(granite, random_scores(granite), target)
 
 
 def test_mamba_targets_on_a_model_without_mamba_are_refused():

@@ -45,7 +45,7 @@ def never_route_experts_(model, experts: list[int]) -> None:
         layer, axes = adapter.axes_of(name)
         if layer is None or Axis.HIDDEN not in axes:
             continue
-        if "proj" in name and writes_residual(axes, adapter.moe):
+        if writes_residual(name, axes, adapter.moe):
             param.select(axes.index(Axis.HIDDEN), CHANNEL).zero_()
         elif "norm" in name and axes == (Axis.HIDDEN,):
             param[CHANNEL] = 1.0

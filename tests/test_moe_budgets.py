@@ -18,7 +18,7 @@ from minitron.prune import prune
 from minitron.search.candidates import Architecture, ParamCounter, enumerate_candidates, refusal
 from minitron.search.memory import kv_cache_bytes, memory_gb, recurrent_state_bytes
 from minitron.search.rank import plan
-from tests.tiny import VOCAB_SIZE, tiny_config, tiny_model
+from tests.tiny import HYBRID_FAMILIES, VOCAB_SIZE, tiny_config, tiny_model
 
 GRID = {"hidden_step": 16, "mlp_step": 16}  # multiples of 8: MoE expert widths must stay so
 
@@ -65,7 +65,7 @@ def test_kv_cache_counts_every_attention_layer_and_caps_sliding_windows():
     assert kv_cache_bytes(gpt_oss, batch=1, context=100, bytes_per_value=2) == 2 * 2 * 8 * (2 * 100 + 2 * 8) * 2
 
 
-@pytest.mark.parametrize("family", ["llama", "mixtral", "nemotron_h", "gpt_oss"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "nemotron_h", "gpt_oss", "granitemoehybrid"])
 def test_memory_budget_is_never_exceeded(family):
     config = tiny_config(family)
     settings = SearchConfig(target_memory=0.6, memory_batch=4, memory_context=512, max_candidates=4, **GRID)
@@ -93,12 +93,15 @@ def _cache_bytes(cache) -> int:
     return total
 
 
+@pytest.mark.parametrize("family", HYBRID_FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("target", [{}, {"mamba_num_heads": 4, "num_hidden_layers": 3}])
-def test_hybrid_memory_counts_what_the_transformers_cache_holds(dtype, target):
+def test_hybrid_memory_counts_what_the_transformers_cache_holds(family, dtype, target):
     """KV cache for attention layers only, conv + SSM state for Mamba layers: the bytes of the cache that
     transformers builds while generating (SSM state in float32 even in a bf16 model)."""
-    source = tiny_config("nemotron_h")  # Mamba, attention, MLP, Mamba
+    # nemotron_h: Mamba, attention, MLP, Mamba; granitemoehybrid: Mamba, attention, Mamba, attention (its Mamba
+    # sizes under other config names: mamba_n_heads, mamba_d_conv, ...)
+    source = tiny_config(family)
     config = pruned_config(source, resolve_target(source, target))
     config._attn_implementation = "eager"
     torch.manual_seed(0)
@@ -139,6 +142,22 @@ def test_hybrid_search_varies_mamba_heads_in_whole_groups():
         assert candidate.params == exact(config, candidate.architecture)
     with pytest.raises(SettingsError, match="not a multiple of the model's 2 Mamba groups"):
         enumerate_candidates(config, SearchConfig(target_params=0.6, mamba_head_step=3))
+
+
+@pytest.mark.parametrize("experts", [8, 0])  # Granite-4.0-H Tiny / Small, and Micro (the shared MLP alone)
+def test_granite_hybrid_search_keeps_the_mamba_width_a_multiple_of_hidden_size(experts):
+    """mamba_expand x hidden_size must stay Mamba heads x head dim (a whole-number mamba_expand): the search
+    drops the hidden / Mamba head pairs `minitron prune` refuses, and keeps the others."""
+    config = tiny_config("granitemoehybrid", num_local_experts=experts)  # 8 heads of 12 = 2 x hidden 48
+    candidates, counts = enumerate_candidates(config, SearchConfig(target_params=0.6, **GRID))
+    pairs = {(c.architecture.hidden_size, c.architecture.mamba_num_heads) for c in candidates}
+    assert pairs == {(48, 8), (48, 4), (32, 8)}  # of hidden {48, 32} x heads {8, 6, 4}: 96 or 48 wide, not 72
+    assert counts["refused"] > 0 and all("mamba_expand" in reason for reason in counts["refusal_examples"])
+    assert {c.architecture.num_experts for c in candidates} == ({8, 6, 4} if experts else {None})
+    for candidate in candidates[::11]:
+        pruned = pruned_config(config, resolve_target(config, candidate.architecture.as_dict()))
+        assert pruned.mamba_expand * pruned.hidden_size == pruned.mamba_n_heads * pruned.mamba_d_head
+        assert candidate.params == exact(config, candidate.architecture)
 
 
 def test_axes_can_be_fixed_and_an_unused_mlp_size_is_not_searched():

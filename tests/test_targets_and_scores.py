@@ -142,7 +142,9 @@ def test_prune_refuses_an_impossible_target_before_loading_weights(tmp_path, cap
 def test_inspect_shows_the_expert_and_mamba_sizes(tmp_path):
     from minitron.jobs import inspect_model
     for family, keys in (("qwen3_moe", ("num_experts", "num_experts_per_tok", "moe_intermediate_size")),
-                         ("nemotron_h", ("mamba_num_heads", "mamba_head_dim", "n_groups"))):
+                         ("nemotron_h", ("mamba_num_heads", "mamba_head_dim", "n_groups")),
+                         ("granitemoehybrid", ("num_local_experts", "shared_intermediate_size", "mamba_n_heads",
+                                               "mamba_d_head", "mamba_n_groups", "mamba_d_state"))):
         tiny_config(family).save_pretrained(tmp_path / family)
         info = inspect_model(str(tmp_path / family))
         assert all(info[key] == getattr(tiny_config(family), key) for key in keys), (family, info)

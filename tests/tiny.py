@@ -20,10 +20,12 @@ MULTIMODAL = {
                                         num_position_embeddings=16, patch_size=4),
                      image_token_id=5, video_token_id=6, vision_start_token_id=7, vision_end_token_id=8),
 }
-MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "nemotron_h_moe", "gpt_oss"]
+MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "nemotron_h_moe", "gpt_oss",
+                "granitemoehybrid"]
 FAMILIES += MOE_FAMILIES
 # Grid ids that are another configuration of a model_type (the grid is keyed by family id, not model_type).
 VARIANTS = {"nemotron_h_moe": "nemotron_h"}
+HYBRID_FAMILIES = ["nemotron_h", "granitemoehybrid"]  # Mamba-2 layers among attention (tests/test_hybrid.py)
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -84,6 +86,15 @@ _EXTRA = {
     "gpt_oss": dict(num_local_experts=8, num_experts_per_tok=2, sliding_window=8, initializer_range=0.08,
                     rope_parameters=dict(rope_type="yarn", rope_theta=150000.0, factor=4.0, beta_fast=32.0,
                                          beta_slow=1.0, truncate=False, original_max_position_embeddings=32)),
+    # Granite 4.0-H: Mamba-2 and attention alternating (layer 1 is attention, as for nemotron_h; two attention
+    # layers, because transformers cannot generate with the cache of a stack left without any); every layer has
+    # 8 experts and a shared MLP. Mamba width 8 x 12 = 96 = mamba_expand 2 x 48, and still a multiple (3 x) of
+    # the grid's hidden_size 32. Two groups of four heads, chunks of 8 as for nemotron_h; RoPE switched on.
+    "granitemoehybrid": dict(layer_types=["mamba", "attention", "mamba", "attention"], mamba_n_heads=8, mamba_d_head=12,
+                             mamba_n_groups=2, mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=8,
+                             num_local_experts=8, num_experts_per_tok=2, shared_intermediate_size=64,
+                             position_embedding_type="rope", embedding_multiplier=4.0, residual_multiplier=0.5,
+                             attention_multiplier=0.2, logits_scaling=2.0),
 }
 
 
@@ -111,7 +122,7 @@ def _randomize_norms_(model) -> None:
     same vector to every token and route all tokens alike."""
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "norm" in name or name.endswith(("mixer.D", "sinks")):
+            if "norm" in name or name.endswith((".D", "sinks")):  # Mamba's D: nemotron_h's mixer.D, granite's mamba.D
                 param.add_(torch.randn_like(param) * 0.3)
             elif name.endswith("proj_bias"):
                 param.normal_(std=0.02)

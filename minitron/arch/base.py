@@ -44,7 +44,8 @@ class Axis(str, Enum):
     EXPERT = "expert"  # whole routed experts of one layer (router rows, the leading dim of expert tensors)
     EXPERT_MLP = "expert_mlp"  # FFN neurons inside each routed expert (each expert keeps its own best)
     EXPERT_GATE_UP = "expert_gate_up"  # a fused [gate; up] of routed experts
-    SHARED_MLP = "shared_mlp"  # FFN neurons of the always-active shared expert (qwen2_moe)
+    SHARED_MLP = "shared_mlp"  # FFN neurons of the always-active shared expert (qwen2_moe, granitemoehybrid)
+    SHARED_GATE_UP = "shared_gate_up"  # a fused [gate; up] of the shared expert (granitemoehybrid's shared_mlp)
 
 
 H, M, Q, KV, QKV, GU, KEEP = Axis.HIDDEN, Axis.MLP, Axis.Q, Axis.KV, Axis.QKV, Axis.GATE_UP, Axis.KEEP

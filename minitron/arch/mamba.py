@@ -35,6 +35,9 @@ class MambaLayout:
     out_proj: str = "mixer.out_proj"
     """Module whose *input* is the gated-normed inner activation, (batch, seq, heads * head_dim)."""
     gated_norm_weight: str = "mixer.norm.weight"
+    expand_key: str | None = None
+    """A whole-number config multiplier that sizes the mixer from hidden_size (Granite: inner width =
+    mamba_expand x hidden_size, checked against heads x head_dim); None: the heads alone size it."""
 
     def config_key(self, target_key: str) -> str:
         return {"mamba_num_heads": self.num_heads_key, "mamba_head_dim": self.head_dim_key}[target_key]
@@ -43,6 +46,21 @@ class MambaLayout:
         """(heads, head_dim, groups, state_size) of the config's Mamba mixers."""
         return tuple(int(getattr(config, key)) for key in
                      (self.num_heads_key, self.head_dim_key, self.n_groups_key, self.state_size_key))
+
+    def inner_width_problem(self, heads: int, head_dim: int, hidden_size: int) -> str | None:
+        """Why these sizes cannot be written into the config (None: they can)."""
+        if self.expand_key is None or (heads * head_dim) % hidden_size == 0:
+            return None
+        return (f"the Mamba inner width is {self.expand_key} x hidden_size with a whole-number {self.expand_key}, "
+                f"so Mamba heads x head dim ({heads} x {head_dim} = {heads * head_dim}) must be a multiple of "
+                f"hidden_size ({hidden_size}); choose hidden_size, mamba_num_heads and mamba_head_dim together "
+                f"(e.g. hidden_size a divisor of {heads * head_dim})")
+
+    def write_expand_(self, config) -> None:
+        """Set the multiplier that reproduces the config's heads x head_dim from its hidden_size."""
+        if self.expand_key is not None:
+            heads, head_dim, _, _ = self.sizes(config)
+            setattr(config, self.expand_key, heads * head_dim // config.hidden_size)
 
 
 def mamba_cache_bytes(layout: MambaLayout, config, mamba_layers: int, batch: int, bytes_per_value: int) -> int:
@@ -60,22 +78,23 @@ def mamba_cache_bytes(layout: MambaLayout, config, mamba_layers: int, batch: int
 MAMBA_AXES = (Axis.MAMBA_IN, Axis.MAMBA_CONV, Axis.MAMBA_INNER, Axis.MAMBA_HEADS)
 
 
-def mamba_layer_params(*, proj_bias: bool = True, conv_bias: bool = True) -> dict[str, tuple[Axis, ...]]:
-    """The table of one Mamba-2 mixer under `mixer.` (HF's Mamba2 / NemotronH naming)."""
+def mamba_layer_params(*, prefix: str = "mixer.", proj_bias: bool = True,
+                       conv_bias: bool = True) -> dict[str, tuple[Axis, ...]]:
+    """The table of one Mamba-2 mixer under `prefix` (HF's Mamba2 / NemotronH `mixer.`, Granite's `mamba.`)."""
     table: dict[str, tuple[Axis, ...]] = {
-        "mixer.in_proj.weight": (Axis.MAMBA_IN, Axis.HIDDEN),
-        "mixer.conv1d.weight": (Axis.MAMBA_CONV, Axis.KEEP, Axis.KEEP),  # (channels, 1, kernel)
-        "mixer.A_log": (Axis.MAMBA_HEADS,),
-        "mixer.D": (Axis.MAMBA_HEADS,),
-        "mixer.dt_bias": (Axis.MAMBA_HEADS,),
-        "mixer.norm.weight": (Axis.MAMBA_INNER,),
-        "mixer.out_proj.weight": (Axis.HIDDEN, Axis.MAMBA_INNER),
+        "in_proj.weight": (Axis.MAMBA_IN, Axis.HIDDEN),
+        "conv1d.weight": (Axis.MAMBA_CONV, Axis.KEEP, Axis.KEEP),  # (channels, 1, kernel)
+        "A_log": (Axis.MAMBA_HEADS,),
+        "D": (Axis.MAMBA_HEADS,),
+        "dt_bias": (Axis.MAMBA_HEADS,),
+        "norm.weight": (Axis.MAMBA_INNER,),
+        "out_proj.weight": (Axis.HIDDEN, Axis.MAMBA_INNER),
     }
     if conv_bias:
-        table["mixer.conv1d.bias"] = (Axis.MAMBA_CONV,)
+        table["conv1d.bias"] = (Axis.MAMBA_CONV,)
     if proj_bias:
-        table |= {"mixer.in_proj.bias": (Axis.MAMBA_IN,), "mixer.out_proj.bias": (Axis.HIDDEN,)}
-    return table
+        table |= {"in_proj.bias": (Axis.MAMBA_IN,), "out_proj.bias": (Axis.HIDDEN,)}
+    return {prefix + name: axes for name, axes in table.items()}
 
 
 def inner_channels(kept_heads: torch.Tensor, kept_head_dim: torch.Tensor, head_dim: int) -> torch.Tensor:

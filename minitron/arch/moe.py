@@ -22,6 +22,8 @@ Families (their config names differ):
   ([g0, u0, g1, u1, ...]) and a bias on both projections; a clamped SwiGLU (`swiglu_alpha`,
   `swiglu_limit`, size-free); a `router` with a bias; attention with biases and one learned sink logit
   per query head (`self_attn.sinks`, sliced with the heads); alternating sliding / full `layer_types`.
+- granitemoehybrid (arch/hybrid.py): granitemoe's block beside a layer-level `shared_mlp` with a fused
+  [gate; up] `input_linear` (`shared_intermediate_size`); with `num_local_experts=0` only the shared MLP.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from torch import nn
 from .base import (H, KEEP, ArchAdapter, Axis, llama_like_layer_params, optional_bias_params,
                    scale_logits, standard_global_params)
 
-EXPERT, EG, EM, SM = Axis.EXPERT, Axis.EXPERT_GATE_UP, Axis.EXPERT_MLP, Axis.SHARED_MLP
+EXPERT, EG, EM, SM, SG = Axis.EXPERT, Axis.EXPERT_GATE_UP, Axis.EXPERT_MLP, Axis.SHARED_MLP, Axis.SHARED_GATE_UP
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,19 @@ class MoeSpec:
     expert_width_key: str = "moe_intermediate_size"
     shared_width_key: str | None = None
     shared_expert: str | None = None
-    """The always-active shared expert (a plain gated MLP), relative to the block."""
+    """The always-active shared expert (a gated MLP), relative to the decoder layer."""
+    shared_down: str = "down_proj"
+    """The shared expert's down projection, relative to the shared expert."""
+    shared_gate_up: str | None = None
+    """The shared expert's fused [gate; up] input projection, relative to the shared expert
+    (granitemoehybrid's `input_linear`); None: separate gate_proj / up_proj, or up_proj alone."""
     attention_width_is_hidden: bool = False
     """OLMoE sizes its q/k norms from hidden_size: heads x head_dim must equal hidden_size."""
     gated_experts: bool = True
     """Routed experts hold a fused [gate; up] `gate_up_proj`; False: a plain `up_proj` (NemotronH)."""
     gated_shared_expert: bool = True
     """The shared expert has gate_proj / up_proj and the block a `shared_expert_gate` (qwen2_moe); False:
-    up_proj / down_proj only (NemotronH)."""
+    up_proj / down_proj only (NemotronH). Not read when `shared_gate_up` names a fused projection."""
     routing_groups_key: str | None = None
     """Config name of the number of contiguous expert groups the router picks groups from (`n_group`)."""
     topk_group_key: str | None = None
@@ -82,14 +89,16 @@ class MoeSpec:
 
     @property
     def shared_down_proj(self) -> str | None:
-        return None if self.shared_expert is None else f"{self.block}.{self.shared_expert}.down_proj"
+        return None if self.shared_expert is None else f"{self.shared_expert}.{self.shared_down}"
 
     def experts_module(self, layer: nn.Module) -> nn.Module | None:
         """The layer's fused experts, or None for a dense layer."""
-        try:
-            return layer.get_submodule(self.experts_path)
-        except AttributeError:
-            return None
+        return _submodule_or_none(layer, self.experts_path)
+
+    def shared_down_module(self, layer: nn.Module) -> nn.Module | None:
+        """The shared expert's down projection (its input is the neuron activation), or None where the
+        layer has no shared expert (qwen2_moe's dense layers)."""
+        return None if self.shared_down_proj is None else _submodule_or_none(layer, self.shared_down_proj)
 
     def width_keys(self) -> tuple[str, ...]:
         """Config names of the MoE widths this family has (the expert width, the shared one)."""
@@ -123,6 +132,13 @@ class MoeSpec:
 
     def expert_width(self, experts: nn.Module) -> int:
         return self.expert_matrices(experts)[2].shape[-1]
+
+
+def _submodule_or_none(layer: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def expert_forward(spec: MoeSpec, experts: nn.Module, expert: int,
@@ -159,12 +175,19 @@ def moe_block_params(spec: MoeSpec) -> dict[str, tuple[Axis, ...]]:
         table |= {f"{experts}.gate_up_proj": (EXPERT, EG, H), f"{experts}.down_proj": (EXPERT, H, EM)}
     else:  # NemotronH: non-gated experts
         table |= {f"{experts}.up_proj": (EXPERT, EM, H), f"{experts}.down_proj": (EXPERT, H, EM)}
-    if spec.shared_expert is not None:
-        shared = f"{spec.block}.{spec.shared_expert}"
-        table |= {f"{shared}.up_proj.weight": (SM, H), f"{shared}.down_proj.weight": (H, SM),
-                  f"{shared}.up_proj.bias": (SM,), f"{shared}.down_proj.bias": (H,)}
-        if spec.gated_shared_expert:
-            table |= {f"{shared}.gate_proj.weight": (SM, H), f"{spec.block}.shared_expert_gate.weight": (KEEP, H)}
+    return table if spec.shared_expert is None else table | _shared_expert_params(spec)
+
+
+def _shared_expert_params(spec: MoeSpec) -> dict[str, tuple[Axis, ...]]:
+    """The always-active shared expert: a fused [gate; up] input (granitemoehybrid), gate_proj / up_proj with
+    the block's `shared_expert_gate` (qwen2_moe), or a plain up_proj (NemotronH); then its down projection."""
+    shared, down = spec.shared_expert, f"{spec.shared_expert}.{spec.shared_down}"
+    table = {f"{down}.weight": (H, SM), f"{down}.bias": (H,)}
+    if spec.shared_gate_up is not None:
+        return table | {f"{shared}.{spec.shared_gate_up}.weight": (SG, H)}
+    table |= {f"{shared}.up_proj.weight": (SM, H), f"{shared}.up_proj.bias": (SM,)}
+    if spec.gated_shared_expert:
+        table |= {f"{shared}.gate_proj.weight": (SM, H), f"{spec.block}.shared_expert_gate.weight": (KEEP, H)}
     return table
 
 
@@ -183,7 +206,7 @@ def _moe_adapter(model_type: str, spec: MoeSpec, logit_transform=None, notes: st
 
 QWEN3_MOE = _moe_adapter("qwen3_moe", MoeSpec(), qk_norm=True)
 QWEN2_MOE = _moe_adapter("qwen2_moe", MoeSpec(shared_width_key="shared_expert_intermediate_size",
-                                              shared_expert="shared_expert"), attention_bias=True)
+                                              shared_expert="mlp.shared_expert"), attention_bias=True)
 MIXTRAL = _moe_adapter("mixtral", MoeSpec(num_experts_key="num_local_experts", expert_width_key="intermediate_size"))
 # OLMoE's q/k norms span the whole projection (qk_norm=False: they are listed below on the Q/KV axes).
 OLMOE = _moe_adapter("olmoe", MoeSpec(expert_width_key="intermediate_size", attention_width_is_hidden=True),

@@ -12,7 +12,8 @@ call, so no per-expert module exists to hook) and accumulates:
   all tokens, i.e. the expert's expected contribution per token (reap x frequency);
 - frequency: the share of tokens routed to the expert (the usual baseline);
 - expert neurons: mean |activation| at the expert's down-projection input, over its routed tokens only;
-- shared-expert neurons (qwen2_moe, nemotron_h): mean |activation| at the shared down-projection input, over all tokens.
+- shared-expert neurons (qwen2_moe, nemotron_h, granitemoehybrid): mean |activation| at the shared
+  down-projection input, over all tokens (granitemoehybrid without routed experts: the shared MLP alone).
 Padding tokens (attention mask 0) are left out everywhere.
 """
 from __future__ import annotations
@@ -39,15 +40,14 @@ class ExpertCollector:
         self.tokens = 0
         for index, layer in enumerate(adapter.layers(model)):
             experts = self.spec.experts_module(layer)
-            if experts is None:
-                continue
-            num_experts, width = experts.down_proj.shape[0], self.spec.expert_width(experts)
-            self.weighted_norm[index] = torch.zeros(num_experts, dtype=torch.float64)
-            self.routed[index] = torch.zeros(num_experts, dtype=torch.float64)
-            self.neuron_sum[index] = torch.zeros(num_experts, width, dtype=torch.float64)
-            self._handles.append(experts.register_forward_pre_hook(self._experts_hook(index), with_kwargs=True))
-            if self.spec.shared_down_proj is not None:
-                down = layer.get_submodule(self.spec.shared_down_proj)
+            if experts is not None:
+                num_experts, width = experts.down_proj.shape[0], self.spec.expert_width(experts)
+                self.weighted_norm[index] = torch.zeros(num_experts, dtype=torch.float64)
+                self.routed[index] = torch.zeros(num_experts, dtype=torch.float64)
+                self.neuron_sum[index] = torch.zeros(num_experts, width, dtype=torch.float64)
+                self._handles.append(experts.register_forward_pre_hook(self._experts_hook(index), with_kwargs=True))
+            down = self.spec.shared_down_module(layer)  # granitemoehybrid without experts: the shared MLP alone
+            if down is not None:
                 self.shared_sum[index] = torch.zeros(down.in_features, dtype=torch.float64)
                 self._handles.append(down.register_forward_pre_hook(self._shared_hook(index)))
 
@@ -134,34 +134,39 @@ def moe_baseline_fields(model: nn.Module, adapter: ArchAdapter, criterion: str, 
     experts, neurons, shared = {}, {}, {}
     for index, layer in enumerate(adapter.layers(model)):
         module = adapter.moe.experts_module(layer)
-        if module is None:
-            continue
-        gate, up, down = (None if m is None else m.double() for m in adapter.moe.expert_matrices(module))
-        num_experts, width = down.shape[0], down.shape[-1]
-        if criterion == "random":
-            experts[index] = torch.rand(num_experts, generator=generator)
-            neurons[index] = torch.rand(num_experts, width, generator=generator)
-        else:
-            per_neuron = up.pow(2).sum(dim=-1) + down.pow(2).sum(dim=1)  # (experts, width)
-            if gate is not None:  # non-gated experts (NemotronH) have up and down only
-                per_neuron += gate.pow(2).sum(dim=-1)
-            neurons[index] = per_neuron.sqrt().float()
-            experts[index] = per_neuron.sum(dim=1).sqrt().float()
-        if adapter.moe.shared_down_proj is not None:
+        if module is not None:
+            experts[index], neurons[index] = _expert_baseline(adapter.moe, module, criterion, generator)
+        if adapter.moe.shared_down_module(layer) is not None:
             shared[index] = _shared_scores(model, adapter, index, criterion, generator)
     return {"experts": {metric: experts for metric in ("reap", "weighted_output", "frequency", "random")},
             "expert_neurons": neurons, "shared_neurons": shared}
 
 
+def _expert_baseline(spec: MoeSpec, module: nn.Module, criterion: str,
+                     generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(expert scores (experts,), neuron scores (experts, width)) of one layer's fused experts."""
+    gate, up, down = (None if m is None else m.double() for m in spec.expert_matrices(module))
+    num_experts, width = down.shape[0], down.shape[-1]
+    if criterion == "random":
+        return torch.rand(num_experts, generator=generator), torch.rand(num_experts, width, generator=generator)
+    per_neuron = up.pow(2).sum(dim=-1) + down.pow(2).sum(dim=1)  # (experts, width)
+    if gate is not None:  # non-gated experts (NemotronH) have up and down only
+        per_neuron += gate.pow(2).sum(dim=-1)
+    return per_neuron.sum(dim=1).sqrt().float(), per_neuron.sqrt().float()
+
+
 def _shared_scores(model, adapter: ArchAdapter, layer: int, criterion: str, generator) -> torch.Tensor:
     prefix = adapter.layer_prefix(layer)
-    width = adapter.layers(model)[layer].get_submodule(adapter.moe.shared_down_proj).in_features
+    width = adapter.moe.shared_down_module(adapter.layers(model)[layer]).in_features
     if criterion == "random":
         return torch.rand(width, generator=generator)
     total = torch.zeros(width, dtype=torch.float64)
     for name, param in model.named_parameters():
-        if name.startswith(prefix) and Axis.SHARED_MLP in adapter.axes_of(name)[1]:
-            dim = adapter.axes_of(name)[1].index(Axis.SHARED_MLP)
-            others = [d for d in range(param.dim()) if d != dim]  # none for a bias
-            total += param.double().pow(2).sum(dim=others) if others else param.double().pow(2)
+        axes = adapter.axes_of(name)[1] if name.startswith(prefix) else ()
+        for dim, axis in enumerate(axes):
+            if axis in (Axis.SHARED_MLP, Axis.SHARED_GATE_UP):
+                others = [d for d in range(param.dim()) if d != dim]  # none for a bias
+                per_channel = param.double().pow(2).sum(dim=others) if others else param.double().pow(2)
+                # a fused [gate; up] (granitemoehybrid) holds two channels per neuron
+                total += per_channel if axis is Axis.SHARED_MLP else per_channel[:width] + per_channel[width:]
     return total.sqrt().float()

@@ -5,7 +5,9 @@ Axes (config names are the family's, see minitron/arch/moe.py):
   metric, with their router rows (and biases);
 - the expert FFN width (`moe_intermediate_size`, or `intermediate_size` where that is the expert width):
   the config has one size, so every kept expert keeps the same number of neurons, each its own best;
-- the shared-expert width (`shared_expert_intermediate_size`, qwen2_moe);
+- the shared-expert width (`shared_expert_intermediate_size`: qwen2_moe's name, also accepted for
+  NemotronH's `moe_shared_expert_intermediate_size` and granitemoehybrid's `shared_intermediate_size`, as
+  `num_experts` is for `num_local_experts`);
 - `num_experts_per_tok` is kept unless a target lowers it.
 
 Grouped routing (NemotronH's `n_group` / `topk_group`, after DeepSeek-V3): transformers splits the
@@ -30,7 +32,9 @@ from ..errors import ScoresError, TargetError
 
 # Target names accepted on top of the dense ones; `num_experts` means the family's own name for it.
 EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts")
-SHARED_WIDTH_KEYS = ("shared_expert_intermediate_size", "moe_shared_expert_intermediate_size")  # Qwen's, NemotronH's
+# The shared-expert width: Qwen's name, NemotronH's and granitemoehybrid's; any of them means the family's own.
+SHARED_WIDTH_KEYS = ("shared_expert_intermediate_size", "moe_shared_expert_intermediate_size",
+                     "shared_intermediate_size")
 MOE_TARGET_KEYS = (*EXPERT_COUNT_KEYS, "moe_intermediate_size", *SHARED_WIDTH_KEYS, "num_experts_per_tok")
 EXPERT_METRICS = ("reap", "weighted_output", "frequency", "random")
 # transformers runs routed experts through torch's grouped_mm, whose rows must be 16-byte aligned: 8 bf16
@@ -75,26 +79,15 @@ def resolve_moe_sizes(config, target: Mapping, sizes: dict, check_size) -> MoeSi
     per_token = source.num_experts_per_tok
     if target.get("num_experts_per_tok") is not None:
         per_token = check_size("num_experts_per_tok", target["num_experts_per_tok"], per_token)
-    if per_token > num_experts:
+    if per_token > num_experts and source.num_experts:  # Granite-4.0-H-Micro has no routed experts at all
         raise TargetError(f"num_experts={num_experts} is fewer than the {per_token} experts every token is routed "
                           f"to (num_experts_per_tok); keep at least {per_token} experts or lower num_experts_per_tok")
     _check_routing_groups(config, spec, source.num_experts, num_experts, per_token)
-    width = sizes.get(spec.expert_width_key, target.get(spec.expert_width_key))
-    widths = {spec.expert_width_key: source.expert_width if width is None
-              else check_size(spec.expert_width_key, width, source.expert_width)}
-    if target.get("moe_intermediate_size") is not None and spec.expert_width_key != "moe_intermediate_size":
-        raise TargetError(f"moe_intermediate_size: {config.model_type} has no such size; its expert width is "
-                          f"{spec.expert_width_key}")
-    shared_request = _requested_once(target, SHARED_WIDTH_KEYS)
-    if shared_request and spec.shared_width_key is None:
-        raise TargetError(f"{shared_request[0]}: {config.model_type} has no such size (no shared expert); its "
-                          f"expert width is {spec.expert_width_key}")
-    if spec.shared_width_key is not None:
-        widths[spec.shared_width_key] = check_size(*shared_request, source.shared_width) if shared_request \
-            else source.shared_width
+    widths = _resolve_widths(config, spec, source, target, sizes, check_size)
     _check_attention_width(config, spec, sizes)
-    _check_grouped_mm_widths(config, {"hidden_size": sizes["hidden_size"],
-                                      spec.expert_width_key: widths[spec.expert_width_key]})
+    if source.num_experts:  # without routed experts nothing runs through grouped_mm
+        _check_grouped_mm_widths(config, {"hidden_size": sizes["hidden_size"],
+                                          spec.expert_width_key: widths[spec.expert_width_key]})
     return MoeSizes(num_experts, per_token, widths[spec.expert_width_key],
                     widths.get(spec.shared_width_key) if spec.shared_width_key else None,
                     routing_groups=spec.routing_groups(config)[0])
@@ -125,6 +118,25 @@ def _check_routing_groups(config, spec: MoeSpec, source_experts: int, num_expert
         f"{groups} groups of experts, each token using its {spec.topk_group_key}={topk_group} best group(s) for "
         f"num_experts_per_tok={per_token} experts; pruning keeps the same number of experts in every group "
         f"(at least 2, and enough for num_experts_per_tok), so the allowed num_experts are {allowed}")
+
+
+def _resolve_widths(config, spec: MoeSpec, source: MoeSizes, target: Mapping, sizes: dict,
+                    check_size) -> dict[str, int]:
+    """The expert width and the shared-expert width (where the family has one), by config name."""
+    width = sizes.get(spec.expert_width_key, target.get(spec.expert_width_key))
+    widths = {spec.expert_width_key: source.expert_width if width is None
+              else check_size(spec.expert_width_key, width, source.expert_width)}
+    if target.get("moe_intermediate_size") is not None and spec.expert_width_key != "moe_intermediate_size":
+        raise TargetError(f"moe_intermediate_size: {config.model_type} has no such size; its expert width is "
+                          f"{spec.expert_width_key}")
+    shared_request = _requested_once(target, SHARED_WIDTH_KEYS)
+    if shared_request and spec.shared_width_key is None:
+        raise TargetError(f"{shared_request[0]}: {config.model_type} has no such size (no shared expert); its "
+                          f"expert width is {spec.expert_width_key}")
+    if spec.shared_width_key is not None:
+        widths[spec.shared_width_key] = check_size(*shared_request, source.shared_width) if shared_request \
+            else source.shared_width
+    return widths
 
 
 def _check_attention_width(config, spec: MoeSpec, sizes: dict) -> None:
@@ -194,7 +206,10 @@ def moe_axis_index(axis, layer: int, plan, config) -> torch.Tensor:
         if axis is Axis.EXPERT_GATE_UP:  # each kept neuron's gate and up channels
             spec = moe_spec(config)
             return spec.gate_up_channels(plan.expert_neurons[layer], getattr(config, spec.expert_width_key))
-        return plan.shared_neurons[layer]
+        neurons = plan.shared_neurons[layer]
+        if axis is Axis.SHARED_GATE_UP:  # [gate; up] halves of a fused shared expert (granitemoehybrid)
+            return torch.cat([neurons, getattr(config, moe_spec(config).shared_width_key) + neurons])
+        return neurons
     except KeyError:
         raise ScoresError(f"the importance scores hold no expert scores for layer {layer}; recompute them with "
                           "`minitron importance` (this minitron scores experts)") from None

@@ -61,7 +61,7 @@ def axis_index(axis: Axis, layer: int | None, plan: KeepPlan, config,
     return None
 
 
-_MOE_AXES = (Axis.EXPERT, Axis.EXPERT_MLP, Axis.EXPERT_GATE_UP, Axis.SHARED_MLP)
+_MOE_AXES = (Axis.EXPERT, Axis.EXPERT_MLP, Axis.EXPERT_GATE_UP, Axis.SHARED_MLP, Axis.SHARED_GATE_UP)
 
 
 def select_along(tensor: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
@@ -131,14 +131,17 @@ def pruned_config(config, target: ResolvedTarget, kept_layers: list[int] | None 
 
 
 def _set_mamba_sizes(new_config, target: ResolvedTarget) -> None:
-    if target.mamba_num_heads is None and target.mamba_head_dim is None:
-        return
-    from ..arch import get_adapter
+    """The Mamba sizes of a hybrid stack, and what derives them from hidden_size (Granite's mamba_expand)."""
+    from ..arch.families import ADAPTERS
 
-    layout = get_adapter(new_config).mamba
+    adapter = ADAPTERS.get(new_config.model_type)
+    layout = adapter.mamba if adapter is not None else None
+    if layout is None:
+        return
     for key in ("mamba_num_heads", "mamba_head_dim"):
         if getattr(target, key) is not None:
             setattr(new_config, layout.config_key(key), getattr(target, key))
+    layout.write_expand_(new_config)
 
 
 def validate_pruned_config(new_config) -> None:

@@ -66,20 +66,22 @@ def resolve_target(config, target: Mapping) -> ResolvedTarget:
                               f"leaving {remaining}, but num_hidden_layers={sizes['num_hidden_layers']}")
         sizes["num_hidden_layers"] = remaining
     moe = resolve_moe_sizes(config, target, sizes, _positive_int)
-    return ResolvedTarget(**sizes, drop_layers=drop_layers, moe=moe, **_resolve_mamba(config, target))
+    mamba = _resolve_mamba(config, target, sizes["hidden_size"])
+    return ResolvedTarget(**sizes, drop_layers=drop_layers, moe=moe, **mamba)
 
 
-def _resolve_mamba(config, target: Mapping) -> dict[str, int]:
-    """The Mamba sizes a target asks for, checked against the source's Mamba-2 mixers."""
+def _resolve_mamba(config, target: Mapping, hidden_size: int) -> dict[str, int]:
+    """The Mamba sizes a target asks for, checked against the source's Mamba-2 mixers and the hidden size."""
+    from ..arch.families import ADAPTERS  # the family's config names for its Mamba sizes
+
     asked = {key: target[key] for key in MAMBA_KEYS if target.get(key) is not None}
-    if not asked:
-        return {}
-    from ..arch import get_adapter  # the family's config names for its Mamba sizes
-
-    layout = get_adapter(config).mamba
+    adapter = ADAPTERS.get(getattr(config, "model_type", None))
+    layout = adapter.mamba if adapter is not None else None
     if layout is None:
-        raise TargetError(f"{', '.join(asked)}: model_type {config.model_type!r} has no Mamba layers; these "
-                          "targets apply to hybrid Mamba stacks such as nemotron_h")
+        if asked:
+            raise TargetError(f"{', '.join(asked)}: model_type {config.model_type!r} has no Mamba layers; these "
+                              "targets apply to hybrid Mamba stacks such as nemotron_h and granitemoehybrid")
+        return {}
     heads, head_dim, groups, _ = layout.sizes(config)
     resolved = {"mamba_num_heads": heads, "mamba_head_dim": head_dim}
     for key, value in asked.items():
@@ -88,7 +90,10 @@ def _resolve_mamba(config, target: Mapping) -> dict[str, int]:
         raise TargetError(f"mamba_num_heads={resolved['mamba_num_heads']} is not a multiple of the {groups} Mamba "
                           f"groups ({layout.n_groups_key}): heads are pruned evenly within the groups, so give a "
                           f"multiple of {groups}")
-    return resolved
+    problem = layout.inner_width_problem(resolved["mamba_num_heads"], resolved["mamba_head_dim"], hidden_size)
+    if problem:
+        raise TargetError(f"{config.model_type}: {problem}")
+    return resolved if asked else {}
 
 
 def _positive_int(key: str, value, source_value: int) -> int:

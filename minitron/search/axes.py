@@ -6,7 +6,10 @@
   `intermediate_size`, which the dense MLP axis already varies), and the shared-expert width
   (`shared_expert_intermediate_size`, only searched when `--shared-expert-step` is given).
 - Hybrid Mamba stacks (`adapter.mamba`): Mamba-2 heads per layer (`mamba_num_heads`), in steps of the
-  group count (heads are pruned evenly within groups); the head dim is kept.
+  group count (heads are pruned evenly within groups); the head dim is kept. Granite 4.0-H sizes its
+  mixers as mamba_expand x hidden_size, so heads x head dim must stay a multiple of hidden_size: the grid
+  pairs that break it are refused by `minitron prune`'s own check, and the candidate filter drops them.
+- A MoE config without routed experts (Granite-4.0-H-Micro: the shared MLP alone) has no expert axis.
 
 Default steps give three values each from the source down to the largest width cut (100%, 75%, 50% with
 --max-width-cut 0.5), so a MoE model's grid is about 9 times a dense one's and a hybrid's 3 times. Any
@@ -35,7 +38,9 @@ def optional_sizes(config) -> dict[str, int]:
     sizes = {}
     spec = moe_spec(config)  # None for a family's configs without sparse layers (a dense NemotronH)
     if spec is not None:
-        sizes["num_experts"] = int(getattr(text, spec.num_experts_key))
+        routed = _routed_experts(config)
+        if routed:  # none in Granite-4.0-H-Micro: its shared MLP alone
+            sizes["num_experts"] = routed
         for key in spec.width_keys():
             if key in _EXPERT_WIDTH_KEYS and key in TARGET_KEYS and getattr(text, key, None):
                 sizes[key] = int(getattr(text, key))
@@ -49,9 +54,15 @@ def aligned_step(source: int, parts: int, multiple: int) -> int:
     return max(1, round(source / parts / multiple)) * multiple
 
 
+def _routed_experts(config) -> int:
+    """Routed experts per sparse layer (0 for dense families and for MoE configs with a shared MLP alone)."""
+    spec = moe_spec(config)
+    return 0 if spec is None else int(getattr(text_config(config), spec.num_experts_key) or 0)
+
+
 def grouped_mm_multiple(config) -> int:
-    """Widths routed experts compute with must stay multiples of 8 (grouped_mm); 1 for dense families."""
-    return GROUPED_MM_MULTIPLE if moe_spec(config) is not None else 1
+    """Widths routed experts compute with must stay multiples of 8 (grouped_mm); 1 without routed experts."""
+    return GROUPED_MM_MULTIPLE if _routed_experts(config) else 1
 
 
 def dense_steps(config, search) -> dict[str, int]:
