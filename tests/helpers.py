@@ -77,20 +77,23 @@ def logits(model, input_ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def silence_mamba_channels_(model, heads: list[int], positions: list[int]) -> None:
-    """Zero the gate z of these heads x head-dim positions in every Mamba layer: their output is exactly 0.
+    """Zero the gate z and the input x of these heads x head-dim positions in every Mamba layer: their
+    output is exactly 0, and so is what they add to the gated norm's sums of squares, whichever side of the
+    gate the norm is on.
 
-    The gate is the first block of in_proj's rows (arch/mamba.py), so silu(z) = 0 multiplies them out
-    before the gated norm, and they add nothing to its sums of squares.
+    z is the first block of in_proj's rows and x the first block of conv1d's channels (arch/mamba.py):
+    silu(z) = 0 gates them out, and with x = silu(conv1d) = 0 the scan (and D x) gives them y = 0 too
+    (Falcon-H1 may normalise y before gating it).
     """
     from minitron.arch.mamba import inner_channels
 
     adapter = get_adapter(model)
     _, head_dim, _, _ = adapter.mamba.sizes(model.config)
-    gate_rows = inner_channels(torch.tensor(heads), torch.tensor(positions), head_dim)
+    channels = inner_channels(torch.tensor(heads), torch.tensor(positions), head_dim)
     for name, param in model.named_parameters():
         _, axes = adapter.axes_of(name)
-        if axes and axes[0] is Axis.MAMBA_IN:
-            param[gate_rows] = 0.0
+        if axes and axes[0] in (Axis.MAMBA_IN, Axis.MAMBA_CONV):
+            param[channels] = 0.0
 
 
 def free_port() -> int:

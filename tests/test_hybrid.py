@@ -1,4 +1,5 @@
-"""Hybrid Mamba-2 stacks (nemotron_h, granitemoehybrid): the Mamba axes, on tiny random models built in-process.
+"""Hybrid Mamba-2 stacks (nemotron_h, granitemoehybrid, falcon_h1): the Mamba axes, on tiny random models built
+in-process.
 
 The family grid (tests/test_prune.py etc.) covers hidden size, attention, MLP and depth; these tests
 cover what only Mamba layers have: heads pruned within their groups, one head-dim order, the cache.
@@ -17,7 +18,7 @@ from minitron.prune import prune
 from tests.helpers import logits, silence_mamba_channels_
 from tests.tiny import HYBRID_FAMILIES, tiny_model
 
-HEADS, GROUPS = 8, 2  # both tiny hybrids: two groups of four heads
+HEADS, GROUPS = 8, 2  # every tiny hybrid: two groups of four heads
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Case:
     mamba_and_more: dict  # a cut of every axis at once, keeping layers [0, 1, 3]
     kept_kinds: list  # layers_block_type after that cut
     baseline_target: dict
-    mlp_layer: int | None  # a layer with a dense MLP (its neuron scores are not empty)
+    mlp_layer: int | None  # a layer with a dense MLP (its neuron scores are not empty); not 0 unless all have one
 
 
 # Granite sizes its Mamba mixers as mamba_expand x hidden_size with a whole-number mamba_expand: every target
@@ -50,6 +51,12 @@ CASES = {
                              kept_kinds=["linear_attention", "full_attention", "full_attention"],
                              baseline_target={"mamba_num_heads": 4, "mamba_head_dim": 6, "hidden_size": 24},
                              mlp_layer=None),
+    # Falcon-H1: attention, Mamba and the MLP in every layer; mamba_d_ssm (None in the source) written out.
+    "falcon_h1": Case(head_dim=12, eps_key="rms_norm_eps", silent_heads=[0, 3, 5, 6], silent_positions=[0, 4, 11],
+                      mamba_and_more=dict(mamba_num_heads=4, mamba_head_dim=8, hidden_size=32, intermediate_size=40,
+                                          num_attention_heads=4, num_key_value_heads=2, drop_layers=[2]),
+                      kept_kinds=["hybrid"] * 3, baseline_target={"mamba_num_heads": 4, "mamba_head_dim": 6},
+                      mlp_layer=0),
 }
 
 
@@ -170,7 +177,8 @@ def test_scores_with_mamba_heads_survive_a_save(hybrid, case, batches, tmp_path)
     for layer in mamba_layers(hybrid):
         assert torch.equal(loaded.mamba_heads[layer], scores.mamba_heads[layer])
         assert torch.equal(loaded.mamba_head_dim[layer], scores.mamba_head_dim[layer])
-    assert loaded.neurons[0].numel() == 0  # layer 0 is Mamba
+    if case.mlp_layer != 0:
+        assert loaded.neurons[0].numel() == 0  # layer 0 is Mamba alone
     if case.mlp_layer is not None:
         assert loaded.neurons[case.mlp_layer].numel() == 64
 
@@ -193,6 +201,24 @@ def test_granite_mamba_width_must_stay_a_multiple_of_hidden_size(target):
     granite = tiny_model("granitemoehybrid")
     with pytest.raises(TargetError, match="must be a multiple of hidden_size"):
         prune(granite, random_scores(granite), target)
+
+
+def test_falcon_h1_as_published_prunes_silent_heads_exactly_and_round_trips(batches, tmp_path):
+    # The published Falcon-H1 checkpoints have no gated norm (mamba_rms_norm false: y x silu(z) goes straight
+    # to out_proj) and the small ones tie the LM head to the embedding (scaled by lm_head_multiplier).
+    torch.manual_seed(0)
+    falcon = tiny_model("falcon_h1", mamba_rms_norm=False, mamba_norm_before_gate=False, tie_word_embeddings=True)
+    assert not any(name.endswith("mamba.norm.weight") for name, _ in falcon.named_parameters())
+    silence_mamba_channels_(falcon, [1, 2, 4, 7], list(range(12)))
+    scores = estimate_importance(falcon, batches, progress=False)
+    pruned = prune(falcon, scores, {"mamba_num_heads": 4})
+    torch.testing.assert_close(logits(pruned, batches[0]), logits(falcon, batches[0]), atol=1e-5, rtol=0)
+    smaller = prune(falcon, scores, {"mamba_num_heads": 4, "hidden_size": 40})
+    smaller.save_pretrained(tmp_path)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert reloaded.config.mamba_d_ssm == 4 * 12 and reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    torch.testing.assert_close(logits(reloaded.eval(), batches[0]), logits(smaller, batches[0]), atol=1e-5, rtol=0)
 
 
 def test_mamba_targets_on_a_model_without_mamba_are_refused():

@@ -65,7 +65,7 @@ def test_kv_cache_counts_every_attention_layer_and_caps_sliding_windows():
     assert kv_cache_bytes(gpt_oss, batch=1, context=100, bytes_per_value=2) == 2 * 2 * 8 * (2 * 100 + 2 * 8) * 2
 
 
-@pytest.mark.parametrize("family", ["llama", "mixtral", "nemotron_h", "gpt_oss", "granitemoehybrid"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "nemotron_h", "gpt_oss", "granitemoehybrid", "falcon_h1"])
 def test_memory_budget_is_never_exceeded(family):
     config = tiny_config(family)
     settings = SearchConfig(target_memory=0.6, memory_batch=4, memory_context=512, max_candidates=4, **GRID)

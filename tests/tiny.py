@@ -9,7 +9,7 @@ from minitron.arch import auto_model_class
 
 VOCAB_SIZE = 320
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "nemotron", "granite",
-            "smollm3", "olmo2", "olmo3", "gemma3", "qwen3_vl", "nemotron_h"]
+            "smollm3", "olmo2", "olmo3", "gemma3", "qwen3_vl", "nemotron_h", "falcon_h1"]
 # Multimodal checkpoints: the language model (sizes as above) inside, beside a tiny vision tower.
 MULTIMODAL = {
     "gemma3": dict(vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -25,7 +25,8 @@ MOE_FAMILIES = ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "nem
 FAMILIES += MOE_FAMILIES
 # Grid ids that are another configuration of a model_type (the grid is keyed by family id, not model_type).
 VARIANTS = {"nemotron_h_moe": "nemotron_h"}
-HYBRID_FAMILIES = ["nemotron_h", "granitemoehybrid"]  # Mamba-2 layers among attention (tests/test_hybrid.py)
+# Mamba-2 layers among attention, or beside it (falcon_h1): tests/test_hybrid.py.
+HYBRID_FAMILIES = ["nemotron_h", "granitemoehybrid", "falcon_h1"]
 
 _COMMON = dict(
     vocab_size=VOCAB_SIZE,
@@ -95,6 +96,16 @@ _EXTRA = {
                              num_local_experts=8, num_experts_per_tok=2, shared_intermediate_size=64,
                              position_embedding_type="rope", embedding_multiplier=4.0, residual_multiplier=0.5,
                              attention_multiplier=0.2, logits_scaling=2.0),
+    # Falcon-H1: attention and Mamba-2 in every layer. Mamba width left to mamba_expand 2 x hidden 48 = 96
+    # (mamba_d_ssm None: pruning must write it out), 8 heads of 12 in two groups; the gated norm on, before
+    # the gate (transformers' default; published checkpoints have none); every bias on; each muP multiplier
+    # different, the five in_proj segments' included, so that a segment sliced with another's rows shows.
+    "falcon_h1": dict(mamba_d_ssm=None, mamba_n_heads=8, mamba_d_head=12, mamba_n_groups=2, mamba_d_state=8,
+                      mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=8, mamba_rms_norm=True,
+                      mamba_norm_before_gate=True, mamba_proj_bias=True, projectors_bias=True, attention_bias=True,
+                      mlp_bias=True, embedding_multiplier=4.0, lm_head_multiplier=0.5, key_multiplier=0.7,
+                      attention_in_multiplier=1.3, attention_out_multiplier=0.9, ssm_in_multiplier=1.25,
+                      ssm_out_multiplier=0.6, mlp_multipliers=[0.9, 0.6], ssm_multipliers=[0.35, 2.0, 0.5, 1.5, 0.4]),
 }
 
 

@@ -104,6 +104,9 @@ class ArchAdapter:
     state_bytes: Callable[[object, int, int], int] | None = None
     """Given (config, batch, bytes per value), the bytes of recurrent state a generating model holds besides
     its KV cache (Mamba layers' conv and SSM states); None: none."""
+    layer_returns_tuple: bool = False
+    """A decoder layer returns `(hidden_states,)` and the model reads `[0]` of it (Falcon-H1), not the tensor:
+    whatever stands in for a layer (depth importance's skipped layer) must answer the same way."""
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)

@@ -6,6 +6,7 @@ from dataclasses import replace
 from .base import (GU, Q, QKV, ArchAdapter, H, M, llama_like_layer_params, optional_bias_params,
                    rescale_scaled_embedding, scale_logits, soft_cap_logits, standard_global_params,
                    language_model_of, whole_projection_qk_norms)
+from .falcon_h1 import FALCON_H1
 from .hybrid import GRANITEMOEHYBRID, NEMOTRON_H
 from .moe import MOE_ADAPTERS
 
@@ -98,5 +99,5 @@ QWEN3_VL = language_model_of(QWEN3, "qwen3_vl", ("model.visual.",))
 
 ADAPTERS = {a.model_type: a for a in
             (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3_TEXT, PHI3, NEMOTRON, GRANITE,
-              SMOLLM3, OLMO2, OLMO3, GEMMA3, QWEN3_VL, NEMOTRON_H, GRANITEMOEHYBRID)}
+              SMOLLM3, OLMO2, OLMO3, GEMMA3, QWEN3_VL, NEMOTRON_H, GRANITEMOEHYBRID, FALCON_H1)}
 ADAPTERS |= MOE_ADAPTERS

@@ -38,6 +38,9 @@ class MambaLayout:
     expand_key: str | None = None
     """A whole-number config multiplier that sizes the mixer from hidden_size (Granite: inner width =
     mamba_expand x hidden_size, checked against heads x head_dim); None: the heads alone size it."""
+    inner_width_key: str | None = None
+    """A config key holding the inner width heads x head_dim itself (Falcon-H1's mamba_d_ssm, which when None
+    means mamba_expand x hidden_size): written out after pruning, so it never derives from hidden_size."""
 
     def config_key(self, target_key: str) -> str:
         return {"mamba_num_heads": self.num_heads_key, "mamba_head_dim": self.head_dim_key}[target_key]
@@ -57,10 +60,13 @@ class MambaLayout:
                 f"(e.g. hidden_size a divisor of {heads * head_dim})")
 
     def write_expand_(self, config) -> None:
-        """Set the multiplier that reproduces the config's heads x head_dim from its hidden_size."""
+        """Set the multiplier that reproduces the config's heads x head_dim from its hidden_size, or the inner
+        width itself where the family's config holds one."""
+        heads, head_dim, _, _ = self.sizes(config)
         if self.expand_key is not None:
-            heads, head_dim, _, _ = self.sizes(config)
             setattr(config, self.expand_key, heads * head_dim // config.hidden_size)
+        if self.inner_width_key is not None:
+            setattr(config, self.inner_width_key, heads * head_dim)
 
 
 def mamba_cache_bytes(layout: MambaLayout, config, mamba_layers: int, batch: int, bytes_per_value: int) -> int:

@@ -16,17 +16,19 @@ from ..verbosity import progress_bar
 
 
 class SkipLayer(nn.Module):
-    """Stands in for a decoder layer and returns its input unchanged."""
+    """Stands in for a decoder layer and returns its input unchanged (as a 1-tuple where the family's layers
+    return one)."""
 
-    def __init__(self, replaced: nn.Module) -> None:
+    def __init__(self, replaced: nn.Module, as_tuple: bool = False) -> None:
         super().__init__()
+        self.as_tuple = as_tuple
         # Some families read per-layer attributes (attention type, NemotronH's block type) from the layer object.
         for name in ("attention_type", "layer_idx", "is_sliding", "block_type"):
             if hasattr(replaced, name):
                 setattr(self, name, getattr(replaced, name))
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return hidden_states
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor | tuple[torch.Tensor]:
+        return (hidden_states,) if self.as_tuple else hidden_states
 
 
 @contextlib.contextmanager
@@ -35,7 +37,7 @@ def layers_skipped(model: nn.Module, adapter: ArchAdapter, indices: Sequence[int
     originals = {i: layers[i] for i in indices}
     try:
         for i in indices:
-            layers[i] = SkipLayer(originals[i])
+            layers[i] = SkipLayer(originals[i], as_tuple=adapter.layer_returns_tuple)
         yield
     finally:
         for i, layer in originals.items():
