@@ -254,7 +254,8 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--teacher", default=None, help="Model the candidates are distilled from (default: --model).")
     search.add_argument("--out", help="Folder for search.json, candidates.csv and candidates.md.")
     search.add_argument("--dry-run", "--list", dest="dry_run", action="store_true",
-                        help="Only list the candidates that meet the budget, with their sizes (from the config).")
+                        help="Only list the candidates that meet the budget, with their sizes (from the config; "
+                        "with --scores, depth cuts are counted with the layers the scores keep).")
     search.add_argument("--overwrite", action="store_true", help="Replace an existing --out folder.")
     add_dataclass_arguments(search, SearchConfig)
     add_dataclass_arguments(search, DataConfig, samples=256, seq_len=256)

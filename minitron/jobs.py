@@ -196,16 +196,36 @@ def inspect_model(model: str) -> dict:
     sizes = {axis: getattr(text_config(config), axis, None) for axis in AXES}  # a multimodal model: its LM's
     if sizes["head_dim"] is None:
         sizes["head_dim"] = sizes["hidden_size"] // sizes["num_attention_heads"]
-    family_sizes = {key: getattr(text_config(config), key) for key in FAMILY_AXES  # experts, Mamba mixers
+    family_sizes = {key: getattr(text_config(config), key) for key in _family_axes(config)  # experts, Mamba
                     if getattr(text_config(config), key, None) is not None}
     return {"model": model, "model_type": config.model_type, "tie_word_embeddings":
             bool(getattr(config, "tie_word_embeddings", False)), **sizes, **family_sizes, "params": counts.as_dict()}
 
 
 # Config sizes that only some families have (mixture-of-experts, hybrid Mamba), shown by `inspect` where present.
-FAMILY_AXES = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
-               "shared_expert_intermediate_size", "shared_intermediate_size", "mamba_num_heads", "mamba_head_dim",
-               "n_groups", "ssm_state_size", "mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_state")
+MOE_AXES = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
+            "shared_expert_intermediate_size")
+# Granite 4.0-H's shared MLP width (shared_intermediate_size) is shown also without routed experts (Micro).
+FAMILY_AXES = (*MOE_AXES, "shared_intermediate_size", "mamba_num_heads", "mamba_head_dim", "n_groups",
+               "ssm_state_size", "mamba_n_heads", "mamba_d_head", "mamba_n_groups", "mamba_d_state")
+
+
+def _family_axes(config) -> tuple[str, ...]:
+    """FAMILY_AXES plus the MoE sizes under the family's own names (NemotronH's n_routed_experts, n_group...);
+    none of the MoE sizes where the family has sparse layers but this config has none: a dense Nemotron-H's
+    config still carries default MoE values that describe nothing in the model."""
+    from .arch.families import ADAPTERS
+    from .arch.moe import moe_spec
+    declared = getattr(ADAPTERS.get(getattr(config, "model_type", None)), "moe", None)
+    if declared is None:
+        return FAMILY_AXES
+    own = tuple(key for key in (declared.num_experts_key, "num_experts_per_tok", declared.expert_width_key,
+                                declared.shared_width_key, declared.routing_groups_key, declared.topk_group_key)
+                if key is not None)
+    if moe_spec(config) is None:
+        hidden = {*MOE_AXES, *own} - {"shared_intermediate_size"}
+        return tuple(key for key in FAMILY_AXES if key not in hidden)
+    return (*FAMILY_AXES, *(key for key in own if key not in FAMILY_AXES))
 
 
 def run_eval(model: str, data: DataConfig | None = None, split: str = "heldout", *,

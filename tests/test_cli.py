@@ -11,7 +11,7 @@ from minitron.cli import _build_parser, from_args, main
 from minitron.config import DistillConfig
 from minitron.errors import MinitronError
 from minitron.loading import load_model
-from tests.tiny import tiny_model, tiny_tokenizer
+from tests.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 TEXT = "\n\n".join(f"Paragraph {i}: pruning keeps the neurons that matter and distillation recovers "
                    f"the rest, said document number {i}." for i in range(400))
@@ -51,6 +51,25 @@ def test_importance_prune_inspect_eval(workspace, capsys):
     assert main(["eval", "--model", str(workspace / "pruned"), *common]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["tokens"] == 8 * 31 and result["loss"] > 0
+
+
+NEMOTRON_H_MOE_SIZES = ("n_routed_experts", "moe_intermediate_size", "moe_shared_expert_intermediate_size", "n_group",
+                        "topk_group", "num_experts_per_tok")
+
+
+def test_inspect_shows_nemotron_h_moe_sizes_only_with_moe_layers(tmp_path, capsys):
+    """A dense Nemotron-H's config carries default MoE sizes (8 experts of 7688) that describe nothing in it."""
+    for family in ("nemotron_h_moe", "nemotron_h"):
+        tiny_config(family).save_pretrained(tmp_path / family)
+        capsys.readouterr()
+        assert main(["inspect", str(tmp_path / family), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        if family == "nemotron_h_moe":
+            assert {key: info.get(key) for key in NEMOTRON_H_MOE_SIZES} == dict(
+                n_routed_experts=8, moe_intermediate_size=64, moe_shared_expert_intermediate_size=64, n_group=2,
+                topk_group=1, num_experts_per_tok=2)
+        else:
+            assert not set(NEMOTRON_H_MOE_SIZES) & set(info) and info["mamba_num_heads"] == 8, info
 
 
 def test_dry_run_prints_architecture(workspace, capsys):

@@ -234,3 +234,30 @@ def test_an_untied_head_under_a_tie_flag_is_kept(batches):
     assert flagged.lm_head.weight is not flagged.model.embeddings.weight
     same = prune(flagged, random_scores(flagged), {"mamba_num_heads": HEADS})
     torch.testing.assert_close(logits(same, batches[0]), logits(flagged, batches[0]), atol=1e-5, rtol=0)
+
+
+ATTENTION_LAYER = 1  # tests/tiny.py's nemotron_h: Mamba, attention, MLP, Mamba
+
+
+def test_a_depth_cut_by_scores_keeps_the_best_attention_layer(hybrid, batches):
+    """The layer scores rank the only attention layer last: a cut to two layers keeps it anyway, in place of
+    the weakest layer the scores chose, so that the pruned hybrid can still generate with its cache."""
+    scores = random_scores(hybrid)
+    scores.layers["random"] = torch.tensor([0.9, 0.1, 0.5, 0.7])  # top two: layers 0 and 3, both Mamba
+    pruned = prune(hybrid, scores, {"num_hidden_layers": 2})
+    assert pruned.minitron_kept_layers == [0, ATTENTION_LAYER]  # layer 3 (0.7) was the weaker choice
+    assert pruned.config.layers_block_type == ["linear_attention", "full_attention"]
+    prompt = batches[0][:1, :6]
+    assert pruned.generate(prompt, use_cache=True, max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 10)
+
+
+def test_drop_layers_removing_every_attention_layer_are_refused(hybrid, tmp_path, capsys):
+    from minitron.cli import main
+
+    with pytest.raises(TargetError, match=r"every attention layer \(\[1\]\).*leave at least one"):
+        prune(hybrid, random_scores(hybrid), {"drop_layers": [ATTENTION_LAYER, 2]})
+    hybrid.save_pretrained(tmp_path / "hybrid")
+    argv = ["prune", "--model", str(tmp_path / "hybrid"), "--criterion", "random", "--drop-layers", "1",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "every attention layer" in capsys.readouterr().err and not (tmp_path / "out").exists()

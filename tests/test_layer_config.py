@@ -9,7 +9,9 @@ from minitron.arch import get_adapter, text_config
 from minitron.arch.layer_config import NOT_PER_LAYER, sliding_pattern_layer_types, subset_layer_fields_
 from minitron.importance import random_scores
 from minitron.importance.depth import layers_skipped
+from minitron.errors import TargetError
 from minitron.prune import describe_pruning, prune
+from minitron.prune.target import hybrid_attention_layers
 from tests.helpers import logits
 from tests.tiny import tiny_config, tiny_model
 
@@ -58,6 +60,11 @@ def test_every_per_layer_field_describes_the_pruned_stack(family, drop_layers):
     config = tiny_config(family, **SCALAR_RULES.get(family, {}))
     source = text_config(config)  # a multimodal checkpoint's per-layer fields are its language model's
     kept = [i for i in range(source.num_hidden_layers) if i not in drop_layers]
+    attention = hybrid_attention_layers(config)
+    if attention and set(attention) <= set(drop_layers):  # no attention left: refused (test_hybrid.py)
+        with pytest.raises(TargetError, match="every attention layer"):
+            describe_pruning(config, {"drop_layers": drop_layers})
+        return
     pruned = text_config(describe_pruning(config, {"drop_layers": drop_layers})["config"])
     for key, value in source.to_dict().items():
         if isinstance(value, list) and len(value) == source.num_hidden_layers and key not in NOT_PER_LAYER:

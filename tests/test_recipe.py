@@ -27,6 +27,7 @@ from minitron.recipe import (
     recipe_path,
     run_recipe,
 )
+from minitron.recipe.state import step_fingerprints
 from tests.tiny import tiny_config, tiny_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,6 +153,22 @@ def test_a_stage_budget_replaces_the_recipe_budget(tmp_path):
                                               {"name": "b", "target": {"hidden_size": 24}}]))
     first, second = (stage.distill_config(recipe) for stage in recipe.stages)
     assert (first.steps, first.tokens) == (5, None) and (second.steps, second.tokens) == (None, 94_000_000_000)
+
+
+def test_a_stage_depth_metric_reaches_its_search(tmp_path):
+    """depth_metric picks the layers of the search's candidates too (as expert_metric picks their experts);
+    a search section's own wins, and a new one redoes the search step."""
+    search = {"target_params": 0.5}
+    stages = [{"name": "a", "search": search, "depth_metric": "block_influence"},
+              {"name": "b", "search": {**search, "depth_metric": "magnitude"}, "depth_metric": "block_influence"}]
+    first, second = parse_recipe(tiny_recipe(tmp_path, stages=stages)).stages
+    assert first.search_config().depth_metric == first.prune_depth_metric() == "block_influence"
+    assert second.search_config().depth_metric == second.prune_depth_metric() == "magnitude"
+    settings = {"data": {}, "importance": {}, "search": search, "distill_teacher": "t", "target": None,
+                "distill": {}, "distill_from": "teacher"}
+    unset, block, loss = (step_fingerprints({**settings, "depth_metric": metric}, "parent")
+                          for metric in (None, "block_influence", "lm_loss"))
+    assert unset["search"] != block["search"] != loss["search"] and unset["scores"] == block["scores"]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])

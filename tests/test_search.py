@@ -2,6 +2,7 @@
 marked in the tables, the latency path measures for real, and the CLI lists and runs a search."""
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -77,6 +78,50 @@ def test_pruned_model_matches_the_counted_size():
     for candidate in kept:
         pruned = prune(model, scores, candidate.architecture.target(source))
         assert count_parameters(pruned) == candidate.params
+
+
+def _hybrid_depth_case():
+    """Tiny nemotron_h (Mamba, attention, MLP, Mamba) with layer scores that drop the cheap MLP layer where a
+    count of the first three layers drops the costlier Mamba one, and a budget of exactly that count."""
+    torch.manual_seed(0)
+    model = tiny_model("nemotron_h")
+    scores = random_scores(model, 0)
+    scores.layers["random"] = torch.tensor([0.9, 0.8, 0.1, 0.7])
+    first_three = exact_params(model.config, Architecture.of(model.config).with_layers(3)).total
+    settings = SearchConfig(target_params=first_three, layer_step=1, max_candidates=4, candidate_tokens=0,
+                            heldout_samples=2, fixed_axes="hidden_size,intermediate_size,num_attention_heads,"
+                            "num_key_value_heads,mamba_num_heads")
+    return model, scores, settings
+
+
+def test_hybrid_depth_cuts_are_counted_with_the_layers_the_scores_keep():
+    model, scores, settings = _hybrid_depth_case()
+    result = search(model, None, scores, settings, heldout=blocks(2, 2), progress=False)
+    assert result.candidates
+    for row in result.candidates:
+        pruned = prune(model, scores, row["target"])
+        assert row["params"] == count_parameters(pruned).as_dict() and row["params"]["total"] <= result.budget.limit
+        assert row["kept_layers"] == pruned.minitron_kept_layers
+    assert [r["kept_layers"] for r in result.candidates] == [[0, 1]]  # three layers by the scores are over
+    assert result.counts["over_budget_when_pruned"] == 0
+
+
+def test_candidates_over_budget_once_pruned_are_dropped():
+    """Counted as if the last layers went (no scores given to the plan), the three-layer cut fits the
+    budget; pruned by the scores it does not, and the search leaves it out."""
+    from minitron.search.rank import _score_pruned
+
+    model, scores, settings = _hybrid_depth_case()
+    source, heldout = Architecture.of(model.config), blocks(2, 2)
+    budget, counted_first_layers, _ = plan(model.config, replace(settings, slack=0.2))
+    assert [c.architecture.num_hidden_layers for c in counted_first_layers] == [3, 2]
+    logged = []
+    rows = _score_pruned(model, scores, counted_first_layers, source, heldout, settings, budget, 8, logged.append)
+    assert [row["kept_layers"] for row in rows] == [[0, 1]] and rows[0]["params"]["total"] <= budget.limit
+    assert any(line.startswith("dropped 1/2") and "over the budget" in line for line in logged), logged
+    budget, only_three_layers, _ = plan(model.config, settings)
+    with pytest.raises(MinitronError, match="every candidate exceeded the budget"):
+        _score_pruned(model, scores, only_three_layers, source, heldout, settings, budget, 8, logged.append)
 
 
 def test_impossible_budget_names_the_smallest_candidate():

@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ..arch.base import text_config
+from ..errors import TargetError
 from ..importance.scores import ImportanceScores
 from ..importance.task_depth import kept_layers_by_task, task_of
 from .moe import plan_moe
-from .target import ResolvedTarget
+from .target import ResolvedTarget, hybrid_attention_layers
 
 
 @dataclass
@@ -61,20 +62,49 @@ def default_depth_metric(scores: ImportanceScores) -> str:
     return next(iter(scores.layers), "block_influence")
 
 
-def select_layers(scores: ImportanceScores, target: ResolvedTarget, depth_metric: str | None) -> list[int]:
-    depth_metric = depth_metric or default_depth_metric(scores)
-    if target.drop_layers is not None:
+def select_layers(scores: ImportanceScores, config, target: ResolvedTarget, depth_metric: str | None) -> list[int]:
+    if target.drop_layers is not None:  # resolve_target refused lists that drop every attention layer
         return [i for i in range(scores.num_layers) if i not in set(target.drop_layers)]
-    if target.num_hidden_layers == scores.num_layers:
+    return layers_for_depth(scores, config, target.num_hidden_layers, depth_metric)
+
+
+def layers_for_depth(scores: ImportanceScores, config, num_layers: int, depth_metric: str | None) -> list[int]:
+    """The source layers a cut to `num_layers` keeps: the best by `depth_metric`, and in a hybrid stack at
+    least one attention layer (see keep_an_attention_layer)."""
+    depth_metric = depth_metric or default_depth_metric(scores)
+    if num_layers == scores.num_layers:
         return list(range(scores.num_layers))
     if task_of(depth_metric):  # the seeds' rule: one contiguous block, chosen by task accuracy
-        return kept_layers_by_task(scores.layers, depth_metric, scores.num_layers, target.num_hidden_layers)
-    return top_k_sorted(scores.layer_scores(depth_metric), target.num_hidden_layers).tolist()
+        kept = kept_layers_by_task(scores.layers, depth_metric, scores.num_layers, num_layers)
+    else:
+        kept = top_k_sorted(scores.layer_scores(depth_metric), num_layers).tolist()
+    return keep_an_attention_layer(config, kept, scores, depth_metric)
+
+
+def keep_an_attention_layer(config, kept: list[int], scores: ImportanceScores, depth_metric: str) -> list[int]:
+    """`kept`, or when it holds none of a hybrid stack's attention layers, `kept` with its lowest-scored
+    layer swapped for the best-scored attention layer.
+
+    transformers cannot generate with a cache from a NemotronH / Granite hybrid without attention layers
+    (its cache's get_seq_length reads the first attention layer), so a depth cut keeps one; its size is
+    what the search counts as well (layers_for_depth is what both call)."""
+    attention = hybrid_attention_layers(config)
+    if not attention or set(kept) & set(attention):
+        return kept
+    if task_of(depth_metric):
+        raise TargetError(f"{depth_metric} drops the block of layers that holds every attention layer "
+                          f"({attention}) of this hybrid stack, keeping layers {kept}; transformers cannot "
+                          "generate with a cache from a hybrid without attention. Drop other layers with "
+                          "drop_layers (--drop-layers), keeping at least one of them")
+    layer_scores = scores.layer_scores(depth_metric).float()
+    best_attention = max(attention, key=lambda index: (layer_scores[index].item(), -index))
+    weakest = min(kept, key=lambda index: (layer_scores[index].item(), -index))
+    return sorted({*kept, best_attention} - {weakest})
 
 
 def plan_from_scores(scores: ImportanceScores, config, target: ResolvedTarget,
                      depth_metric: str | None = None, expert_metric: str | None = None) -> KeepPlan:
-    layers = select_layers(scores, target, depth_metric)
+    layers = select_layers(scores, config, target, depth_metric)
     neurons, q_heads, kv_heads = {}, {}, {}
     for layer in layers:  # a hybrid stack's layer without an MLP (attention) has empty scores for it
         if scores.neurons[layer].numel():

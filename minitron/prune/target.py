@@ -65,9 +65,31 @@ def resolve_target(config, target: Mapping) -> ResolvedTarget:
             raise TargetError(f"drop_layers removes {len(drop_layers)} of {source['num_hidden_layers']} layers, "
                               f"leaving {remaining}, but num_hidden_layers={sizes['num_hidden_layers']}")
         sizes["num_hidden_layers"] = remaining
+        _check_keeps_attention(config, drop_layers)
     moe = resolve_moe_sizes(config, target, sizes, _positive_int)
     mamba = _resolve_mamba(config, target, sizes["hidden_size"])
     return ResolvedTarget(**sizes, drop_layers=drop_layers, moe=moe, **mamba)
+
+
+def hybrid_attention_layers(config) -> list[int]:
+    """The attention layers of a stack whose layers differ in kind, by the family adapter's
+    `attention_layers` hook ([] for other families: there, every layer is attention)."""
+    from ..arch.base import text_config
+    from ..arch.families import ADAPTERS  # not get_adapter: targets of any family are resolved here
+
+    hook = getattr(ADAPTERS.get(getattr(config, "model_type", None)), "attention_layers", None)
+    return list(hook(text_config(config))) if hook is not None else []
+
+
+def _check_keeps_attention(config, drop_layers: tuple[int, ...]) -> None:
+    """transformers cannot generate with a cache from a hybrid (NemotronH, Granite) without attention layers."""
+    attention = hybrid_attention_layers(config)
+    if attention and set(attention) <= set(drop_layers):
+        raise TargetError(f"drop_layers {list(drop_layers)} removes every attention layer ({attention}) of this "
+                          f"hybrid {config.model_type} stack, and transformers cannot generate with a cache from "
+                          f"a hybrid without attention: leave at least one of them (e.g. layer {attention[-1]}) "
+                          "out of drop_layers, or give num_hidden_layers instead (the scores then choose, keeping "
+                          "the best attention layer)")
 
 
 def _resolve_mamba(config, target: Mapping, hidden_size: int) -> dict[str, int]:

@@ -81,7 +81,7 @@ class Stage:
     importance: dict = field(default_factory=dict)
     distill: dict = field(default_factory=dict)
     distill_from: str | None = None
-    depth_metric: str | None = None
+    depth_metric: str | None = None  # picks the layers kept; the search prunes its candidates with it too
     expert_metric: str | None = None  # picks the routed experts kept (MoE); the search prunes with it too
 
     def importance_configs(self, recipe: Recipe, task_block: int | None = None) -> tuple[DataConfig, ImportanceConfig]:
@@ -101,11 +101,16 @@ class Stage:
 
     def search_config(self):
         from ..search import SearchConfig
-        return SearchConfig(**{"expert_metric": self.expert_metric, **(self.search or {})})
+        return SearchConfig(**{"expert_metric": self.expert_metric, "depth_metric": self.depth_metric,
+                               **(self.search or {})})
 
     def prune_expert_metric(self) -> str | None:
         """The expert metric the stage prunes with (a search section's own wins, as in its candidates)."""
         return self.search_config().expert_metric if self.search is not None else self.expert_metric
+
+    def prune_depth_metric(self) -> str | None:
+        """The depth metric the stage prunes with (a search section's own wins, as in its candidates)."""
+        return self.search_config().depth_metric if self.search is not None else self.depth_metric
 
     def teacher_source(self, recipe: Recipe) -> str:
         return self.distill_from or recipe.distill_from

@@ -73,7 +73,7 @@ def _prune_once(entry: dict, stage: Stage, parent: str, scores_dir: Path, pruned
         say(f"[{entry['dir']}] reusing the pruned model in {pruned_dir}")
         return
     say(f"[{entry['dir']}] pruning to {entry['target']}")
-    run_prune(parent, str(pruned_dir), entry["target"], scores=str(scores_dir), depth_metric=stage.depth_metric,
+    run_prune(parent, str(pruned_dir), entry["target"], scores=str(scores_dir), depth_metric=stage.prune_depth_metric(),
               expert_metric=stage.prune_expert_metric(),
               device=device, overwrite=True)
 

@@ -22,7 +22,8 @@ RUN_FILE = "run.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 _PLANNED_KEYS = ("name", "kind", "dir", "fingerprint", "parent", "steps")
 # The steps of a prune + distill stage, in order: the folder each writes, and the stage settings it reads.
-STEP_SETTINGS = {"scores": ("data", "importance"), "search": ("search", "distill_teacher", "expert_metric"),
+STEP_SETTINGS = {"scores": ("data", "importance"),
+                 "search": ("search", "distill_teacher", "expert_metric", "depth_metric"),
                  "pruned": ("target", "depth_metric", "expert_metric"),
                  "model": ("distill", "distill_from", "distill_teacher")}
 STEP_WORDS = {"scores": "importance scores", "search": "search results", "pruned": "pruned model",
@@ -48,7 +49,10 @@ def step_fingerprints(settings: dict, parent: str) -> dict[str, str]:
         if step == "search" and settings["search"] is None:
             continue  # a fixed target: no search step
         # A setting left out (expert_metric unless given) is left out of the fingerprint as well.
-        previous = steps[step] = fingerprint({key: settings[key] for key in keys if key in settings}, previous)
+        chosen = {key: settings[key] for key in keys if key in settings}
+        if step == "search" and chosen.get("depth_metric") is None:
+            chosen.pop("depth_metric", None)  # searches from before it reached them keep their fingerprints
+        previous = steps[step] = fingerprint(chosen, previous)
     return steps
 
 

@@ -68,8 +68,8 @@ def params_budget(source: ParamCount, search: SearchConfig) -> Budget:
 class MemoryMeter:
     """Serving memory of candidates (minitron/search/memory.py) at the search's batch and context."""
 
-    def __init__(self, config, search: SearchConfig) -> None:
-        self.config, self.search = config, search
+    def __init__(self, config, search: SearchConfig, layers_for: Callable[[int], list[int]] | None = None) -> None:
+        self.config, self.search, self.layers_for = config, search, layers_for  # layers_for: as ParamCounter's
 
     @property
     def setting(self) -> dict:
@@ -77,9 +77,18 @@ class MemoryMeter:
                 "bytes_per_value": self.search.memory_bytes}
 
     def __call__(self, architecture, params: ParamCount) -> float:
-        config = pruned_config(self.config, resolve_target(self.config, architecture.as_dict()))
+        config = _candidate_config(self.config, architecture, self.layers_for)
+        return self.of_config(config, params)
+
+    def of_config(self, config, params: ParamCount) -> float:
         return memory_gb(config, params.total, self.search.memory_batch, self.search.memory_context,
                          self.search.memory_bytes)
+
+
+def _candidate_config(config, architecture: Architecture, layers_for: Callable[[int], list[int]] | None):
+    """The candidate's pruned config, with the layers a cut to its depth keeps (None: the first ones)."""
+    layers = layers_for(architecture.num_hidden_layers) if layers_for is not None else None
+    return pruned_config(config, resolve_target(config, architecture.as_dict()), layers)
 
 
 def memory_budget(source_memory: float, search: SearchConfig, meter: MemoryMeter) -> Budget:
@@ -99,8 +108,10 @@ class LatencyMeter:
     after another), which screens a large grid with two measurements per width.
     """
 
-    def __init__(self, config, search: SearchConfig, device: torch.device | str, dtype: torch.dtype) -> None:
+    def __init__(self, config, search: SearchConfig, device: torch.device | str, dtype: torch.dtype,
+                 layers_for: Callable[[int], list[int]] | None = None) -> None:
         self.config, self.search, self.device, self.dtype = config, search, torch.device(device), dtype
+        self.layers_for = layers_for  # as ParamCounter's
         self._measured: dict[Architecture, float] = {}
 
     @property
@@ -110,7 +121,7 @@ class LatencyMeter:
 
     def __call__(self, architecture: Architecture) -> float:
         if architecture not in self._measured:
-            config = pruned_config(self.config, resolve_target(self.config, architecture.as_dict()))
+            config = _candidate_config(self.config, architecture, self.layers_for)
             model = random_model(config, device=self.device, dtype=self.dtype)
             result = measure_throughput(model, self.search.latency_batch, self.search.latency_seq_len,
                                         new_tokens=self.search.latency_new_tokens)

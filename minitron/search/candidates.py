@@ -5,7 +5,8 @@ config validation), so each one can really be pruned and saved. Beyond the five 
 varies the MoE and Mamba axes the family's adapter has (axes.py). Parameter counts come from configs on
 the meta device: a decoder layer's size depends only on the widths and on its kind (attention, Mamba,
 MLP, sparse or dense MoE, as the per-layer config fields say), so one-layer models of each kind give the
-count at any depth (checked against a direct count for every candidate kept).
+count at any depth (checked against a direct count for every candidate kept), for the layers the depth
+scores keep when the search has scores (counting.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import itertools
 import math
 from dataclasses import asdict, dataclass, replace
 
-from ..errors import MinitronError, SettingsError, TargetError
+from ..errors import MinitronError, ScoresError, SettingsError, TargetError
 from ..params import ParamCount
 from ..prune.surgery import pruned_config, validate_pruned_config
 from ..prune.target import SIZE_KEYS, resolve_target, source_sizes
@@ -183,8 +184,11 @@ def enumerate_candidates(config, search: SearchConfig, counter: ParamCounter | N
     for arch in archs:
         reason = refusal(config, arch)
         if reason is None:
-            valid.append(Candidate(arch, counter(arch)))
-        else:
+            try:
+                valid.append(Candidate(arch, counter(arch)))
+            except (TargetError, ScoresError) as error:  # the depth scores cannot choose its layers
+                reason = str(error)
+        if reason is not None:
             refused.setdefault(reason, 0)
             refused[reason] += 1
     if not valid:

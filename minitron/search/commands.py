@@ -19,7 +19,8 @@ from .tables import SEARCH_JSON, candidates_markdown, listing_markdown
 def search_command(args: argparse.Namespace) -> None:
     config = from_args(SearchConfig, args)
     if args.dry_run:
-        print(listing_markdown(list_candidates(args.model, config, device=args.device, dtype=args.dtype)))
+        print(listing_markdown(list_candidates(args.model, config, device=args.device, dtype=args.dtype,
+                                               scores=args.scores)))
         return
     if args.out is None:
         raise MinitronError("--out is required (or pass --dry-run to list the candidates)")

@@ -2,9 +2,11 @@
 
 A decoder layer's parameters depend only on the widths and on the layer's kind (attention, Mamba, MLP,
 sparse or dense MoE, sliding or full: whatever its per-layer config fields say). So the count of a model
-that keeps its first n layers (what `minitron prune` keeps without scores) is a shared part (embeddings,
-final norm, LM head) plus one count per kept layer, taken from one-layer models of each kind and one
-two-layer model: shared = count([a]) + count([b]) - count([a, b]).
+that keeps n of its layers is a shared part (embeddings, final norm, LM head) plus one count per kept
+layer, taken from one-layer models of each kind and one two-layer model: shared = count([a]) + count([b])
+- count([a, b]). Which n layers: those the depth scores keep (`scored_depths`) when the search has scores,
+as `minitron prune` keeps them; else the first n (a config-only estimate: in a stack whose layers differ
+in kind the pruned model can then differ in size).
 
 Each count is a sum of products of sizes, so it depends on a size exactly when changing that size once
 changes it: each kind's one-layer count is cached under the sizes it depends on, found by one probe per
@@ -13,11 +15,15 @@ meta-device builds.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 from ..errors import TargetError
+from ..importance.scores import ImportanceScores
 from ..params import ParamCount, count_parameters_from_config
+from ..prune.select import layers_for_depth
 from ..prune.surgery import pruned_config
 from ..prune.target import resolve_target
 from ..arch.base import text_config
@@ -31,15 +37,25 @@ Count = tuple[int, int, int, int]  # total, embedding, non_embedding, active
 class ParamCounter:
     """`counter(architecture)`: its ParamCount (exact, see the module docstring); `exact` builds it."""
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, layers_for: Callable[[int], list[int]] | None = None) -> None:
+        """layers_for: the source layers a cut to n layers keeps (None: the first n)."""
         self.config = config
         self.kinds = layer_kinds(config)
+        self.layers_for = layers_for
         self._depends: dict[int, tuple[str, ...]] = {}  # layer kind -> sizes its one-layer count reads
         self._one_layer: dict[tuple, Count] = {}
 
-    def exact(self, architecture: Architecture, kept_layers: list[int] | None = None) -> ParamCount:
+    def kept_layers(self, num_layers: int) -> list[int]:
+        return self.layers_for(num_layers) if self.layers_for is not None else list(range(num_layers))
+
+    def config_of(self, architecture: Architecture, kept_layers: list[int] | None = None):
+        """The pruned model's config: these sizes, and the layers a cut to its depth keeps."""
         resolved = resolve_target(self.config, architecture.as_dict())
-        return count_parameters_from_config(pruned_config(self.config, resolved, kept_layers))
+        layers = kept_layers if kept_layers is not None else self.kept_layers(architecture.num_hidden_layers)
+        return pruned_config(self.config, resolved, layers)
+
+    def exact(self, architecture: Architecture, kept_layers: list[int] | None = None) -> ParamCount:
+        return count_parameters_from_config(self.config_of(architecture, kept_layers))
 
     def __call__(self, architecture: Architecture) -> ParamCount:
         if len(self.kinds) < 2:
@@ -50,8 +66,8 @@ class ParamCounter:
         pair = self._count_pair(architecture, a, b)
         shared = _combine(one[self.kinds[a]], one[self.kinds[b]], pair, signs=(1, 1, -1))
         total = shared
-        for kind in self.kinds[:architecture.num_hidden_layers]:
-            total = _combine(total, one[kind], shared, signs=(1, 1, -1))
+        for index in self.kept_layers(architecture.num_hidden_layers):
+            total = _combine(total, one[self.kinds[index]], shared, signs=(1, 1, -1))
         return ParamCount(*total)
 
     def _first_layers(self) -> dict[int, int]:
@@ -115,6 +131,13 @@ def _probes(architecture: Architecture, name: str) -> list[Architecture]:
     value = getattr(architecture, name)
     return [replace(architecture, **{name: smaller}) for smaller in (value - 1, value - 8, value // 2)
             if 0 < smaller < value]
+
+
+def scored_depths(config, scores: ImportanceScores | None, depth_metric: str | None) -> Callable[[int], list[int]] | None:
+    """n -> the source layers `minitron prune` keeps when these scores cut the depth to n (None: no scores)."""
+    if scores is None:
+        return None
+    return functools.cache(lambda num_layers: layers_for_depth(scores, config, num_layers, depth_metric))
 
 
 def layer_kinds(config) -> list[int]:

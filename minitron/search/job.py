@@ -18,7 +18,7 @@ from ..config import DataConfig, ImportanceConfig
 from ..data.cache import load_blocks
 from ..data.checks import check_seq_len
 from ..distill.dist import distributed_session, on_main
-from ..errors import MinitronError, SettingsError
+from ..errors import MinitronError, ScoresError, SettingsError
 from ..importance.scores import ImportanceScores
 from ..io import atomic_directory
 from ..loading import check_output_folder, load_model, resolve_device, resolve_dtype
@@ -33,16 +33,23 @@ SCORES_SUBDIR = "scores"
 
 
 def list_candidates(model: str, config: SearchConfig, *, device: str | None = None,
-                    dtype: str | None = None) -> dict:
+                    dtype: str | None = None, scores: str | ImportanceScores | None = None) -> dict:
     """The budget and the candidates that would be scored, from the model's config alone (no weights).
 
-    A latency budget builds random-weight models of the candidates on `device` to measure them.
+    A latency budget builds random-weight models of the candidates on `device` to measure them. scores (a
+    folder or loaded scores): depth cuts are counted with the layers they keep; without them, as if the
+    last layers went (in a stack of mixed layer kinds, the pruned model's size can then differ).
     """
     from ..jobs import load_config
     model_config = load_config(model)
     get_adapter(model_config)  # candidates are pruned models: the family needs an adapter
+    loaded = ImportanceScores.load(scores) if isinstance(scores, str) else scores
+    layers = text_config(model_config).num_hidden_layers
+    if loaded is not None and loaded.num_layers != layers:
+        raise ScoresError(f"the scores are of a model with {loaded.num_layers} layers, {model!r} has {layers}: "
+                          "give the scores `minitron importance` computed for this model")
     budget, candidates, counts = plan(model_config, config, device=resolve_device(device),
-                                      dtype=resolve_dtype(dtype))
+                                      dtype=resolve_dtype(dtype), scores=loaded)
     source = Architecture.of(model_config)
     rows = [{"architecture": c.architecture.as_dict(), "target": c.architecture.target(source),
              "cut": c.architecture.cut_kind(source), "params": c.params.as_dict(), "latency_ms": c.latency_ms,
@@ -76,7 +83,7 @@ def run_search(model: str, out: str, config: SearchConfig, *, scores: str | None
         check_seq_len(teacher, data.seq_len)
     loaded_scores = ImportanceScores.load(scores) if scores else None
     if config.target_params is not None:
-        list_candidates(model, config)  # an impossible budget fails here, before any weights or data
+        list_candidates(model, config, scores=loaded_scores)  # an impossible budget fails here, before any weights
     # One process group for the search under torchrun (candidates are distilled data-parallel), each rank
     # on its own device.
     with distributed_session(device) as env:

@@ -40,6 +40,8 @@ from .budget import (
 )
 from .candidates import Architecture, Candidate, ParamCounter, enumerate_candidates
 from .config import SearchConfig
+from .counting import scored_depths
+from .memory import memory_gb
 
 
 @dataclass
@@ -63,13 +65,19 @@ class SearchResult:
                 "seconds": self.seconds}
 
 
-def plan(model_config, search: SearchConfig, *, device="cpu", dtype=None, log=None) -> tuple[Budget, list[Candidate], dict]:
-    """The budget and the shortlisted candidates, from the config alone (latency: random-weight models)."""
+def plan(model_config, search: SearchConfig, *, device="cpu", dtype=None, log=None,
+         scores: ImportanceScores | None = None) -> tuple[Budget, list[Candidate], dict]:
+    """The budget and the shortlisted candidates, from the config alone (latency: random-weight models).
+
+    scores: the importance scores candidates are pruned with; a depth cut is then counted with the layers
+    they keep (search.depth_metric), as pruning keeps them, and not as if the last layers went.
+    """
     source = Architecture.of(model_config)
-    counter = ParamCounter(model_config)
+    layers_for = scored_depths(model_config, scores, search.depth_metric)
+    counter = ParamCounter(model_config, layers_for)
     candidates, counts = enumerate_candidates(model_config, search, counter)
     if search.target_memory is not None:
-        meter = MemoryMeter(model_config, search)
+        meter = MemoryMeter(model_config, search, layers_for)
         budget = memory_budget(meter(source, counter.exact(source)), search, meter)
         candidates = [replace(c, memory_gb=meter(c.architecture, c.params)) for c in candidates]
         confirm = lambda c: _with_memory(replace(c, params=counter.exact(c.architecture), exact=True), meter)
@@ -78,7 +86,7 @@ def plan(model_config, search: SearchConfig, *, device="cpu", dtype=None, log=No
         confirm = lambda c: replace(c, params=counter.exact(c.architecture), exact=True)
     else:
         import torch
-        meter = LatencyMeter(model_config, search, device, dtype or torch.float32)
+        meter = LatencyMeter(model_config, search, device, dtype or torch.float32, layers_for)
         if log:
             log(f"measuring latency on {meter.device}: {len({c.architecture.widths() for c in candidates})} widths "
                 "at two depths each, then the shortlisted candidates")
@@ -128,15 +136,16 @@ def search(model: nn.Module, tokenizer, scores: ImportanceScores, config: Search
     # latencies) and its losses decide the order, so no rank can pick other candidates than the rest.
     env = current_env()
     budget, shortlisted, counts = on_main(env, lambda: plan(model.config, config, device=device, dtype=model.dtype,
-                                                            log=log))
+                                                            log=log, scores=scores))
     source = Architecture.of(model.config)
     log(f"{counts['grid']} architectures in the grid, {counts['valid']} valid, {counts['under_budget']} within "
         f"{budget.describe(budget.limit)}; scoring {len(shortlisted)}")
     source_info = {"architecture": source.as_dict(), "params": count_parameters(model).as_dict(),
                    "loss": evaluate_loss(model, heldout, batch_size)["loss"],
                    "latency_ms": budget.source if budget.metric == "latency_ms" else None}
-    scored = _score_pruned(model, scores, shortlisted, source, heldout, config, batch_size, log)
+    scored = _score_pruned(model, scores, shortlisted, source, heldout, config, budget, batch_size, log)
     rows = on_main(env, lambda: scored)
+    counts["over_budget_when_pruned"] = len(shortlisted) - len(rows)
     by_pruned = sorted(range(len(rows)), key=lambda i: rows[i]["loss_pruned"])
     for rank, index in enumerate(by_pruned, 1):
         rows[index]["rank_pruned"] = rank
@@ -161,18 +170,38 @@ def search(model: nn.Module, tokenizer, scores: ImportanceScores, config: Search
     return result
 
 
-def _score_pruned(model, scores, shortlisted, source, heldout, config: SearchConfig, batch_size, log) -> list[dict]:
-    """One table row per candidate: pruned from the same scores, scored on the same held-out blocks."""
+def _score_pruned(model, scores, shortlisted, source, heldout, config: SearchConfig, budget: Budget, batch_size,
+                  log) -> list[dict]:
+    """One table row per candidate: pruned from the same scores, scored on the same held-out blocks.
+
+    Each pruned model's parameters (and memory) are counted again: a candidate the pruned model exceeds
+    the budget with is dropped, so the search never returns one over budget."""
     rows = []
     for index, candidate in enumerate(shortlisted):
         pruned = prune(model, scores, candidate.architecture.target(source), depth_metric=config.depth_metric,
                        expert_metric=config.expert_metric)
+        candidate = _as_pruned(candidate, pruned, config)
+        label = f"{index + 1}/{len(shortlisted)}: {candidate.architecture.label()}"
+        if budget.metric != "latency_ms" and budget.value(candidate) > budget.limit:
+            log(f"dropped {label}: pruned, it has {budget.describe(budget.value(candidate))}, over the budget "
+                f"of {budget.describe(budget.limit)}")
+            continue
         rows.append(_row(candidate, source, evaluate_loss(pruned, heldout, batch_size)["loss"]))
         rows[-1]["kept_layers"] = list(pruned.minitron_kept_layers)
         del pruned
-        log(f"pruned {index + 1}/{len(shortlisted)}: {candidate.architecture.label()}: "
-            f"loss {rows[-1]['loss_pruned']:.4f}")
+        log(f"pruned {label}: loss {rows[-1]['loss_pruned']:.4f}")
+    if not rows:
+        raise MinitronError(f"every candidate exceeded the budget of {budget.describe(budget.limit)} once pruned; "
+                            "raise the budget or lower --slack")
     return rows
+
+
+def _as_pruned(candidate: Candidate, pruned: nn.Module, search: SearchConfig) -> Candidate:
+    """The candidate with the pruned model's own parameter count (and memory, for a memory budget)."""
+    params = count_parameters(pruned)
+    memory = None if candidate.memory_gb is None else memory_gb(pruned.config, params.total, search.memory_batch,
+                                                                search.memory_context, search.memory_bytes)
+    return replace(candidate, params=params, memory_gb=memory)
 
 
 def _distill_top(model, teacher, scores, rows, top, train, heldout, config: SearchConfig, batch_size, log) -> None:

@@ -83,6 +83,10 @@ def candidates_markdown(result: dict) -> str:
     for row in ordered_rows(result["candidates"]):
         cells = [_cell(v, 1 if k == "latency_ms" else 4) for k, v in flat_row(row, columns, active).items()]
         lines.append("| " + " | ".join(cells) + " |")
+    dropped = result.get("counts", {}).get("over_budget_when_pruned", 0)
+    if dropped:
+        lines += ["", f"{dropped} shortlisted candidate(s) left out: pruned by the importance scores, they "
+                      "exceeded the budget."]
     if any(r["loss_distilled"] is not None for r in result["candidates"]):
         lines += ["", ranking_sentence(result)]
     return "\n".join(lines) + "\n"
