@@ -6,6 +6,8 @@ cover what only Mamba layers have: heads pruned within their groups, one head-di
 """
 from dataclasses import dataclass
 
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -15,6 +17,7 @@ from minitron.errors import TargetError
 from minitron.importance import estimate_importance, magnitude_scores, random_scores
 from minitron.params import count_parameters, count_parameters_from_config
 from minitron.prune import prune
+from minitron.prune.target import hybrid_attention_layers
 from tests.helpers import logits, silence_mamba_channels_
 from tests.tiny import HYBRID_FAMILIES, tiny_model
 
@@ -236,17 +239,25 @@ def test_an_untied_head_under_a_tie_flag_is_kept(batches):
     torch.testing.assert_close(logits(same, batches[0]), logits(flagged, batches[0]), atol=1e-5, rtol=0)
 
 
-ATTENTION_LAYER = 1  # tests/tiny.py's nemotron_h: Mamba, attention, MLP, Mamba
+# Layer scores whose top two are Mamba-only layers, and the layers a two-layer cut must keep: the best two by
+# score, with the weaker one replaced by the best-scored attention layer (tests/tiny.py's layer patterns).
+DEPTH_CUTS = {
+    "nemotron_h": ([0.9, 0.1, 0.5, 0.7], [0, 1]),  # Mamba, attention, MLP, Mamba
+    "granitemoehybrid": ([0.9, 0.1, 0.7, 0.05], [0, 1]),  # Mamba, attention, Mamba, attention
+    "falcon_h1": ([0.9, 0.1, 0.5, 0.7], [0, 3]),  # attention in every layer: the scores alone decide
+}
 
 
 def test_a_depth_cut_by_scores_keeps_the_best_attention_layer(hybrid, batches):
-    """The layer scores rank the only attention layer last: a cut to two layers keeps it anyway, in place of
-    the weakest layer the scores chose, so that the pruned hybrid can still generate with its cache."""
+    """A cut to two layers whose best-scored layers hold no attention keeps the best attention layer anyway,
+    in place of the weakest layer the scores chose, so that the pruned hybrid can still generate with its cache."""
+    layer_scores, kept = DEPTH_CUTS[hybrid.config.model_type]
     scores = random_scores(hybrid)
-    scores.layers["random"] = torch.tensor([0.9, 0.1, 0.5, 0.7])  # top two: layers 0 and 3, both Mamba
+    scores.layers["random"] = torch.tensor(layer_scores)
     pruned = prune(hybrid, scores, {"num_hidden_layers": 2})
-    assert pruned.minitron_kept_layers == [0, ATTENTION_LAYER]  # layer 3 (0.7) was the weaker choice
-    assert pruned.config.layers_block_type == ["linear_attention", "full_attention"]
+    assert pruned.minitron_kept_layers == kept
+    if hybrid_attention_layers(hybrid.config):  # [] means attention in every layer (falcon_h1)
+        assert hybrid_attention_layers(pruned.config)
     prompt = batches[0][:1, :6]
     assert pruned.generate(prompt, use_cache=True, max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 10)
 
@@ -254,10 +265,13 @@ def test_a_depth_cut_by_scores_keeps_the_best_attention_layer(hybrid, batches):
 def test_drop_layers_removing_every_attention_layer_are_refused(hybrid, tmp_path, capsys):
     from minitron.cli import main
 
-    with pytest.raises(TargetError, match=r"every attention layer \(\[1\]\).*leave at least one"):
-        prune(hybrid, random_scores(hybrid), {"drop_layers": [ATTENTION_LAYER, 2]})
+    attention = hybrid_attention_layers(hybrid.config)
+    if not attention or len(attention) == hybrid.config.num_hidden_layers:
+        pytest.skip("attention in every layer: dropping it all would drop every layer")
+    with pytest.raises(TargetError, match=rf"every attention layer \({re.escape(str(attention))}\).*leave at least one"):
+        prune(hybrid, random_scores(hybrid), {"drop_layers": attention})
     hybrid.save_pretrained(tmp_path / "hybrid")
-    argv = ["prune", "--model", str(tmp_path / "hybrid"), "--criterion", "random", "--drop-layers", "1",
-            "--out", str(tmp_path / "out")]
+    argv = ["prune", "--model", str(tmp_path / "hybrid"), "--criterion", "random",
+            "--drop-layers", ",".join(map(str, attention)), "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert "every attention layer" in capsys.readouterr().err and not (tmp_path / "out").exists()
