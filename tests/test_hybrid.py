@@ -275,3 +275,13 @@ def test_drop_layers_removing_every_attention_layer_are_refused(hybrid, tmp_path
             "--drop-layers", ",".join(map(str, attention)), "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert "every attention layer" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_prune_dry_run_shows_the_mamba_sizes_after_the_cut(hybrid, tmp_path, capsys):
+    from minitron.cli import main
+
+    hybrid.save_pretrained(tmp_path / "hybrid")
+    heads, head_dim, groups, state = get_adapter(hybrid).mamba.sizes(hybrid.config)
+    assert main(["prune", "--model", str(tmp_path / "hybrid"), "--mamba-num-heads", str(heads // 2),
+                 "--dry-run"]) == 0
+    assert f"Mamba heads x head dim  {heads // 2} x {head_dim} ({groups} groups, state {state})" in capsys.readouterr().out
