@@ -191,3 +191,16 @@ def test_shared_expert_step_searches_every_familys_shared_width(family, override
     model = tiny_model(family, **overrides)
     pruned = prune(model, random_scores(model, 0), candidate.architecture.target(source))
     assert getattr(pruned.config, key) == 32 and count_parameters(pruned) == candidate.params
+
+
+@pytest.mark.parametrize("family, step, message", [
+    ("mixtral", {"expert_width_step": 16}, "--expert-width-step: this model has no axis moe_intermediate_size"),
+    ("mixtral", {"shared_expert_step": 16}, "no axis shared_expert_intermediate_size"),
+    ("llama", {"expert_step": 2}, "no axis num_experts"),
+    ("nemotron_h", {"expert_step": 2}, "no axis num_experts"),  # no MoE layers in this configuration
+    ("qwen3_moe", {"mamba_head_step": 2}, "no axis mamba_num_heads"),
+])
+def test_a_step_for_an_axis_the_model_lacks_is_refused(family, step, message):
+    """Like --fixed-axes, a step flag naming an axis the model does not have is an error, not silently unused."""
+    with pytest.raises(SettingsError, match=message):
+        enumerate_candidates(tiny_config(family), SearchConfig(target_params=0.6, **GRID, **step))

@@ -73,8 +73,20 @@ def dense_steps(config, search) -> dict[str, int]:
             "intermediate_size": search.mlp_step or aligned_step(text.intermediate_size, 8, mlp_multiple)}
 
 
+# The step flag of each optional axis (SearchConfig field -> axis).
+_STEP_AXES = {"expert_step": "num_experts", "expert_width_step": "moe_intermediate_size",
+              "shared_expert_step": "shared_expert_intermediate_size", "mamba_head_step": "mamba_num_heads"}
+
+
 def optional_steps(config, search, sizes: dict[str, int]) -> dict[str, int | None]:
-    """Step of each optional axis the source has (None: held at the source's size)."""
+    """Step of each optional axis the source has (None: held at the source's size); a step given for an axis
+    the source lacks is refused, as --fixed-axes is, rather than silently unused."""
+    for flag, axis in _STEP_AXES.items():
+        if getattr(search, flag) is not None and axis not in sizes:
+            hint = " (its expert width is intermediate_size: use --mlp-step)" \
+                if axis == "moe_intermediate_size" and "num_experts" in sizes else ""
+            raise SettingsError(f"--{flag.replace('_', '-')}: this model has no axis {axis}{hint}; its optional "
+                                f"axes are {', '.join(sizes) or 'none'}")
     steps: dict[str, int | None] = {}
     if "num_experts" in sizes:
         steps["num_experts"] = search.expert_step or max(1, sizes["num_experts"] // 4)
