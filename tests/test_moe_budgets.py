@@ -171,3 +171,36 @@ def test_axes_can_be_fixed_and_an_unused_mlp_size_is_not_searched():
         SearchConfig(target_params=0.5, fixed_axes="experts")
     with pytest.raises(SettingsError, match="this model has no axis mamba_num_heads"):
         enumerate_candidates(config, SearchConfig(target_params=0.5, fixed_axes="mamba_num_heads"))
+
+
+@pytest.mark.parametrize("family, overrides, key", [
+    ("qwen2_moe", {}, "shared_expert_intermediate_size"),
+    ("nemotron_h_moe", {}, "moe_shared_expert_intermediate_size"),
+    ("granitemoehybrid", {}, "shared_intermediate_size"),
+    ("granitemoehybrid", {"num_local_experts": 0}, "shared_intermediate_size"),  # Micro: its only FFN
+])
+def test_shared_expert_step_searches_every_familys_shared_width(family, overrides, key):
+    """--shared-expert-step varies the shared expert under any family's name for it, not only qwen2_moe's."""
+    config = tiny_config(family, **overrides)  # shared width 64
+    candidates, _ = enumerate_candidates(config, SearchConfig(target_params=0.8, shared_expert_step=16,
+                                                              fixed_axes="hidden_size", **GRID))
+    assert {c.architecture.shared_expert_intermediate_size for c in candidates} == {64, 48, 32}
+    source = Architecture.of(config)
+    candidate = next(c for c in candidates if c.architecture.shared_expert_intermediate_size == 32)
+    assert "shared_mlp" in candidate.architecture.cut_axes(source)
+    model = tiny_model(family, **overrides)
+    pruned = prune(model, random_scores(model, 0), candidate.architecture.target(source))
+    assert getattr(pruned.config, key) == 32 and count_parameters(pruned) == candidate.params
+
+
+@pytest.mark.parametrize("family, step, message", [
+    ("mixtral", {"expert_width_step": 16}, "--expert-width-step: this model has no axis moe_intermediate_size"),
+    ("mixtral", {"shared_expert_step": 16}, "no axis shared_expert_intermediate_size"),
+    ("llama", {"expert_step": 2}, "no axis num_experts"),
+    ("nemotron_h", {"expert_step": 2}, "no axis num_experts"),  # no MoE layers in this configuration
+    ("qwen3_moe", {"mamba_head_step": 2}, "no axis mamba_num_heads"),
+])
+def test_a_step_for_an_axis_the_model_lacks_is_refused(family, step, message):
+    """Like --fixed-axes, a step flag naming an axis the model does not have is an error, not silently unused."""
+    with pytest.raises(SettingsError, match=message):
+        enumerate_candidates(tiny_config(family), SearchConfig(target_params=0.6, **GRID, **step))

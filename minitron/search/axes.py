@@ -4,7 +4,8 @@
   family's own name for it is mapped by `minitron prune`), the expert width when the family keeps it
   apart from the dense MLP (`moe_intermediate_size`; Mixtral, OLMoE and GraniteMoE call it
   `intermediate_size`, which the dense MLP axis already varies), and the shared-expert width
-  (`shared_expert_intermediate_size`, only searched when `--shared-expert-step` is given).
+  (`shared_expert_intermediate_size`, also standing for NemotronH's and Granite 4.0-H's names of it; only
+  searched when `--shared-expert-step` is given).
 - Hybrid Mamba stacks (`adapter.mamba`): Mamba-2 heads per layer (`mamba_num_heads`), in steps of the
   group count (heads are pruned evenly within groups); the head dim is kept. Granite 4.0-H sizes its
   mixers as mamba_expand x hidden_size, so heads x head dim must stay a multiple of hidden_size: the grid
@@ -23,13 +24,9 @@ from ..arch.base import text_config
 from ..arch.moe import moe_spec
 from ..errors import SettingsError
 from ..prune.moe import GROUPED_MM_MULTIPLE
-from ..prune.target import TARGET_KEYS
 
 EXPERT_AXES = ("num_experts", "moe_intermediate_size", "shared_expert_intermediate_size")
 OPTIONAL_AXES = (*EXPERT_AXES, "mamba_num_heads")
-# Keys `minitron prune` takes for the expert widths: a family whose widths have other config names
-# (not a target key) is searched without that axis.
-_EXPERT_WIDTH_KEYS = ("moe_intermediate_size", "shared_expert_intermediate_size")
 
 
 def optional_sizes(config) -> dict[str, int]:
@@ -41,9 +38,11 @@ def optional_sizes(config) -> dict[str, int]:
         routed = _routed_experts(config)
         if routed:  # none in Granite-4.0-H-Micro: its shared MLP alone
             sizes["num_experts"] = routed
-        for key in spec.width_keys():
-            if key in _EXPERT_WIDTH_KEYS and key in TARGET_KEYS and getattr(text, key, None):
-                sizes[key] = int(getattr(text, key))
+        if spec.expert_width_key == "moe_intermediate_size" and getattr(text, spec.expert_width_key, None):
+            sizes["moe_intermediate_size"] = int(getattr(text, spec.expert_width_key))
+        # The shared expert under any family's name (NemotronH's, Granite's): prune accepts Qwen's for it.
+        if spec.shared_width_key is not None and getattr(text, spec.shared_width_key, None):
+            sizes["shared_expert_intermediate_size"] = int(getattr(text, spec.shared_width_key))
     if adapter.mamba is not None:
         sizes["mamba_num_heads"] = adapter.mamba.sizes(text)[0]
     return sizes
@@ -74,8 +73,20 @@ def dense_steps(config, search) -> dict[str, int]:
             "intermediate_size": search.mlp_step or aligned_step(text.intermediate_size, 8, mlp_multiple)}
 
 
+# The step flag of each optional axis (SearchConfig field -> axis).
+_STEP_AXES = {"expert_step": "num_experts", "expert_width_step": "moe_intermediate_size",
+              "shared_expert_step": "shared_expert_intermediate_size", "mamba_head_step": "mamba_num_heads"}
+
+
 def optional_steps(config, search, sizes: dict[str, int]) -> dict[str, int | None]:
-    """Step of each optional axis the source has (None: held at the source's size)."""
+    """Step of each optional axis the source has (None: held at the source's size); a step given for an axis
+    the source lacks is refused, as --fixed-axes is, rather than silently unused."""
+    for flag, axis in _STEP_AXES.items():
+        if getattr(search, flag) is not None and axis not in sizes:
+            hint = " (its expert width is intermediate_size: use --mlp-step)" \
+                if axis == "moe_intermediate_size" and "num_experts" in sizes else ""
+            raise SettingsError(f"--{flag.replace('_', '-')}: this model has no axis {axis}{hint}; its optional "
+                                f"axes are {', '.join(sizes) or 'none'}")
     steps: dict[str, int | None] = {}
     if "num_experts" in sizes:
         steps["num_experts"] = search.expert_step or max(1, sizes["num_experts"] // 4)
