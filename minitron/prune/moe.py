@@ -16,8 +16,9 @@ token only within its `topk_group` best groups. Pruning keeps `n_group` and the 
 experts in every group, each group its own best (like Mamba heads within their groups): every kept
 expert stays in the group it was trained in. Routing is unchanged when the dropped experts were never
 among a group's two best scores (those choose the groups) nor picked; with topk_group < n_group an expert
-that was never picked can still have ranked its group, and dropping it can re-route tokens. Picking the best experts globally would regroup them (group g is simply experts
-[g * E / n_group, (g + 1) * E / n_group)) and change which experts compete. So the kept count must be
+that was never picked can still have ranked its group, and dropping it can re-route tokens. Picking the
+best experts globally would regroup them (group g is simply experts [g * E / n_group, (g + 1) * E /
+n_group)) and change which experts compete. So the kept count must be
 a multiple of n_group with at least two experts per group, and enough experts in `topk_group` groups
 for `num_experts_per_tok`.
 """
