@@ -90,3 +90,20 @@ def test_gpt_oss_20b_dry_run_to_16_experts():
     pruned = summary["config"]
     assert (pruned.num_local_experts, pruned.num_experts_per_tok, pruned.intermediate_size) == (16, 4, 2880)
     assert pruned.layer_types == GPT_OSS_20B["layer_types"] and pruned.swiglu_limit == 7.0
+
+
+def test_experts_run_outside_their_module_are_refused_not_scored_zero(batches):
+    """gpt_oss's MLP may be swapped for a Hub kernel (`use_kernels=True`, MegaBlocks) that never calls the
+    experts module, so its hooks see no token; its expert scores would be silently zero. Stand-in for that
+    kernel (none can be fetched here): an MLP forward that bypasses the experts module."""
+    import types
+
+    import pytest
+
+    from minitron.errors import MinitronError
+
+    model = tiny_model("gpt_oss")
+    mlp = get_adapter(model).layers(model)[1].mlp
+    mlp.forward = types.MethodType(lambda self, hidden_states: (hidden_states * 0, None), mlp)
+    with pytest.raises(MinitronError, match=r"MoE layer\(s\) \[1\] saw none of the .* tokens"):
+        estimate_importance(model, batches, progress=False)

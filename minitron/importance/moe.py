@@ -23,6 +23,7 @@ from torch import nn
 
 from ..arch.base import ArchAdapter, Axis
 from ..arch.moe import MoeSpec, expert_forward, moe_spec
+from ..errors import MinitronError
 
 
 class ExpertCollector:
@@ -106,8 +107,19 @@ class ExpertCollector:
             handle.remove()
         self._handles.clear()
 
+    def _check_every_layer_routed(self) -> None:
+        """Every token is routed to k experts in every MoE layer: a layer whose hook saw none was run by
+        something else (a hub kernel replacing the experts' forward, `use_kernels=True`), and its scores
+        would be silently zero."""
+        silent = [index for index, routed in self.routed.items() if self.tokens and not routed.sum()]
+        if silent:
+            raise MinitronError(f"the experts of MoE layer(s) {silent} saw none of the {self.tokens:,} tokens: "
+                                "their forward did not run through the experts module (a kernel from the Hub, "
+                                "use_kernels=True, replaces it); load the model without kernels to score experts")
+
     def score_fields(self) -> dict:
         """The MoE fields of ImportanceScores."""
+        self._check_every_layer_routed()
         generator = torch.Generator().manual_seed(self.seed)
         reap, weighted, frequency, random, neurons = {}, {}, {}, {}, {}
         for index, routed in self.routed.items():
