@@ -121,10 +121,15 @@ def layer_importance(metrics: dict[str, Sequence[float]], dropped: Sequence[int]
 
 
 def _row_normalised(rows: Sequence[Sequence[float]], sort: bool) -> np.ndarray:
-    matrix = np.asarray([np.asarray(r, dtype=float) for r in rows])
-    if sort:
-        matrix = -np.sort(-matrix, axis=1)
-    peak = np.abs(matrix).max(axis=1, keepdims=True)
+    """One row per layer, NaN (drawn blank) where a layer has fewer or no entries: hybrid stacks score
+    MLP neurons and heads only in their MLP and attention layers, and MoE layers have no dense neurons."""
+    width = max((len(r) for r in rows), default=0)
+    matrix = np.full((len(rows), width), np.nan)
+    for layer, row in enumerate(rows):
+        values = np.asarray(row, dtype=float)
+        matrix[layer, :len(values)] = -np.sort(-values) if sort else values
+    filled = ~np.isnan(matrix).all(axis=1, keepdims=True)
+    peak = np.nanmax(np.abs(np.where(filled, matrix, 0.0)), axis=1, keepdims=True) if width else np.ones((len(rows), 1))
     return matrix / np.where(peak > 0, peak, 1.0)
 
 
@@ -138,14 +143,18 @@ def neuron_head_heatmaps(neurons: Sequence[Sequence[float]], heads: Sequence[Seq
     layers = len(neuron_matrix)
     with rc_context({**STYLE, "axes.grid": False}):
         figure, (left, right) = _figure(max(2.4, 0.28 * layers + 1.3), ncols=2, width_ratios=[3, 1.3])
-        image = left.imshow(neuron_matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        if neuron_matrix.shape[1]:
+            left.imshow(neuron_matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        else:  # every MLP is a mixture of experts: no dense neurons to draw
+            left.set_ylim(layers - 0.5, -0.5)
+            left.text(0.5, 0.5, "no dense MLP layers", transform=left.transAxes, ha="center", va="center")
         if kept_neurons is not None and kept_neurons < neuron_matrix.shape[1]:
             left.axvline(kept_neurons - 0.5, color="white", lw=1.6, ls="--")
             left.annotate(f"keep {kept_neurons}", (kept_neurons, -0.6), color="#c0392b", fontsize=8,
                           annotation_clip=False)
         left.set_xlabel("neurons, sorted by importance within each layer")
         left.set_ylabel("layer")
-        right.imshow(head_matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        image = right.imshow(head_matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
         for layer, kept in (kept_heads or {}).items():
             for head in sorted(set(range(head_matrix.shape[1])) - set(kept)):
                 right.text(head, layer, "×", ha="center", va="center", color="white", fontsize=9, weight="bold")
@@ -161,7 +170,7 @@ def neuron_head_heatmaps(neurons: Sequence[Sequence[float]], heads: Sequence[Seq
                     axis.axhspan(layer - 0.5, layer + 0.5, color="white", alpha=0.55, lw=0)
         right.tick_params(labelleft=False)
         figure.colorbar(image, ax=right, label="score / layer's best", shrink=0.9)
-        return _render(figure, neuron_matrix.size + head_matrix.size)
+        return _render(figure, int(np.count_nonzero(~np.isnan(neuron_matrix)) + np.count_nonzero(~np.isnan(head_matrix))))
 
 
 def search_losses(candidates: Sequence[dict], chosen_color: str) -> Plot:
