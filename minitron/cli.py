@@ -22,7 +22,7 @@ import functools
 import shlex
 import sys
 
-from .cliparse import Parser, _ParsedText, add_dataclass_arguments, from_args, package_version  # noqa: F401 - API
+from .cliparse import Parser, _ParsedText, add_dataclass_arguments, from_args, note_sibling_options, package_version  # noqa: F401 - API
 from .dispatch import DEFAULT_DATA, dispatch, sigterm_as_ctrl_c
 from .dryrun import add_fit_options
 from .config import (CHAT_TEMPLATE_HELP, TEACHER_ONLY, TEXT_FIELD_HELP, DataConfig, DistillConfig, ImportanceConfig,
@@ -282,6 +282,7 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="Run folder (holds run.json).")
     for command in commands.choices.values():
         _verbosity_options(command, suppress=True)
+    note_sibling_options(commands.choices)
     return parser
 
 

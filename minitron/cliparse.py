@@ -29,6 +29,8 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.flags_elsewhere: dict[str, list[str]] = {}
+        """Options of the other subcommands (flag -> commands), set by `note_sibling_options`."""
 
     def parse_known_args(self, args=None, namespace=None):
         # Subcommands are parsed by this same method on their own parser, so each checks its own options.
@@ -49,10 +51,27 @@ class Parser(argparse.ArgumentParser):
 
     def _with_suggestion(self, word: str) -> str:
         flag = word.partition("=")[0]
+        if flag.replace("_", "-") in self.flags_elsewhere:  # a real option, of another command
+            owners = self.flags_elsewhere[flag.replace("_", "-")]
+            return f"{word} (an option of `minitron {'` and `minitron '.join(owners)}`, not of this command)"
         options = [o for o in self._option_string_actions if o.startswith("--")]
         close = difflib.get_close_matches(flag.replace("_", "-"), options, n=3, cutoff=0.6)
         close += [o for o in options if o.startswith(flag) and o not in close][:3 - len(close)]  # abbreviations
         return f"{word} (did you mean {' or '.join(close)}?)" if close else word
+
+
+def note_sibling_options(subparsers: dict[str, argparse.ArgumentParser]) -> None:
+    """Tell each subcommand's parser which of the flags it lacks other subcommands take, so that
+    `importance --expert-metric` says where that option belongs instead of guessing a near spelling."""
+    owners: dict[str, list[str]] = {}
+    for name, sub in subparsers.items():
+        for flag in sub._option_string_actions:
+            if flag.startswith("--"):
+                owners.setdefault(flag, []).append(name)
+    for name, sub in subparsers.items():
+        if isinstance(sub, Parser):
+            sub.flags_elsewhere = {flag: names for flag, names in owners.items()
+                                   if flag not in sub._option_string_actions}
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, fixed: dict | None = None, **defaults) -> None:

@@ -143,6 +143,13 @@ def test_abbreviations_are_refused_and_unknown_flags_get_a_suggestion(capsys):
     assert "--step (did you mean --steps" in err and err.startswith("usage: minitron distill")
 
 
+def test_an_option_of_another_command_says_which_commands_take_it(capsys):
+    err = _refused(["importance", "--model", "m", "--out", "o", "--expert-metric", "reap"], capsys)
+    assert "--expert-metric (an option of `minitron prune` and `minitron search`, not of this command)" in err
+    err = _refused(["prune", "--model", "m", "--target_active_params", "0.5"], capsys)
+    assert "(an option of `minitron search`, not of this command)" in err
+
+
 def test_hugging_face_spellings_of_options_are_accepted():
     args = _build_parser().parse_args(["prune", "--model", "m", "--hidden_size", "36", "--num_key_value_heads=1",
                                        "--dry_run"])
