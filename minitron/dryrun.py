@@ -93,7 +93,9 @@ def describe_prune_memory(summary: dict, layout: Layout, *, micro_batch_size: in
     from .memory import format_memory_table, forward_memory_placed, prune_memory, training_memory
     source, pruned = summary["source_config"], summary["config"]
     layout = resolved_layout(layout)
-    seq_len = seq_len or 4096
+    from .arch import text_config
+    # Default: 4,096 tokens, or the model's own context where that is shorter (longer is refused elsewhere).
+    seq_len = seq_len or min(4096, getattr(text_config(source), "max_position_embeddings", None) or 4096)
     settings = {"micro_batch_size": micro_batch_size or 1, "seq_len": seq_len, "chunk_size": 1024,
                 "gradient_checkpointing": True}
     batch = micro_batch_size or 1

@@ -69,3 +69,13 @@ def test_run_and_prune_dry_run_print_the_table_offline(tmp_path, capsys):
     assert "params total" in out and "distill" in out and "NO" in out  # an 8B teacher + student on 24 GB
     assert main(["prune", "--model", config_json, "--hidden-size", "3072", "--dry-run", "--nproc", "0"]) == 2
     assert "--nproc must be at least 1" in capsys.readouterr().err
+
+
+def test_prune_dry_run_sizes_a_short_context_model_at_its_own_context(tmp_path, capsys):
+    # Without --seq-len the table uses 4,096 tokens, or the model's max_position_embeddings where shorter.
+    from tests.tiny import tiny_model
+
+    tiny_model("llama").save_pretrained(tmp_path / "tiny")  # max_position_embeddings 128
+    assert main(["prune", "--model", str(tmp_path / "tiny"), "--hidden-size", "40", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 1 x 128" in out and "x 4096" not in out
