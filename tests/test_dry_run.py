@@ -76,6 +76,6 @@ def test_prune_dry_run_sizes_a_short_context_model_at_its_own_context(tmp_path, 
     from tests.tiny import tiny_model
 
     tiny_model("llama").save_pretrained(tmp_path / "tiny")  # max_position_embeddings 128
-    assert main(["prune", "--model", str(tmp_path / "tiny"), "--hidden-size", "40", "--dry-run"]) == 0
+    assert main(["prune", "--model", str(tmp_path / "tiny"), "--intermediate-size", "48", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "batch 1 x 128" in out and "x 4096" not in out
