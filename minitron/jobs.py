@@ -198,8 +198,25 @@ def inspect_model(model: str) -> dict:
         sizes["head_dim"] = sizes["hidden_size"] // sizes["num_attention_heads"]
     family_sizes = {key: getattr(text_config(config), key) for key in _family_axes(config)  # experts, Mamba
                     if getattr(text_config(config), key, None) is not None}
+    kinds = _layer_kinds(text_config(config))
     return {"model": model, "model_type": config.model_type, "tie_word_embeddings":
-            bool(getattr(config, "tie_word_embeddings", False)), **sizes, **family_sizes, "params": counts.as_dict()}
+            bool(getattr(config, "tie_word_embeddings", False)), **sizes, **family_sizes,
+            **({"layer_types": kinds} if kinds else {}), "params": counts.as_dict()}
+
+
+def _layer_kinds(config) -> str | None:
+    """The per-layer kinds (hybrid stacks: Mamba / attention / MLP / MoE; sliding-window attention),
+    run-length coded ("mamba, attention x2, ..."), which a user reads before choosing a depth cut."""
+    kinds = getattr(config, "layers_block_type", None) or getattr(config, "layer_types", None)
+    if not kinds or len(set(kinds)) < 2:
+        return None
+    runs: list[list] = []
+    for kind in kinds:
+        if runs and runs[-1][0] == kind:
+            runs[-1][1] += 1
+        else:
+            runs.append([kind, 1])
+    return ", ".join(kind if count == 1 else f"{kind} x{count}" for kind, count in runs)
 
 
 # Config sizes that only some families have (mixture-of-experts, hybrid Mamba), shown by `inspect` where present.

@@ -148,3 +148,13 @@ def test_inspect_shows_the_expert_and_mamba_sizes(tmp_path):
         tiny_config(family).save_pretrained(tmp_path / family)
         info = inspect_model(str(tmp_path / family))
         assert all(info[key] == getattr(tiny_config(family), key) for key in keys), (family, info)
+
+
+def test_inspect_shows_the_layer_kinds_of_a_hybrid(tmp_path):
+    from minitron.jobs import inspect_model
+    tiny_config("granitemoehybrid").save_pretrained(tmp_path / "granite")  # mamba, attention x2 (transformers names)
+    assert inspect_model(str(tmp_path / "granite"))["layer_types"] == ", ".join(["linear_attention, full_attention"] * 2)
+    tiny_config("gemma2").save_pretrained(tmp_path / "gemma2")
+    assert inspect_model(str(tmp_path / "gemma2"))["layer_types"] == ", ".join(["sliding_attention, full_attention"] * 2)
+    tiny_config("llama").save_pretrained(tmp_path / "llama")  # one kind only: nothing to show
+    assert "layer_types" not in inspect_model(str(tmp_path / "llama"))
