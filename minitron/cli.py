@@ -241,7 +241,10 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="Held-out loss and perplexity on a data spec (data-parallel "
                                    "under torchrun).")
     _model_options(evaluate, forward_only=True)
-    evaluate.add_argument("--split", default="heldout", choices=["heldout", "train", "all"])
+    evaluate.add_argument("--split", default="heldout", choices=["heldout", "train", "all"],
+                          help="which documents of --data: heldout (about a tenth, chosen by a deterministic hash of each "
+                               "document's position; distill and finetune train on the rest and validate on these), "
+                               "train, or all (default: heldout)")
     evaluate.add_argument("--tasks", default=None, help="Comma-separated lm-eval harness tasks (needs lm-eval).")
     evaluate.add_argument("--limit", type=int, default=None, help="Examples per lm-eval task (for quick checks).")
     add_dataclass_arguments(evaluate, DataConfig, samples=64)

@@ -60,6 +60,11 @@ class Parser(argparse.ArgumentParser):
         return f"{word} (did you mean {' or '.join(close)}?)" if close else word
 
 
+def _with_default(text: str, default) -> str:
+    """The help text, with "(default: X)" added unless the text already says its default."""
+    return text if "(default" in text or "default:" in text else f"{text} (default: {default})"
+
+
 def note_sibling_options(subparsers: dict[str, argparse.ArgumentParser]) -> None:
     """Tell each subcommand's parser which of the flags it lacks other subcommands take, so that
     `importance --expert-metric` says where that option belongs instead of guessing a near spelling."""
@@ -94,7 +99,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls, fixed: dict | 
         # A field with its own parser (token budgets: "94B") takes text; the dataclass parses it.
         kind = _ParsedText(f.metadata["parse"]) if "parse" in f.metadata else kind
         group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default,
-                           help=f"{f.metadata.get('help', '')} (default: {default})")
+                           help=_with_default(f.metadata.get("help", ""), default))
 
 
 class _ParsedText:

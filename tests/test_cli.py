@@ -224,3 +224,17 @@ def config_of(model_dir) -> str:
     config = json.loads((model_dir / "config.json").read_text())
     keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers")
     return json.dumps({key: config[key] for key in keys})
+
+
+def test_every_option_of_every_command_says_what_it_does_and_its_default_once():
+    import argparse
+
+    from minitron.cli import _build_parser
+
+    commands = next(a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or "--help" in action.option_strings:
+                continue
+            assert action.help, (name, action.option_strings)
+            assert action.help.count("(default") <= 1, (name, action.option_strings, action.help)
