@@ -389,3 +389,12 @@ def _interrupt_in_second_stage(recipe_path: Path, run_dir: Path) -> str:
     error = log.read_text()
     assert process.returncode == 130, error[-3000:]
     return error
+
+
+def test_the_plan_names_the_experts_and_mamba_sizes_of_each_model():
+    from minitron.recipe.plan import _arch_text
+    from tests.tiny import tiny_config
+
+    assert "experts 8 (2 per token) of width" in _arch_text(tiny_config("qwen3_moe"))
+    assert "Mamba heads 8 x" in _arch_text(tiny_config("nemotron_h")) and "experts" not in _arch_text(tiny_config("nemotron_h"))
+    assert "experts" not in _arch_text(tiny_config("llama")) and "Mamba" not in _arch_text(tiny_config("llama"))

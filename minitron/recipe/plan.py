@@ -97,5 +97,17 @@ def _params_of(config) -> int:
 
 
 def _arch_text(config) -> str:
+    """The dense sizes, then the routed experts and the Mamba mixers where the family has them."""
+    from ..arch.families import ADAPTERS
+    from ..arch.moe import moe_spec
     sizes = text_config(config)
-    return ", ".join(f"{key.replace('num_', '').replace('_', ' ')} {getattr(sizes, key)}" for key in ARCHITECTURE_KEYS)
+    text = ", ".join(f"{key.replace('num_', '').replace('_', ' ')} {getattr(sizes, key)}" for key in ARCHITECTURE_KEYS)
+    spec = moe_spec(config)
+    if spec is not None:
+        text += (f", experts {getattr(sizes, spec.num_experts_key)} ({sizes.num_experts_per_tok} per token) of "
+                 f"width {getattr(sizes, spec.expert_width_key)}")
+    layout = getattr(ADAPTERS.get(getattr(config, "model_type", None)), "mamba", None)
+    if layout is not None:
+        heads, head_dim, groups, _ = layout.sizes(sizes)
+        text += f", Mamba heads {heads} x {head_dim} ({groups} groups)"
+    return text
