@@ -17,6 +17,7 @@ from minitron.prune.target import resolve_target
 from minitron.search import SearchConfig, search
 from minitron.search.candidates import Architecture, ParamCounter, enumerate_candidates
 from minitron.search.rank import plan
+from minitron.search.tables import ordered_rows
 from minitron.speed import measure_throughput, random_model
 from tests.tiny import VOCAB_SIZE, tiny_config, tiny_model, tiny_tokenizer
 
@@ -267,3 +268,17 @@ def test_dry_run_tables_show_the_expert_and_mamba_axes(tmp_path, capsys):
                  "64", "--dry-run", "--hidden-step", "12", "--mlp-step", "16", "--max-candidates", "3"]) == 0
     out = capsys.readouterr().out
     assert "GB (batch 1 x 64 tokens) (70.0% of the source)" in out and "| layers | Mamba heads | cut |" in out
+
+
+def test_a_memory_search_tables_each_candidates_memory(teacher_folder, capsys):
+    out = teacher_folder / "nas-memory"
+    argv = ["search", "--model", str(teacher_folder / "teacher"), "--target-memory", "0.7", "--memory-batch", "2",
+            "--memory-context", "64", "--data", str(teacher_folder / "corpus.txt"), "--seq-len", "16", "--samples",
+            "8", "--batch-size", "8", "--heldout-samples", "4", "--candidate-tokens", "0", "--out", str(out),
+            "--hidden-step", "12", "--mlp-step", "16", "--max-candidates", "2"]
+    assert main(argv) == 0
+    assert "| memory GB |" in capsys.readouterr().out
+    result = json.loads((out / "search.json").read_text())
+    table = list(csv.DictReader((out / "candidates.csv").open()))
+    assert [float(r["memory_gb"]) for r in table] == [r["memory_gb"] for r in ordered_rows(result["candidates"])]
+    assert all(float(r["memory_gb"]) <= result["budget"]["limit"] for r in table)

@@ -37,23 +37,29 @@ def has_experts(rows: list[dict]) -> bool:
     return any(row["params"]["active"] != row["params"]["total"] for row in rows)
 
 
-def flat_row(row: dict, columns: tuple[str, ...] = ARCH_COLUMNS, active: bool = False) -> dict:
+def has_memory(result: dict) -> bool:
+    """Whether the search's budget is serving memory (its candidates then get a memory column)."""
+    return result["budget"]["metric"] == "memory_gb"
+
+
+def flat_row(row: dict, columns: tuple[str, ...] = ARCH_COLUMNS, active: bool = False, memory: bool = False) -> dict:
     return {"rank_distilled": row["rank_distilled"], "rank_pruned": row["rank_pruned"],
             **{key: row["architecture"][key] for key in columns}, "cut": row["cut"],
             "params_total": row["params"]["total"], "params_non_embedding": row["params"]["non_embedding"],
             **({"params_active": row["params"]["active"]} if active else {}),
+            **({"memory_gb": row.get("memory_gb")} if memory else {}),
             "latency_ms": row["latency_ms"], "loss_pruned": row["loss_pruned"],
             "loss_distilled": row["loss_distilled"], "chosen": row["chosen"]}
 
 
 def candidates_csv(result: dict) -> str:
     buffer = io.StringIO()
-    columns, active = arch_columns(result["candidates"]), has_experts(result["candidates"])
-    fieldnames = list(flat_row(result["candidates"][0], columns, active))
+    columns, active, memory = arch_columns(result["candidates"]), has_experts(result["candidates"]), has_memory(result)
+    fieldnames = list(flat_row(result["candidates"][0], columns, active, memory))
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     for row in ordered_rows(result["candidates"]):
-        writer.writerow({k: "" if v is None else v for k, v in flat_row(row, columns, active).items()})
+        writer.writerow({k: "" if v is None else v for k, v in flat_row(row, columns, active, memory).items()})
     return buffer.getvalue()
 
 
@@ -76,12 +82,13 @@ def candidates_markdown(result: dict) -> str:
              f"slack {budget['slack']:.0%}.",
              (f"Source: {_arch_text(source['architecture'])}; {source['params']['total']:,} parameters; "
               f"held-out loss {source['loss']:.4f}."), ""]
-    columns, active = arch_columns(result["candidates"]), has_experts(result["candidates"])
+    columns, active, memory = arch_columns(result["candidates"]), has_experts(result["candidates"]), has_memory(result)
     headers = ["rank (distilled)", "rank (pruned)", *arch_headers(columns), "cut", "params", "non-embedding",
-               *(["active"] if active else []), "latency ms", "loss pruned", "loss distilled", "chosen"]
+               *(["active"] if active else []), *(["memory GB"] if memory else []), "latency ms", "loss pruned", "loss distilled", "chosen"]
     lines += ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" for _ in headers) + "|"]
     for row in ordered_rows(result["candidates"]):
-        cells = [_cell(v, 1 if k == "latency_ms" else 4) for k, v in flat_row(row, columns, active).items()]
+        cells = [_cell(v, 1 if k == "latency_ms" else 3 if k == "memory_gb" else 4)
+                 for k, v in flat_row(row, columns, active, memory).items()]
         lines.append("| " + " | ".join(cells) + " |")
     dropped = result.get("counts", {}).get("over_budget_when_pruned", 0)
     if dropped:
