@@ -236,8 +236,10 @@ class DistillConfig:
     fsdp: bool = _help("Shard the student with FSDP2 (under torchrun; bf16 parameters and fp32 gradient "
                        "reductions where the student trains in bf16).", default=False)
     teacher_sharding: str = _help("Under torchrun: replicate (a full teacher on every process, bf16 where the "
-                                  "student trains in bf16: no communication) or shard (FSDP2: for a teacher "
-                                  "too big for one device).", default="replicate")
+                                  "student trains in bf16: no communication), shard (FSDP2: for a teacher "
+                                  "too big for one device), or auto (with --fsdp on GPUs: shard where the dry "
+                                  "run's estimate of a replicated teacher does not fit the GPU's memory).",
+                                  default="replicate")
     async_checkpoint: bool = _help("Write checkpoints in the background (copied to CPU memory first) while "
                                    "training goes on.", default=False)
     data_workers: int = _help("DataLoader processes reading training blocks ahead of the step (0: the training "
@@ -266,8 +268,8 @@ class DistillConfig:
             raise SettingsError("--hidden-loss must be none, cosine or mse")
         if self.precision not in ("auto", "bf16", "fp32") or self.teacher_dtype not in ("auto", "bf16", "fp32"):
             raise SettingsError("--precision and --teacher-dtype take auto, bf16 or fp32")
-        if self.teacher_sharding not in ("replicate", "shard"):
-            raise SettingsError(f"--teacher-sharding takes replicate or shard, got {self.teacher_sharding!r}")
+        if self.teacher_sharding not in ("replicate", "shard", "auto"):
+            raise SettingsError(f"--teacher-sharding takes replicate, shard or auto, got {self.teacher_sharding!r}")
         check_report_to(self.report_to)
         if not 0 < self.jsd_beta < 1:
             raise SettingsError("--jsd-beta must be strictly between 0 and 1")

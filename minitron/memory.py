@@ -172,6 +172,16 @@ def training_memory(stage: str, student, teacher, *, micro_batch_size: int, seq_
     return memory
 
 
+def replicated_teacher_fits(student, teacher, *, processes: int, fsdp: bool, gpu_memory_gib: float,
+                            micro_batch_size: int, seq_len: int, chunk_size: int, gradient_checkpointing: bool) -> bool:
+    """Whether distilling `student` from a replicated `teacher` (configs) fits each process's GPU memory, by
+    the dry run's estimate (`training_memory`, 4 GiB margin): `distill --teacher-sharding auto` shards the
+    teacher where it does not."""
+    layout = Layout(processes, "fsdp" if fsdp else "ddp", "replicate", gpu_memory_gib)
+    return training_memory("distill", student, teacher, micro_batch_size=micro_batch_size, seq_len=seq_len,
+                           chunk_size=chunk_size, gradient_checkpointing=gradient_checkpointing, layout=layout).fits
+
+
 def _place_teacher(memory: StageMemory, teacher: Sizes, layout: Layout, fsdp: bool) -> None:
     replicated = 2.0 * teacher.params
     sharded = 2.0 * teacher.params / layout.processes + 2 * (2 * teacher.layer_params + teacher.vocab * teacher.hidden)

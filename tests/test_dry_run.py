@@ -1,5 +1,6 @@
 """`minitron run --dry-run` / `prune --dry-run`: what each process holds per stage, from configs alone, and
 whether it fits; the activation estimate checked against what autograd really saves."""
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -79,3 +80,27 @@ def test_prune_dry_run_sizes_a_short_context_model_at_its_own_context(tmp_path, 
     assert main(["prune", "--model", str(tmp_path / "tiny"), "--intermediate-size", "48", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "batch 1 x 128" in out and "x 4096" not in out
+
+
+def test_teacher_sharding_auto_shards_only_where_a_replicated_teacher_does_not_fit():
+    from minitron.memory import replicated_teacher_fits
+
+    teacher = llama_3_1_8b()
+    student = LlamaConfig(**{**teacher.to_dict(), "hidden_size": 3072, "intermediate_size": 9216,
+                             "num_attention_heads": 24, "head_dim": 128})
+    settings = dict(processes=8, fsdp=True, micro_batch_size=1, seq_len=4096, chunk_size=1024,
+                    gradient_checkpointing=True)
+    assert replicated_teacher_fits(student, teacher, gpu_memory_gib=80, **settings)  # 16 GB of bf16 teacher
+    assert not replicated_teacher_fits(student, teacher, gpu_memory_gib=24, **settings)
+
+
+def test_teacher_sharding_auto_replicates_on_one_cpu_process(tmp_path, capsys):
+    from minitron.config import DistillConfig
+    from minitron.distill.dist import current_env
+    from minitron.distill.sharding import resolve_teacher_sharding
+
+    config = DistillConfig(steps=1, fsdp=True, teacher_sharding="auto")
+    resolved = resolve_teacher_sharding(config, current_env(), "unused", "unused")  # nothing to shard: no configs read
+    assert resolved.teacher_sharding == "replicate" and "--teacher-sharding auto: replicate" in capsys.readouterr().out
+    with pytest.raises(Exception, match="replicate, shard or auto"):
+        DistillConfig(steps=1, teacher_sharding="sometimes")

@@ -19,7 +19,7 @@ from .dist import distributed_session, on_main
 from .loop import distill
 from .materialise import load_for_rank, loaded_on_ranks
 from .resume import check_resume, model_identity, run_settings
-from .sharding import shards_teacher, uses_fsdp
+from .sharding import resolve_teacher_sharding, shards_teacher, uses_fsdp
 from .vocab import check_same_tokenizer
 from ..config import DistillConfig
 from ..arch.base import text_config
@@ -95,6 +95,8 @@ def run_distill(student: str, teacher: str | None, data: str, out: str, config: 
             check_same_tokenizer(student_tokenizer, teacher_tokenizer)
         # Rank 0 checks and prepares the folder; the others wait and train in the folder it chose.
         folder, saved = on_main(env, lambda: _prepare_output(student, teacher, data, out, resume, overwrite))
+        if distilling:  # before the resume check, which compares the concrete choice
+            config = resolve_teacher_sharding(config, env, student, teacher)
         identity = model_identity(student, teacher if distilling else None, data, text_field, chat_template)
         resumes = check_resume(saved, run_settings(config, env.world_size, env.device.type, identity),
                                out) if resume else []

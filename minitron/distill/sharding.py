@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -33,6 +34,32 @@ def uses_fsdp(config: DistillConfig, env: DistEnv) -> bool:
     """FSDP2 shards over a process group: without one (a single process) `--fsdp` changes nothing, so the
     same recipe runs on 1 or N processes."""
     return config.fsdp and _process_group()
+
+
+def resolve_teacher_sharding(config: DistillConfig, env: DistEnv, student: str, teacher: str) -> DistillConfig:
+    """`--teacher-sharding auto` made concrete, before anything loads (the same on every rank, and recorded
+    so that a resume makes the same choice): shard under FSDP2 on GPUs where the dry run's estimate of a
+    replicated teacher (`memory.replicated_teacher_fits`, from the two configs) does not fit the device's
+    memory; replicate otherwise (one process, DDP, CPUs: sharding is then unavailable or not about memory)."""
+    if config.teacher_sharding != "auto":
+        return config
+    choice = "replicate"
+    if uses_fsdp(config, env) and env.device.type == "cuda":
+        from ..errors import UnsupportedArchitectureError
+        from ..jobs import load_config
+        from ..memory import GIB, replicated_teacher_fits
+        gpu_memory = torch.cuda.get_device_properties(env.device).total_memory / GIB
+        try:
+            fits = replicated_teacher_fits(
+                load_config(student), load_config(teacher), processes=env.world_size, fsdp=True,
+                gpu_memory_gib=gpu_memory, micro_batch_size=config.micro_batch_size, seq_len=config.seq_len,
+                chunk_size=config.chunk_size, gradient_checkpointing=config.gradient_checkpointing)
+        except UnsupportedArchitectureError:  # no size table for this family: sharding is the safe side
+            fits = False
+        choice = "replicate" if fits else "shard"
+    if env.is_main:
+        print(f"--teacher-sharding auto: {choice}", flush=True)
+    return replace(config, teacher_sharding=choice)
 
 
 def shards_teacher(config: DistillConfig, env: DistEnv) -> bool:
