@@ -88,10 +88,10 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_json(name: str, payload: dict) -> Path:
-    """Write `payload` to bench/results/NAME.json (through a temporary file, then a rename)."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_json(name: str, payload: dict, path: Path | None = None) -> Path:
+    """Write `payload` to bench/results/NAME.json, or to `path` (through a temporary file, then a rename)."""
+    path = path or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     tmp.replace(path)

@@ -26,7 +26,6 @@ Writes bench/results/mamba_heads.json (or --json) after every run, and prints a 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, Timer, fmt, machine, machine_line, markdown_table, quiet_transformers  # noqa: E402
+from common import (RESULTS_DIR, Timer, fmt, machine, machine_line, markdown_table, quiet_transformers,  # noqa: E402
+                    write_json)
 from retrain_common import CALIB, eval_sets, evaluate, mean_sd, retrain, seed_blocks  # noqa: E402
 
 _PATTERN = ["linear_attention", "mlp", "linear_attention", "full_attention", "linear_attention", "mlp"]
@@ -190,10 +190,7 @@ def write_results(path: Path, settings: dict, teacher_loss: dict, teacher_second
                                                  "curve": curve[-5:]},
                "importance_seconds": importance_seconds, "runs": records,
                "table": {"headers": headers, "rows": rows}, "machine": machine()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_json("mamba_heads", payload, path)
 
 
 if __name__ == "__main__":

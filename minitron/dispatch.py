@@ -29,6 +29,10 @@ def _print_dry_run(summary: dict) -> None:
     sizes = text_config(config)  # a multimodal checkpoint: its language model's
     rows = [(key, getattr(sizes, key)) for key in ("hidden_size", "intermediate_size", "num_attention_heads",
                                                     "num_key_value_heads", "head_dim", "num_hidden_layers")]
+    layout = get_adapter(config).mamba
+    if layout is not None:  # hybrid Mamba stacks: the mixers' sizes after the cut
+        heads, head_dim, groups, state_size = layout.sizes(sizes)
+        rows.append(("Mamba heads x head dim", f"{heads} x {head_dim} ({groups} groups, state {state_size})"))
     rows += [("params total", f"{after.total:,} ({after.total / before.total:.1%} of {before.total:,})"),
              ("params non-embedding", f"{after.non_embedding:,} ({after.non_embedding / before.non_embedding:.1%})")]
     if summary["target"].moe is not None:  # mixture of experts: what one token uses
@@ -36,11 +40,6 @@ def _print_dry_run(summary: dict) -> None:
         rows[1:1] = [("experts (per token)", f"{moe.num_experts} ({moe.num_experts_per_tok})"),
                      ("expert width", moe.expert_width)]
         rows.append(("params active", f"{after.active:,} ({after.active / before.active:.1%} of {before.active:,})"))
-    layout = get_adapter(config).mamba
-    if layout is not None:  # hybrid Mamba stacks: the mixers' sizes after the cut
-        heads, head_dim, groups, state_size = layout.sizes(sizes)
-        rows.insert(len(rows) - 3 if summary["target"].moe is not None else len(rows) - 2,
-                    ("Mamba heads x head dim", f"{heads} x {head_dim} ({groups} groups, state {state_size})"))
     _print_table(rows)
 
 

@@ -5,12 +5,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..arch.mamba import MAMBA_TARGET_KEYS
 from ..errors import TargetError
 from .moe import MOE_TARGET_KEYS, MoeSizes, resolve_moe_sizes
 
 SIZE_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
              "num_hidden_layers")
-MAMBA_KEYS = ("mamba_num_heads", "mamba_head_dim")  # hybrid stacks only (arch/mamba.py)
+MAMBA_KEYS = MAMBA_TARGET_KEYS  # hybrid stacks only
 TARGET_KEYS = (*SIZE_KEYS, "drop_layers", *MAMBA_KEYS, *MOE_TARGET_KEYS)
 _LAYER_ENTRY = re.compile(r"(?P<start>[0-9]+)(?:\s*-\s*(?P<end>[0-9]+))?")
 
