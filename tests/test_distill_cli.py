@@ -70,7 +70,9 @@ def test_finetune_trains_the_teacher(run_dir):
 SPLIT = ["--hidden-loss", "cosine", "--grad-accum", "2", "--eval-samples", "3"]
 
 
-@pytest.mark.parametrize("sharding", [[], ["--fsdp", "--teacher-sharding", "shard"]], ids=["ddp", "fsdp2"])
+# DDP with --teacher-sharding auto: resolved once, on every rank alike, to replicate (no FSDP2, no GPU).
+@pytest.mark.parametrize("sharding", [["--teacher-sharding", "auto"], ["--fsdp", "--teacher-sharding", "shard"]],
+                         ids=["ddp", "fsdp2"])
 def test_two_processes_match_one(run_dir, sharding):
     single = run_dir / "single"
     if not single.exists():
@@ -81,6 +83,7 @@ def test_two_processes_match_one(run_dir, sharding):
                "-m", "minitron.cli", *_distill_args(run_dir, double, "--micro-batch-size", "1", *SPLIT, *sharding)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("--teacher-sharding auto: replicate") == (0 if "--fsdp" in sharding else 1)  # rank 0
     records = [[json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
                for folder in (double, single)]
     for key in ("loss", "hidden"):
@@ -90,7 +93,7 @@ def test_two_processes_match_one(run_dir, sharding):
         torch.testing.assert_close(records[0][-1][key], records[1][-1][key], rtol=1e-4, atol=1e-5, msg=key)
     # Under FSDP2 rank 1 never reads the sharded models' files: it builds them on the meta device and
     # receives its shards from rank 0. DDP needs the whole student on every rank.
-    readers = [0] if sharding else [0, 1]
+    readers = [0] if "--fsdp" in sharding else [0, 1]
     assert json.loads((double / "minitron.json").read_text())["weights_read_on_ranks"] == {
         "student": readers, "teacher": readers}
     from transformers import AutoModelForCausalLM
